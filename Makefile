@@ -1,0 +1,34 @@
+# Two entry points, both self-installing on a fresh machine:
+#   make demo   synthetic multi-view source -> shards -> streamed epoch
+#   make test   the test suite
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test sysdeps clean
+
+# The FFmpeg CLI is the independent reference the tests compare against.
+sysdeps:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	  else echo "vidshard: please install the FFmpeg CLI (ffmpeg, ffprobe), e.g. apt-get install ffmpeg" >&2; exit 1; fi; }
+
+# torch/torchvision are pinned first to the releases this machine keeps on disk
+# (a CPU-only machine otherwise downloads a multi-GB build); pyproject keeps a range.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP) sysdeps
+	$(VENV)/bin/vidshard demo
+
+test: $(STAMP) sysdeps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out bench-out

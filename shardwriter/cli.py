@@ -1,0 +1,115 @@
+"""The `vidshard` command line: one console script for writing, reading and tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from fractions import Fraction
+
+from streaming.units import parse_bytes
+
+from .encode import EncodeSettings
+from .errors import WriterError
+
+log = logging.getLogger("vidshard")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 224x224, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
+    return w, h
+
+
+def _views(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from .job import WriteConfig, write_dataset
+
+    config = WriteConfig(
+        max_video_frames=args.max_video_frames,
+        overlap=args.overlap,
+        views=args.views,
+        shard_bytes=args.shard_size,
+        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize),
+        seed=args.seed,
+        on_error=args.on_error,
+        truncate_views=args.truncate_views,
+    )
+    report = write_dataset(args.source, args.output, config, workers=args.workers)
+    print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards under {args.output}"
+          + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synth_source
+
+    ids = synth_source(args.out, videos=args.videos, frames=args.frames, views=args.views, size=args.size,
+                       fps=Fraction(args.fps), seed=args.seed, keypoints=not args.no_keypoints)
+    print(f"wrote {len(ids)} videos x {len(args.views)} views x {args.frames} frames to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidshard", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("write", help="cut a source dataset into chunk samples in tar shards")
+    w.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
+    w.add_argument("output", help="OUTPUT folder for shard-*.tar and index.json")
+    w.add_argument("--max-video-frames", type=int, required=True, help="frames per chunk, at most")
+    w.add_argument("--overlap", type=int, default=0, help="frames shared by consecutive chunks")
+    w.add_argument("--views", type=_views, default=None, help="comma-separated views, in sample order")
+    w.add_argument("--workers", type=int, default=1, help="videos encoded in parallel")
+    w.add_argument("--shard-size", type=_bytes, default=parse_bytes("1GB"), help="close a shard at this size")
+    w.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT of every clip")
+    w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")
+    w.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 constant rate factor")
+    w.add_argument("--preset", default=EncodeSettings.preset, help="x264 preset")
+    w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
+    w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
+    w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
+    w.set_defaults(func=cmd_write)
+
+    s = sub.add_parser("synth", help="write a synthetic source whose pixels carry frame and view")
+    s.add_argument("out")
+    s.add_argument("--videos", type=int, default=4)
+    s.add_argument("--frames", type=int, default=300)
+    s.add_argument("--views", type=_views, default=("front", "left", "right"))
+    s.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT")
+    s.add_argument("--fps", default="30", help="frame rate, e.g. 30 or 30000/1001")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-keypoints", action="store_true")
+    s.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(levelname)s] %(message)s")
+    try:
+        return args.func(args)
+    except (WriterError, ValueError) as exc:
+        print(f"vidshard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Per-frame keypoint files -> one stacked npz per chunk and view.
+
+Source files are `keypoints/<video_id>/<view>/<frame:06d>_<kind>.npz`, named by GLOBAL
+frame index, holding any named arrays. A chunk's `<key>.<view>.kpt.npz` stacks every array
+over the chunk's frames as `<kind>.<array>` with shape `[T, ...]`, plus `mask` (bool `[T]`,
+False where a frame lacks a file of some kind; missing rows are zero).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from .errors import SourceError
+
+KPT_FILE = re.compile(r"(\d{6,})_([A-Za-z0-9][A-Za-z0-9_-]*)\.npz")
+# (shape without the frame axis, dtype string) per "<kind>.<array>"
+Schema = dict[str, tuple[tuple[int, ...], str]]
+
+
+def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, dict[str, str]]:
+    """frame -> {kind: path} for one view; rejects stray names and frames past the video."""
+    files: dict[int, dict[str, str]] = {}
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        match = KPT_FILE.fullmatch(entry.name)
+        if match is None or not entry.is_file():
+            raise SourceError(video_id, entry.path, "not a keypoint file named <frame:06d>_<name>.npz")
+        frame = int(match.group(1))
+        if frame >= num_frames:
+            raise SourceError(video_id, entry.path, f"keypoints for frame {frame}, but the video has {num_frames} frames")
+        files.setdefault(frame, {})[match.group(2)] = entry.path
+    return files
+
+
+def load_frame(video_id: str, path: str) -> dict[str, np.ndarray]:
+    """The arrays of one per-frame file; pickled (object) arrays are refused, never loaded."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise SourceError(video_id, path, f"unreadable keypoint file ({exc})") from None
+
+
+def frame_schema(video_id: str, kind: str, path: str) -> Schema:
+    return {f"{kind}.{name}": (a.shape, a.dtype.str) for name, a in load_frame(video_id, path).items()}
+
+
+def stack_chunk(
+    video_id: str, files: dict[int, dict[str, str]], start: int, end: int, schema: Schema, origin: dict[str, str]
+) -> bytes:
+    """The chunk's `kpt.npz` bytes. Every file is checked against the dataset's `schema`
+    (taken from the first keypoint file of each kind, named in `origin` for the message)."""
+    arrays = {name: np.zeros((end - start, *shape), dtype=np.dtype(dt)) for name, (shape, dt) in schema.items()}
+    kinds = {name.partition(".")[0] for name in schema}
+    mask = np.zeros(end - start, dtype=bool)
+    for frame in range(start, end):
+        present = files.get(frame, {})
+        for kind, path in present.items():
+            loaded = checked_arrays(video_id, kind, path, schema, origin)
+            for name, value in loaded.items():
+                arrays[name][frame - start] = value
+        mask[frame - start] = kinds <= present.keys()
+    arrays["mask"] = mask
+    return npz_bytes(arrays)
+
+
+def checked_arrays(
+    video_id: str, kind: str, path: str, schema: Schema, origin: dict[str, str]
+) -> dict[str, np.ndarray]:
+    loaded = {f"{kind}.{n}": a for n, a in load_frame(video_id, path).items()}
+    expected = {n for n in schema if n.partition(".")[0] == kind}
+    if loaded.keys() != expected:
+        raise SourceError(
+            video_id, path, f"arrays {sorted(loaded)} differ from {sorted(expected)} in {origin.get(kind)}"
+        )
+    for name, value in loaded.items():
+        shape, dt = schema[name]
+        if value.shape != shape or value.dtype.str != dt:
+            raise SourceError(
+                video_id,
+                path,
+                f"array {name!r} has shape {value.shape} dtype {value.dtype.str}, "
+                f"but {origin.get(kind)} has shape {shape} dtype {dt}: shapes/dtypes must not change between frames",
+            )
+    return loaded
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An npz that np.load reads, with fixed zip timestamps.
+
+    numpy's savez stamps each zip entry with the current time, which would make two runs
+    of the writer differ; this writes the same .npy entries with a fixed date instead.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+    return buf.getvalue()

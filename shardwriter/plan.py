@@ -1,0 +1,150 @@
+"""Pure planning for the writer: chunk ranges, timeline clipping, sample order, shard packing.
+
+No I/O and no media libraries here: every function maps plain values to plain values, so
+tests check them exhaustively (hypothesis) without files. Ranges are `[start, end)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streaming.format import Segment
+
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records on close
+_INTERLEAVE_STREAM = 1  # RNG stream id: the writer's sample order (seeded from a tuple)
+
+
+def chunk_plan(total: int, max_frames: int | None, overlap: int = 0) -> list[tuple[int, int]]:
+    """Chunk ranges of a `total`-frame video.
+
+    Starts are 0, S, 2S, ... with S = max_frames - overlap; a chunk is started only while
+    the previous one has not reached the last frame. So no chunk is longer than
+    max_frames, consecutive chunks share exactly `overlap` frames, and only the last chunk
+    may be shorter. With overlap 0 the chunks tile the video: ceil(total / max_frames) of
+    them (the original rule). max_frames None means one chunk for the whole video.
+    """
+    if total < 1:
+        raise ValueError(f"a video needs at least one frame, got total={total}")
+    if max_frames is None:
+        return [(0, total)]
+    if max_frames < 1:
+        raise ValueError(f"max_video_frames must be >= 1, got {max_frames}")
+    if not 0 <= overlap < max_frames:
+        raise ValueError(f"overlap must be in [0, max_video_frames), got {overlap} with {max_frames}")
+    step = max_frames - overlap
+    chunks = []
+    start = 0
+    while True:
+        end = min(start + max_frames, total)
+        chunks.append((start, end))
+        if end == total:
+            return chunks
+        start += step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceSegment:
+    """A segment of a whole video's timeline, in source frames, `[start, end)`."""
+
+    start: int
+    end: int
+    label: str
+
+
+def check_timeline(raw: Any, total: int) -> list[SourceSegment]:
+    """Validate an annotation's "timeline" list against a `total`-frame video.
+
+    Raises ValueError naming the offending segment; returns the typed segments.
+    """
+    if not isinstance(raw, list):
+        raise ValueError(f'"timeline" must be a list, got {type(raw).__name__}')
+    segments = []
+    for i, seg in enumerate(raw):
+        if not isinstance(seg, dict):
+            raise ValueError(f"segment {i} must be an object, got {seg!r}")
+        start, end, label = seg.get("start"), seg.get("end"), seg.get("label")
+        for name, value in (("start", start), ("end", end)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"segment {i}: {name} must be an integer frame index, got {value!r}")
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"segment {i}: label must be a non-empty string, got {label!r}")
+        if end <= start:
+            raise ValueError(f"segment {i} ({label!r}): end {end} <= start {start}")
+        if start < 0 or end > total:
+            raise ValueError(f"segment {i} ({label!r}) [{start}, {end}) lies outside the video's {total} frames")
+        if segments and start < segments[-1].end:
+            prev = segments[-1]
+            raise ValueError(
+                f"segment {i} ({label!r}) [{start}, {end}) overlaps or precedes segment {i - 1} "
+                f"({prev.label!r}) [{prev.start}, {prev.end}): segments must be sorted and disjoint"
+            )
+        segments.append(SourceSegment(start=start, end=end, label=label))
+    return segments
+
+
+def clip_timeline(segments: Sequence[SourceSegment], start: int, end: int) -> list[Segment]:
+    """The segments intersecting chunk `[start, end)`, clipped and re-based to the chunk."""
+    clipped = []
+    for segment_id, seg in enumerate(segments):
+        lo, hi = max(seg.start, start), min(seg.end, end)
+        if lo >= hi:
+            continue
+        clipped.append(
+            Segment(
+                label=seg.label,
+                start=lo - start,
+                end=hi - start,
+                global_start=lo,
+                global_end=hi,
+                segment_id=segment_id,
+                truncated_start=seg.start < start,
+                truncated_end=seg.end > end,
+            )
+        )
+    return clipped
+
+
+def interleave(keys: Sequence[str], seed: int) -> list[str]:
+    """A seeded permutation of the sample keys, so a shard mixes chunks of many videos.
+
+    Depends only on the SET of keys and the seed: whichever engine or worker count
+    produced the samples, the order is the same.
+    """
+    ordered = sorted(keys)
+    perm = np.random.default_rng([seed, _INTERLEAVE_STREAM]).permutation(len(ordered))
+    return [ordered[i] for i in perm]
+
+
+def tar_member_bytes(size: int) -> int:
+    """Bytes one member occupies in a tar: a header block plus data padded to blocks."""
+    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def tar_file_bytes(payload: int) -> int:
+    """Size of a tar whose members take `payload` bytes: two end blocks, record padding."""
+    return -(-(payload + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+def plan_shards(sample_bytes: Sequence[int], max_shard_bytes: int) -> list[range]:
+    """Pack samples, in order, into shards of at most `max_shard_bytes` tar bytes.
+
+    Greedy: a shard is closed when the next sample would push it past the limit. A
+    sample larger than the limit gets a shard of its own (never split, never dropped).
+    """
+    if max_shard_bytes < 1:
+        raise ValueError(f"shard size must be positive, got {max_shard_bytes}")
+    shards: list[range] = []
+    first, payload = 0, 0
+    for i, size in enumerate(sample_bytes):
+        if i > first and tar_file_bytes(payload + size) > max_shard_bytes:
+            shards.append(range(first, i))
+            first, payload = i, 0
+        payload += size
+    if len(sample_bytes) > first:
+        shards.append(range(first, len(sample_bytes)))
+    return shards

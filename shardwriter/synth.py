@@ -1,0 +1,156 @@
+"""A synthetic source dataset whose pixels say which frame and view they are.
+
+Every frame is a 4x4 grid of flat grey cells, each one of four levels (a base-4 digit):
+10 digits of frame index, 2 of view index, 4 of checksum. Flat cells survive H.264 at
+any sane quality and downscaling to a few pixels per cell, so tests and tools can prove
+from decoded pixels alone which source frame they hold (`read_barcode`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+
+GRID = 4
+LEVELS = np.array([32, 96, 160, 224], dtype=np.uint8)  # digit d -> grey level; 64 apart
+FRAME_DIGITS, VIEW_DIGITS, CHECK_DIGITS = 10, 2, 4
+MAX_FRAMES = 4**FRAME_DIGITS
+LABELS = ("adjust", "front", "grasp", "idle", "reach", "release")
+KPT_KIND = "sam3d_body"
+NUM_JOINTS = 17
+
+
+def _digits(value: int, n: int) -> list[int]:
+    return [(value >> (2 * i)) & 3 for i in range(n)]
+
+
+def _checksum(digits: list[int]) -> int:
+    # Weighted sum times 7 (odd) mod 256: any single wrong digit changes it.
+    return (7 * sum((i + 1) * d for i, d in enumerate(digits)) + 3) % 256
+
+
+def barcode_digits(frame: int, view: int) -> list[int]:
+    if not 0 <= frame < MAX_FRAMES or not 0 <= view < 4**VIEW_DIGITS:
+        raise ValueError(f"cannot barcode frame {frame}, view {view}")
+    payload = _digits(frame, FRAME_DIGITS) + _digits(view, VIEW_DIGITS)
+    return payload + _digits(_checksum(payload), CHECK_DIGITS)
+
+
+def _cell_edges(n: int) -> np.ndarray:
+    return np.linspace(0, n, GRID + 1).round().astype(int)
+
+
+def barcode_image(frame: int, view: int, width: int, height: int) -> np.ndarray:
+    """The grey (H, W) uint8 image of a frame."""
+    img = np.empty((height, width), dtype=np.uint8)
+    ys, xs = _cell_edges(height), _cell_edges(width)
+    for cell, digit in enumerate(barcode_digits(frame, view)):
+        r, c = divmod(cell, GRID)
+        img[ys[r] : ys[r + 1], xs[c] : xs[c + 1]] = LEVELS[digit]
+    return img
+
+
+def read_barcode(image: np.ndarray) -> tuple[int, int]:
+    """(frame, view) from an (H, W), (H, W, C) or (C, H, W) image; ValueError if unreadable."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        channel_axis = 0 if img.shape[0] in (1, 3) and img.shape[2] not in (1, 3) else 2
+        img = img.mean(axis=channel_axis)
+    ys, xs = _cell_edges(img.shape[0]), _cell_edges(img.shape[1])
+    digits = []
+    for cell in range(GRID * GRID):
+        r, c = divmod(cell, GRID)
+        y0, y1, x0, x1 = ys[r], ys[r + 1], xs[c], xs[c + 1]
+        # The middle half of the cell: edges blur under compression and resizing.
+        qy, qx = (y1 - y0) // 4, (x1 - x0) // 4
+        level = img[y0 + qy : y1 - qy, x0 + qx : x1 - qx].mean()
+        digits.append(int(np.clip(np.rint((level - LEVELS[0]) / 64.0), 0, 3)))
+    payload, check = digits[: FRAME_DIGITS + VIEW_DIGITS], digits[FRAME_DIGITS + VIEW_DIGITS :]
+    if _digits(_checksum(payload), CHECK_DIGITS) != check:
+        raise ValueError(f"barcode checksum mismatch (digits {digits})")
+    frame = sum(d << (2 * i) for i, d in enumerate(payload[:FRAME_DIGITS]))
+    view = sum(d << (2 * i) for i, d in enumerate(payload[FRAME_DIGITS:]))
+    return frame, view
+
+
+def synth_timeline(num_frames: int, rng: np.random.Generator) -> list[dict]:
+    """Sorted, disjoint segments of 1/30..1/5 of the video, with occasional unlabelled gaps."""
+    lo = max(2, num_frames // 30)
+    hi = max(lo + 1, num_frames // 5)
+    segments, pos = [], 0
+    while pos < num_frames:
+        if rng.random() < 0.15:
+            pos += int(rng.integers(1, lo + 1))  # a gap: frames no segment covers
+            continue
+        end = min(num_frames, pos + int(rng.integers(lo, hi + 1)))
+        segments.append({"start": pos, "end": end, "label": str(rng.choice(LABELS))})
+        pos = end
+    return segments
+
+
+def synth_keypoints(frame: int, view: int, width: int, height: int) -> np.ndarray:
+    """A stick figure's 17 joints in pixels, walking across the view over time."""
+    t = frame / 30.0
+    cx = width * (0.5 + 0.3 * np.sin(t + view))
+    cy = height * 0.5
+    angles = np.linspace(0, 2 * np.pi, NUM_JOINTS, endpoint=False)
+    radius = min(width, height) * 0.25
+    return np.stack([cx + radius * 0.5 * np.cos(angles), cy + radius * np.sin(angles)], axis=1).astype(np.float32)
+
+
+def keypoint_missing(frame: int, view: int) -> bool:
+    """About one frame in ten has no keypoint file (exercises the mask)."""
+    return (frame * 7 + view) % 10 == 3
+
+
+def write_video(path: str, view: int, num_frames: int, size: tuple[int, int], fps: Fraction, codec: str = "libx264", options: dict | None = None) -> None:
+    """One view file, encoded with the codec's defaults (B-frames, long GOP for libx264)."""
+    width, height = size
+    chroma = np.full((height // 2, width), 128, dtype=np.uint8)  # U and V planes, grey
+    with av.open(path, "w") as out:
+        stream = out.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for f in range(num_frames):
+            planes = np.concatenate([barcode_image(f, view, width, height), chroma])
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts = f
+            frame.time_base = 1 / fps
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def synth_source(
+    out: str,
+    *,
+    videos: int = 4,
+    frames: int = 300,
+    views: tuple[str, ...] = ("front", "left", "right"),
+    size: tuple[int, int] = (64, 64),
+    fps: Fraction = Fraction(30),
+    seed: int = 0,
+    keypoints: bool = True,
+    codec: str = "libx264",
+) -> list[str]:
+    """Write a source dataset in the layout of docs/source-layout.md; returns the video ids."""
+    ids = [f"session_{i:03d}" for i in range(videos)]
+    for i, vid in enumerate(ids):
+        rng = np.random.default_rng([seed, i])
+        os.makedirs(os.path.join(out, "videos", vid), exist_ok=True)
+        for v, view in enumerate(views):
+            write_video(os.path.join(out, "videos", vid, f"{view}.mp4"), v, frames, size, fps, codec)
+            if keypoints:
+                kdir = os.path.join(out, "keypoints", vid, view)
+                os.makedirs(kdir, exist_ok=True)
+                for f in range(frames):
+                    if not keypoint_missing(f, v):
+                        joints = synth_keypoints(f, v, *size)
+                        np.savez(os.path.join(kdir, f"{f:06d}_{KPT_KIND}.npz"), joints_2d=joints, frame=np.int64(f))
+        os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+        annotation = {"timeline": synth_timeline(frames, rng), "subject": f"s{i % 3:02d}", "synthetic": True}
+        with open(os.path.join(out, "annotations", f"{vid}.json"), "w", encoding="utf-8") as f:
+            json.dump(annotation, f, indent=1)
+    return ids
