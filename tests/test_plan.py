@@ -1,0 +1,151 @@
+"""The writer's pure planning functions, checked over many inputs (no files)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardwriter.plan import (
+    SourceSegment,
+    check_timeline,
+    chunk_plan,
+    clip_timeline,
+    interleave,
+    plan_shards,
+    tar_file_bytes,
+    tar_member_bytes,
+)
+
+
+@st.composite
+def plans(draw):
+    total = draw(st.integers(1, 5000))
+    max_frames = draw(st.integers(1, 1200))
+    overlap = draw(st.integers(0, max_frames - 1))
+    return total, max_frames, overlap
+
+
+@given(plans())
+def test_chunk_plan_covers_with_exact_overlap(args):
+    total, n, k = args
+    chunks = chunk_plan(total, n, k)
+    assert chunks[0][0] == 0 and chunks[-1][1] == total
+    for start, end in chunks:
+        assert 0 <= start < end <= total and end - start <= n
+    for (s0, e0), (s1, e1) in zip(chunks, chunks[1:]):
+        assert s1 == s0 + n - k  # starts step by N - K
+        assert e0 - s1 == k  # neighbours share exactly K frames
+        assert e0 < total  # a chunk is only started while the previous one is short of the end
+    covered = set()
+    for start, end in chunks:
+        covered.update(range(start, end))
+    assert covered == set(range(total))
+
+
+@given(st.integers(1, 5000), st.integers(1, 1200))
+def test_no_overlap_is_the_original_rule(total, n):
+    chunks = chunk_plan(total, n, 0)
+    assert len(chunks) == math.ceil(total / n)
+    assert chunks == [(i * n, min((i + 1) * n, total)) for i in range(len(chunks))]
+
+
+def test_chunk_plan_examples():
+    assert chunk_plan(5000, 1000) == [(0, 1000), (1000, 2000), (2000, 3000), (3000, 4000), (4000, 5000)]
+    assert chunk_plan(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert chunk_plan(7, None) == [(0, 7)]
+    assert chunk_plan(3, 10, 5) == [(0, 3)]
+
+
+@pytest.mark.parametrize("args", [(0, 10, 0), (10, 0, 0), (10, 5, 5), (10, 5, -1)])
+def test_chunk_plan_rejects_bad_arguments(args):
+    with pytest.raises(ValueError):
+        chunk_plan(*args)
+
+
+@st.composite
+def timelines(draw):
+    total = draw(st.integers(1, 400))
+    cuts = sorted(draw(st.sets(st.integers(0, total), min_size=2, max_size=20)))
+    segments = []
+    for a, b in zip(cuts, cuts[1:]):
+        if draw(st.booleans()):  # leave some gaps
+            segments.append(SourceSegment(start=a, end=b, label=draw(st.sampled_from("abc"))))
+    return total, segments
+
+
+@given(timelines(), st.integers(1, 200), st.integers(0, 50))
+def test_clip_timeline_matches_per_frame_labels(args, n, k):
+    total, segments = args
+    k = min(k, n - 1)
+    label_at = {f: (i, s.label) for i, s in enumerate(segments) for f in range(s.start, s.end)}
+    for start, end in chunk_plan(total, n, k):
+        clipped = clip_timeline(segments, start, end)
+        seen = {}
+        for c in clipped:
+            assert 0 <= c.start < c.end <= end - start
+            assert (c.global_start, c.global_end) == (c.start + start, c.end + start)
+            src = segments[c.segment_id]
+            assert c.label == src.label
+            assert c.truncated_start == (src.start < start) and c.truncated_end == (src.end > end)
+            for f in range(c.global_start, c.global_end):
+                seen[f] = (c.segment_id, c.label)
+        assert seen == {f: v for f, v in label_at.items() if start <= f < end}
+
+
+def test_check_timeline_accepts_and_types():
+    raw = [{"start": 0, "end": 5, "label": "front"}, {"start": 7, "end": 9, "label": "adjust"}]
+    assert check_timeline(raw, 9) == [SourceSegment(start=0, end=5, label="front"), SourceSegment(start=7, end=9, label="adjust")]
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ([{"start": 0, "end": 11, "label": "a"}], "outside the video"),
+        ([{"start": -1, "end": 3, "label": "a"}], "outside the video"),
+        ([{"start": 4, "end": 4, "label": "a"}], "end 4 <= start 4"),
+        ([{"start": 0, "end": 5, "label": "a"}, {"start": 4, "end": 8, "label": "b"}], "overlaps or precedes"),
+        ([{"start": 5, "end": 8, "label": "a"}, {"start": 0, "end": 2, "label": "b"}], "overlaps or precedes"),
+        ([{"start": 0, "end": 5, "label": 3}], "label must be a non-empty string"),
+        ([{"start": "0", "end": 5, "label": "a"}], "start must be an integer"),
+        ({"start": 0}, '"timeline" must be a list'),
+    ],
+)
+def test_check_timeline_names_the_reason(raw, reason):
+    with pytest.raises(ValueError, match=reason):
+        check_timeline(raw, 10)
+
+
+@given(st.lists(st.text("abcdef_", min_size=1, max_size=6), unique=True, max_size=60), st.integers(0, 2**32))
+def test_interleave_is_a_permutation_of_the_set(keys, seed):
+    order = interleave(keys, seed)
+    assert sorted(order) == sorted(keys)
+    assert interleave(list(reversed(keys)), seed) == order  # only the set matters
+
+
+def test_interleave_mixes_videos_and_depends_on_seed():
+    keys = [f"v{v}_{c:05d}" for v in range(4) for c in range(10)]
+    a, b = interleave(keys, 0), interleave(keys, 1)
+    assert a != b
+    runs = sum(x.split("_")[0] == y.split("_")[0] for x, y in zip(a, a[1:]))
+    assert runs < 20  # chunks of one video are not kept in a row
+
+
+@given(st.lists(st.integers(1, 5000), max_size=80), st.integers(1, 40000))
+def test_plan_shards_packs_in_order_within_limit(sizes, limit):
+    shards = plan_shards(sizes, limit)
+    assert [i for r in shards for i in r] == list(range(len(sizes)))
+    for r in shards:
+        assert len(r) >= 1
+        if len(r) > 1:
+            assert tar_file_bytes(sum(sizes[i] for i in r)) <= limit
+    for r, nxt in zip(shards, shards[1:]):
+        # greedy: the next shard's first sample did not fit
+        assert tar_file_bytes(sum(sizes[i] for i in r) + sizes[nxt[0]]) > limit
+
+
+def test_tar_arithmetic():
+    assert tar_member_bytes(0) == 512 and tar_member_bytes(1) == 1024 and tar_member_bytes(512) == 1024
+    assert tar_file_bytes(0) == 10240 and tar_file_bytes(9216) == 10240 and tar_file_bytes(9217) == 20480
