@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="[%(levelname)s] %(message)s")
+    import av.logging
+
+    # FFmpeg's own log lines duplicate what our typed errors say, minus the file and video.
+    av.logging.set_level(av.logging.VERBOSE if args.verbose else None)
     try:
         return args.func(args)
     except (WriterError, ValueError) as exc:

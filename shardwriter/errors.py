@@ -17,5 +17,8 @@ class SourceError(WriterError):
         where = f"video {video_id!r}: " if video_id else ""
         super().__init__(f"{where}{path}: {reason}")
 
+    def __reduce__(self):  # crosses process boundaries (pool, Ray) with its fields intact
+        return SourceError, (self.video_id, self.path, self.reason)
+
     def to_json(self) -> dict[str, str | None]:
         return {"video_id": self.video_id, "path": self.path, "reason": self.reason}

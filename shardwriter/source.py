@@ -142,14 +142,18 @@ def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views:
     ann_path = os.path.join(root, "annotations", f"{video_id}.json")
     raw_timeline, annotation = _annotation(video_id, ann_path)
     try:
-        timeline = check_timeline(raw_timeline, num_frames)
+        # Checked against the longest view; --truncate-views then cuts segments at the end.
+        timeline = check_timeline(raw_timeline, max(counts))
     except ValueError as exc:
         raise SourceError(video_id, ann_path, f"invalid timeline: {exc}") from None
+    timeline = [
+        SourceSegment(start=s.start, end=min(s.end, num_frames), label=s.label) for s in timeline if s.start < num_frames
+    ]
     kpt_dirs = []
-    for view in views:
+    for view, view_frames in zip(views, counts):
         kdir = os.path.join(root, "keypoints", video_id, view)
         if os.path.isdir(kdir):
-            list_keypoints(video_id, kdir, num_frames)  # names and frame range, checked here once
+            list_keypoints(video_id, kdir, view_frames)  # names and frame range, checked here once
             kpt_dirs.append(kdir)
         else:
             kpt_dirs.append(None)
@@ -172,10 +176,10 @@ def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
     schema: Schema = {}
     origin: dict[str, str] = {}
     for spec in videos:
-        for kdir in spec.keypoint_dirs:
+        for kdir, view_frames in zip(spec.keypoint_dirs, spec.view_frames):
             if kdir is None:
                 continue
-            for frame, kinds in sorted(list_keypoints(spec.video_id, kdir, spec.num_frames).items()):
+            for frame, kinds in sorted(list_keypoints(spec.video_id, kdir, view_frames).items()):
                 for kind, path in sorted(kinds.items()):
                     if kind in origin:
                         continue

@@ -128,7 +128,7 @@ def _write_samples(task: VideoTask, out: str) -> VideoResult:
         strict_length=len(set(spec.view_frames)) == 1,
     )
     keypoint_files = [
-        list_keypoints(spec.video_id, d, spec.num_frames) if d else {} for d in spec.keypoint_dirs
+        list_keypoints(spec.video_id, d, n) if d else {} for d, n in zip(spec.keypoint_dirs, spec.view_frames)
     ]
     records = []
     for index, ((start, end), key) in enumerate(zip(chunks, keys)):
