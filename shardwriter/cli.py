@@ -64,6 +64,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    run(args.quick, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidshard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -97,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-keypoints", action="store_true")
     s.set_defaults(func=cmd_synth)
+
+    b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
+    b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    b.add_argument("--json", default=None, help="write the results as JSON here")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
