@@ -1,5 +1,35 @@
-"""vidshard's reader: stream chunk samples from shards.
+"""vidshard's reader: stream chunk samples from shards with bounded memory.
 
-`streaming.format` (the sample format shared with the writer) stays importable without
-torch; the dataset itself is loaded on first use.
+`streaming.format` (the sample format shared with the writer) imports without torch; the
+dataset and collate function load torch on first use.
+
+Note: MosaicML Streaming is also imported as `streaming`; the two cannot share one
+environment.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__all__ = ["VideoShardDataset", "collate", "World"]
+
+if TYPE_CHECKING:
+    from .collation import collate
+    from .dataset import VideoShardDataset
+    from .world import World
+
+
+def __getattr__(name: str):
+    if name == "VideoShardDataset":
+        from .dataset import VideoShardDataset
+
+        return VideoShardDataset
+    if name == "collate":
+        from .collation import collate
+
+        return collate
+    if name == "World":
+        from .world import World
+
+        return World
+    raise AttributeError(f"module 'streaming' has no attribute {name!r}")

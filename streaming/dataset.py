@@ -1,0 +1,172 @@
+"""VideoShardDataset: a torch IterableDataset over vidshard shards.
+
+Per epoch, each (rank, worker) computes its part of the epoch plan (`plan.py`) from the
+manifest alone, then for each window: reads the window's samples (encoded bytes, bounded by
+`shuffle_buffer`), and yields its items in the window's permuted order, decoding only the
+frames each item needs. Nothing is decoded before it is about to be yielded.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decode import ClipDecoder
+from .errors import SampleError
+from .format import KPT_EXT, CLIP_EXT, label_ids
+from .items import Options, build_item, item_specs, sample_meta
+from .plan import Catalog, EpochOrder, Window, epoch_order, items_per_rank, worker_windows
+from .sampling import MODES
+from .shards import read_run, resolve_source
+from .units import parse_bytes
+from .world import World
+
+log = logging.getLogger("vidshard.streaming")
+_CLIP_STREAM = 3  # RNG stream id of clip-mode window starts
+
+
+class VideoShardDataset(torch.utils.data.IterableDataset):
+    """Chunk samples from vidshard shards; see docs/streaming.md for every option."""
+
+    def __init__(
+        self,
+        source: str | Sequence[str],
+        *,
+        sample: str = "chunk",
+        num_frames: int | None = None,
+        stride: int = 1,
+        img_size: tuple[int, int] | None = None,
+        views: Sequence[str] | None = None,
+        load_rgb: bool = True,
+        load_kpt: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer: int | str = "256MB",
+        drop_last: bool = False,
+        on_error: str = "raise",
+        transform: Callable[[dict], dict] | None = None,
+        decode_threads: int = 1,
+    ):
+        super().__init__()
+        if sample not in MODES:
+            raise ValueError(f"sample must be one of {MODES}, got {sample!r}")
+        if sample == "clip" and num_frames is None:
+            raise ValueError('sample="clip" needs num_frames')
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
+        if not (load_rgb or load_kpt):
+            raise ValueError("nothing to load: set load_rgb and/or load_kpt")
+        self.manifest, self.urls = resolve_source(source)
+        views = tuple(views) if views is not None else tuple(self.manifest.views)
+        unknown = [v for v in views if v not in self.manifest.views]
+        if unknown or not views:
+            raise ValueError(f"views {unknown or list(views)} not in the dataset's views {self.manifest.views}")
+        if load_kpt and not self.manifest.keypoints:
+            raise ValueError("load_kpt=True, but the dataset was written without keypoints")
+        self.options = Options(
+            mode=sample,
+            num_frames=num_frames,
+            stride=stride,
+            img_size=tuple(img_size) if img_size else None,
+            views=views,
+            load_rgb=load_rgb,
+            load_kpt=load_kpt,
+            label_ids=label_ids(self.manifest.labels),
+        )
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.buffer_bytes = parse_bytes(shuffle_buffer)
+        self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
+        per_sample = (lambda s: s.nsegments) if sample == "segment" else (lambda s: 1)
+        self.catalog = Catalog(
+            sample_items=[np.array([per_sample(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
+            sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
+        )
+        # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
+        # main process reaches persistent workers too.
+        self._epoch = multiprocessing.RawValue("q", 0)
+        self.stats: collections.Counter = collections.Counter()
+
+    # -- epoch -------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def __len__(self) -> int:
+        """Items this rank yields per epoch (every rank yields the same number)."""
+        world = World.detect()
+        return items_per_rank(self.catalog.total_items, world.world_size, self.drop_last)
+
+    def plan(self, world: World, epoch: int) -> tuple[EpochOrder, list[Window]]:
+        order = epoch_order(self.catalog, epoch, self.seed, self.shuffle)
+        windows = worker_windows(
+            self.catalog, order, world, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
+            drop_last=self.drop_last, buffer_bytes=self.buffer_bytes,
+        )
+        return order, windows
+
+    # -- iteration ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        world = World.detect()
+        epoch = self.epoch
+        order, windows = self.plan(world, epoch)
+        per_worker = items_per_rank(self.catalog.total_items, world.world_size, self.drop_last) // world.num_workers
+        if per_worker == 0:
+            raise ValueError(
+                f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
+                f"({len(self)} items): use fewer workers, or a larger dataset"
+            )
+        decoder = ClipDecoder(threads=self.decode_threads)
+        for window in windows:
+            samples = self._read_window(window, order)
+            for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
+                shard, index, sub = int(order.shard[position]), int(order.sample[position]), int(order.sub[position])
+                try:
+                    item = self._item(samples[shard, index], sub, shard, index, epoch, decoder)
+                except SampleError as exc:
+                    if self.on_error == "raise":
+                        raise
+                    self.stats[f"skipped_{exc.reason}"] += 1
+                    log.warning("skipping item: %s", exc)
+                    continue
+                item["meta"]["padded"] = padded
+                self.stats["items"] += 1
+                yield self.transform(item) if self.transform else item
+
+    def _read_window(self, window: Window, order: EpochOrder) -> dict[tuple[int, int], dict]:
+        """The window's samples, read in runs of consecutive samples per shard."""
+        skip = () if self.options.load_rgb else (f".{CLIP_EXT}",)
+        if not self.options.load_kpt:
+            skip += (f".{KPT_EXT}",)
+        samples: dict[tuple[int, int], dict] = {}
+        pairs = window.samples(order)
+        i = 0
+        while i < len(pairs):
+            shard, first = pairs[i]
+            j = i + 1
+            while j < len(pairs) and pairs[j] == (shard, first + (j - i)):
+                j += 1
+            entries = self.manifest.shards[shard].samples[first : first + (j - i)]
+            length = sum(e.size for e in entries)
+            for k, sample in enumerate(read_run(self.urls[shard], entries[0].offset, length, [e.key for e in entries], skip)):
+                samples[shard, first + k] = sample
+                self.stats["bytes_read"] += sum(len(v) for name, v in sample.items() if not name.startswith("__"))
+            i = j
+        return samples
+
+    def _item(self, sample: dict, sub: int, shard: int, index: int, epoch: int, decoder: ClipDecoder) -> dict:
+        url = self.urls[shard]
+        meta, timeline = sample_meta(sample, url)
+        rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
+        specs = item_specs(meta, timeline, self.options, rng)
+        if sub >= len(specs):
+            raise SampleError(f"index.json lists more items than the sample has ({len(specs)})", shard=url, key=sample["__key__"])
+        return build_item(sample, meta, timeline, specs[sub], self.options, decoder, url)

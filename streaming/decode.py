@@ -1,0 +1,60 @@
+"""Decoding only the frames an item needs from one in-memory clip, with PyAV.
+
+Clips are written with a keyframe every `gop` frames and pts = index / fps (docs/format.md),
+so the keyframe before frame f is f - f % gop: the decoder seeks there whenever that skips
+frames, decodes forward, converts only the wanted frames to RGB (resizing in the same
+swscale call) and stops after the last one. No float copy, no full-resolution copy when
+resizing, no frames beyond the last wanted one.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+from av.video.reformatter import Interpolation, VideoReformatter
+
+
+class ClipDecoder:
+    """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+        self.reformatter = VideoReformatter()  # keeps its swscale context between frames
+
+    def decode(
+        self, data: bytes, wanted: np.ndarray, fps: Fraction, gop: int, size: tuple[int, int] | None, out: np.ndarray
+    ) -> None:
+        """Fill out[i] with frame wanted[i] (strictly increasing) as RGB, resized to size=(H, W)."""
+        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self.threads
+            ticks_per_frame = 1 / (fps * stream.time_base)  # pts step between frames
+            height, width = size if size else (stream.codec_context.height, stream.codec_context.width)
+            interpolation = Interpolation.AREA if size else None
+            next_frame, frames = -1, None  # index the decoder will produce next
+            for i, target in enumerate(wanted.tolist()):
+                keyframe = target - target % gop
+                if frames is None or keyframe > next_frame:
+                    container.seek(round(keyframe * ticks_per_frame), stream=stream, backward=True)
+                    frames = container.decode(stream)
+                while True:
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise EOFError(f"clip ends before frame {target}")
+                    index = round(frame.pts / ticks_per_frame)
+                    next_frame = index + 1
+                    if index == target:
+                        break
+                    if index > target:
+                        raise EOFError(f"frame {target} missing: decoder jumped to {index}")
+                rgb = self.reformatter.reformat(frame, format="rgb24", width=width, height=height, interpolation=interpolation)
+                out[i] = rgb.to_ndarray().transpose(2, 0, 1)
+
+
+def clip_size(data: bytes) -> tuple[int, int]:
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        ctx = container.streams.video[0].codec_context
+        return ctx.height, ctx.width

@@ -1,0 +1,166 @@
+"""One encoded sample -> the items it yields (chunk, segment or clip mode), decoded.
+
+Stages apart: `ItemSpec`s say which frames each item needs (pure, from the sample's small
+JSON members); `build_item` decodes exactly those frames of every view and the keypoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decode import ClipDecoder
+from .errors import DecodeError, ShardFormatError
+from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
+from .sampling import clip_window, frame_labels, uniform
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ItemSpec:
+    frames: np.ndarray  # chunk-local frame indices, in delivery order
+    segment: Segment | None  # segment mode: the segment the item samples
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+    """The dataset's per-item settings, as one value handed to the item builder."""
+
+    mode: str
+    num_frames: int | None
+    stride: int
+    img_size: tuple[int, int] | None
+    views: tuple[str, ...]
+    load_rgb: bool
+    load_kpt: bool
+    label_ids: dict[str, int]
+
+
+def parse_json(sample: dict, suffix: str, shard: str) -> Any:
+    key = sample["__key__"]
+    if suffix not in sample:
+        raise ShardFormatError(f"sample has no {suffix} member", shard=shard, key=key)
+    try:
+        return json.loads(sample[suffix])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ShardFormatError(f"{suffix} is not valid JSON ({exc})", shard=shard, key=key) from None
+
+
+def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
+    meta = parse_json(sample, META, shard)
+    key = sample["__key__"]
+    for field, kind in (("start_frame", int), ("end_frame", int), ("gop", int), ("fps_rational", str), ("views", list)):
+        if not isinstance(meta.get(field) if isinstance(meta, dict) else None, kind):
+            raise ShardFormatError(f"meta.json field {field!r} missing or not {kind.__name__}", shard=shard, key=key)
+    if meta["end_frame"] <= meta["start_frame"]:
+        raise ShardFormatError("meta.json has end_frame <= start_frame", shard=shard, key=key)
+    try:
+        timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
+    except ValueError as exc:
+        raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key) from None
+    return meta, timeline
+
+
+def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
+    """Every item the sample yields, in segment order for segment mode."""
+    length = meta["end_frame"] - meta["start_frame"]
+    if opts.mode == "chunk":
+        return [ItemSpec(frames=uniform(0, length, opts.num_frames), segment=None)]
+    if opts.mode == "clip":
+        return [ItemSpec(frames=clip_window(length, opts.num_frames, opts.stride, rng), segment=None)]
+    return [ItemSpec(frames=uniform(s.start, s.end, opts.num_frames), segment=s) for s in timeline]
+
+
+def build_item(
+    sample: dict, meta: dict, timeline: list[Segment], spec: ItemSpec, opts: Options, decoder: ClipDecoder, shard: str
+) -> dict[str, Any]:
+    key = sample["__key__"]
+    frames = spec.frames
+    item: dict[str, Any] = {
+        "frame_index": torch.from_numpy(frames + meta["start_frame"]),
+        "frame_labels": torch.from_numpy(
+            frame_labels(frames, [(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline])
+        ),
+    }
+    if opts.load_rgb:
+        item["video"] = torch.from_numpy(_decode_views(sample, meta, frames, opts, decoder, shard))
+    if opts.load_kpt:
+        item["keypoints"], item["keypoints_mask"] = _keypoints(sample, frames, opts.views, shard)
+    info = {
+        "key": key,
+        "shard": shard,
+        "video_id": meta.get("video_id"),
+        "chunk_index": meta.get("chunk_index"),
+        "start_frame": meta["start_frame"],
+        "end_frame": meta["end_frame"],
+        "fps": meta.get("fps"),
+        "views": list(opts.views),
+    }
+    if spec.segment is None:
+        item["timeline"] = [dataclasses.asdict(s) for s in timeline]
+    else:
+        seg = spec.segment
+        item["label"], item["label_id"] = seg.label, opts.label_ids.get(seg.label, -1)
+        info.update(segment_id=seg.segment_id, truncated_start=seg.truncated_start, truncated_end=seg.truncated_end)
+    item["meta"] = info
+    return item
+
+
+def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, decoder: ClipDecoder, shard: str) -> np.ndarray:
+    key = sample["__key__"]
+    wanted, inverse = np.unique(frames, return_inverse=True)
+    fps = Fraction(meta["fps_rational"])
+    decoded = None
+    for v, view in enumerate(opts.views):
+        data = sample.get(clip_suffix(view))
+        if data is None:
+            raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view)
+        size = opts.img_size or _stored_size(meta, view, shard, key)
+        if decoded is None:
+            decoded = np.empty((len(opts.views), len(wanted), 3, *size), dtype=np.uint8)
+        elif decoded.shape[-2:] != size:
+            raise ShardFormatError(
+                f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
+            )
+        try:
+            decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v])
+        except (EOFError, OSError, ValueError) as exc:  # av.FFmpegError is an OSError/ValueError
+            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view) from None
+    if len(wanted) == len(frames):
+        return decoded
+    return decoded[:, inverse]  # repeated indices: expand once, after decoding each frame once
+
+
+def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]:
+    try:
+        size = meta["view_sizes"][view]
+        return int(size["height"]), int(size["width"])
+    except (KeyError, TypeError, ValueError):
+        raise ShardFormatError(f"meta.json has no view_sizes for {view!r}", shard=shard, key=key, view=view) from None
+
+
+def _keypoints(sample: dict, frames: np.ndarray, views: tuple[str, ...], shard: str):
+    key = sample["__key__"]
+    per_view, masks = [], []
+    for view in views:
+        data = sample.get(kpt_suffix(view))
+        if data is None:
+            raise ShardFormatError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {name: npz[name][frames] for name in npz.files}
+        except (ValueError, OSError, IndexError, zipfile.BadZipFile) as exc:
+            raise ShardFormatError(f"{view}.{KPT_EXT} unreadable ({exc})", shard=shard, key=key, view=view) from None
+        if "mask" not in arrays:
+            raise ShardFormatError(f"{view}.{KPT_EXT} has no mask", shard=shard, key=key, view=view)
+        masks.append(arrays.pop("mask").astype(bool))
+        per_view.append(arrays)
+    names = sorted(per_view[0])
+    keypoints = {name: torch.from_numpy(np.stack([a[name] for a in per_view])) for name in names}
+    return keypoints, torch.from_numpy(np.stack(masks))

@@ -1,0 +1,109 @@
+"""Finding the manifest and reading runs of samples out of shards.
+
+A run is consecutive samples of one shard: the reader seeks to the first sample's byte
+offset (from index.json) and reads exactly the run's bytes, so nothing outside the planned
+samples is fetched. Tar parsing and grouping by key are webdataset's; the member names it
+yields are checked against the manifest's keys, never used as paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import posixpath
+from collections.abc import Iterator, Sequence
+
+import braceexpand
+import fsspec
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .errors import ShardFormatError
+from .format import INDEX_NAME, Manifest
+
+
+def _join(base: str, name: str) -> str:
+    return posixpath.join(base, name) if base else name
+
+
+def resolve_source(source: str | Sequence[str]) -> tuple[Manifest, list[str]]:
+    """(manifest, absolute shard URLs) for an OUTPUT dir, its index.json, or shard URLs.
+
+    Shard URLs (a list or a brace pattern) select a subset of the shards listed by the
+    index.json beside them; the manifest is needed for exact epoch lengths and offsets.
+    """
+    if isinstance(source, str) and "{" not in source and not source.endswith(".tar"):
+        index_url = source if source.endswith(".json") else _join(source.rstrip("/"), INDEX_NAME)
+        manifest = load_manifest(index_url)
+        base = posixpath.dirname(index_url)
+        return manifest, [_join(base, s.url) for s in manifest.shards]
+    urls = [u for pattern in ([source] if isinstance(source, str) else source) for u in braceexpand.braceexpand(pattern)]
+    if not urls:
+        raise ValueError("no shard URLs given")
+    base = posixpath.dirname(urls[0])
+    if any(posixpath.dirname(u) != base for u in urls):
+        raise ValueError("shard URLs must share one folder (with its index.json)")
+    manifest = load_manifest(_join(base, INDEX_NAME))
+    by_name = {s.url: s for s in manifest.shards}
+    missing = [u for u in urls if posixpath.basename(u) not in by_name]
+    if missing:
+        raise ValueError(f"shards not listed in {_join(base, INDEX_NAME)}: {missing[:5]}")
+    shards = [by_name[posixpath.basename(u)] for u in urls]
+    return dataclasses.replace(manifest, shards=shards), urls
+
+
+def load_manifest(url: str) -> Manifest:
+    try:
+        with fsspec.open(url, "rb") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url}: no such index.json (write the dataset with `vidshard write`)") from None
+    except ValueError as exc:
+        raise ValueError(f"{url}: not valid JSON ({exc})") from None
+    try:
+        return Manifest.from_json(raw)
+    except ValueError as exc:
+        raise ValueError(f"{url}: {exc}") from None
+
+
+class _Bounded(io.RawIOBase):
+    """Reads at most `length` bytes of `f`: the tar parser sees the run's end as EOF."""
+
+    def __init__(self, f, length: int):
+        self.f, self.left = f, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.left)
+        if n <= 0:
+            return 0
+        data = self.f.read(n)
+        buf[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+
+def read_run(url: str, offset: int, length: int, keys: list[str], skip_suffixes: tuple[str, ...] = ()) -> Iterator[dict]:
+    """The samples `keys` stored at [offset, offset + length) of shard `url`, in order.
+
+    Members whose suffix ends with one of `skip_suffixes` are passed over unread into memory
+    (e.g. clips when only keypoints are wanted).
+    """
+    def select(name: str) -> bool:
+        return not name.endswith(skip_suffixes) if skip_suffixes else True
+
+    with fsspec.open(url, "rb") as f:
+        f.seek(offset)
+        stream = io.BufferedReader(_Bounded(f, length), buffer_size=1 << 20)
+        members = ({**m, "__url__": url} for m in tar_file_iterator(stream, select_files=select))
+        expected = iter(keys)
+        for sample in group_by_keys(members, lcase=False):
+            key = next(expected, None)
+            if sample["__key__"] != key:
+                raise ShardFormatError(f"found sample {sample['__key__']!r} where index.json lists {key!r}", shard=url, key=key)
+            yield sample
+        left = next(expected, None)
+        if left is not None:
+            raise ShardFormatError("shard ends before a sample index.json lists", shard=url, key=left)
