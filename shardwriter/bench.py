@@ -2,7 +2,7 @@
 
 Writer case: frames/s of the shard writer in one process pinned to one core, next to the
 FFmpeg CLI transcoding the same source frames with the same libx264 settings on the same
-core. Reader cases join this module with the streaming package.
+core. Reader memory comes from `streaming.bench`.
 """
 
 from __future__ import annotations
@@ -79,10 +79,18 @@ def machine() -> str:
 
 
 def run(quick: bool, json_out: str | None) -> dict:
+    from streaming.bench import reader_memory
+
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "writer": bench_writer(quick)}
     for case in result["writer"]["cases"]:
         print(f"{case['name']:<55} {case['frames_per_s']:>9.1f} frames/s")
     print(f"writer_vs_ffmpeg = {result['writer']['ratios']['writer_vs_ffmpeg']:.3f}")
+    sizes = ([300, 1200], 96, 300) if quick else ([1000, 10000], 224, 1000)
+    result["reader_memory"] = reader_memory(*sizes)
+    for row in result["reader_memory"]:
+        print(f"chunk mode, {row['chunk_frames']}-frame 3-view {row['size']}px chunks, {row['source_frames']}-frame source: "
+              f"peak RSS {row['peak_rss_mb']} MB = {row['baseline_rss_mb']} MB after imports + "
+              f"{row['streaming_rss_mb']} MB streaming (one item: {row['item_mb']} MB)")
     if json_out:
         with open(json_out, "w") as f:
             json.dump(result, f, indent=1)

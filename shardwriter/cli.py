@@ -64,6 +64,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streaming.demo import run_demo
+
+    run_demo(args.config)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -104,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-keypoints", action="store_true")
     s.set_defaults(func=cmd_synth)
+
+    d = sub.add_parser("demo", help="synthetic source -> shards -> one streamed epoch")
+    d.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml's values)")
+    d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")

@@ -140,6 +140,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                 item["meta"]["padded"] = padded
                 self.stats["items"] += 1
                 yield self.transform(item) if self.transform else item
+                del item  # hold no decoded item while building the next one
 
     def _read_window(self, window: Window, order: EpochOrder) -> dict[tuple[int, int], dict]:
         """The window's samples, read in runs of consecutive samples per shard."""
