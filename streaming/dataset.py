@@ -21,7 +21,8 @@ from .decode import ClipDecoder
 from .errors import SampleError
 from .format import KPT_EXT, CLIP_EXT, label_ids
 from .items import Options, build_item, item_specs, sample_meta
-from .plan import Catalog, EpochOrder, Window, epoch_order, items_per_rank, worker_windows
+from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
+from .resume import STATE_KEY
 from .sampling import MODES
 from .shards import read_run, resolve_source
 from .units import parse_bytes
@@ -52,6 +53,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         on_error: str = "raise",
         transform: Callable[[dict], dict] | None = None,
         decode_threads: int = 1,
+        resume_from: dict | None = None,
     ):
         super().__init__()
         if sample not in MODES:
@@ -91,6 +93,13 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         # main process reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("q", 0)
         self.stats: collections.Counter = collections.Counter()
+        # Resume: a merged global progress (any world shape), applied to its own epoch ...
+        self._resume_from = Progress.from_json(resume_from) if resume_from else None
+        if self._resume_from is not None:
+            self.set_epoch(self._resume_from.spec.epoch)
+        # ... or one partition's own state from StatefulDataLoader, applied to the next epoch started.
+        self._pending: dict | None = None
+        self._state: dict | None = None  # the running epoch: plan spec, partition, items yielded
 
     # -- epoch -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -100,37 +109,62 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
     def epoch(self) -> int:
         return self._epoch.value
 
-    def __len__(self) -> int:
-        """Items this rank yields per epoch (every rank yields the same number)."""
-        world = World.detect()
-        return items_per_rank(self.catalog.total_items, world.world_size, self.drop_last)
+    def spec(self, world: World) -> PlanSpec:
+        """The plan of the current epoch for this world shape."""
+        base = self._resume_from if self._resume_from and self._resume_from.spec.epoch == self.epoch else None
+        return PlanSpec(epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, drop_last=self.drop_last,
+                        buffer_bytes=self.buffer_bytes, world_size=world.world_size, num_workers=world.num_workers, base=base)
 
-    def plan(self, world: World, epoch: int) -> tuple[EpochOrder, list[Window]]:
-        order = epoch_order(self.catalog, epoch, self.seed, self.shuffle)
-        windows = worker_windows(
-            self.catalog, order, world, epoch=epoch, seed=self.seed, shuffle=self.shuffle,
-            drop_last=self.drop_last, buffer_bytes=self.buffer_bytes,
-        )
-        return order, windows
+    def __len__(self) -> int:
+        """Items this rank yields this epoch (every rank yields the same number)."""
+        return plan_items(self.catalog, self.spec(World.detect()))
+
+    # -- resume (torchdata StatefulDataLoader calls these in each worker) ---------------
+    def state_dict(self) -> dict[str, Any]:
+        return {STATE_KEY: 1, **(self._state or {"spec": None})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get(STATE_KEY) != 1:
+            raise ValueError("not a VideoShardDataset state")
+        self._pending = state if state.get("spec") else None
+
+    def _start(self, world: World) -> tuple[PlanSpec, int]:
+        """This epoch's plan and how many of this partition's items were delivered already."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return self.spec(world), 0
+        spec = PlanSpec.from_json(pending["spec"])
+        if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
+            world.world_size, world.num_workers, world.rank, world.worker
+        ):
+            raise ValueError(
+                f"this state was saved by rank {pending['rank']}/{spec.world_size}, worker "
+                f"{pending['worker']}/{spec.num_workers}, not rank {world.rank}/{world.world_size}, worker "
+                f"{world.worker}/{world.num_workers}: to resume on another shape, merge every rank's loader "
+                "state with streaming.resume.merge_loader_states() and pass it as resume_from="
+            )
+        return spec, int(pending["yielded"])
 
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
-        epoch = self.epoch
-        order, windows = self.plan(world, epoch)
-        per_worker = items_per_rank(self.catalog.total_items, world.world_size, self.drop_last) // world.num_workers
+        spec, delivered = self._start(world)
+        order, windows = world_windows(self.catalog, spec, world)
+        per_worker = plan_items(self.catalog, spec) // world.num_workers
         if per_worker == 0:
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
-                f"({len(self)} items): use fewer workers, or a larger dataset"
+                f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
             )
+        self._state = {"spec": spec.to_json(), "rank": world.rank, "worker": world.worker, "yielded": delivered}
         decoder = ClipDecoder(threads=self.decode_threads)
-        for window in windows:
+        for window in skip_items(windows, delivered):
             samples = self._read_window(window, order)
             for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
                 shard, index, sub = int(order.shard[position]), int(order.sample[position]), int(order.sub[position])
+                self._state["yielded"] += 1  # counted when planned, delivered or skipped alike
                 try:
-                    item = self._item(samples[shard, index], sub, shard, index, epoch, decoder)
+                    item = self._item(samples[shard, index], sub, shard, index, spec.epoch, decoder)
                 except SampleError as exc:
                     if self.on_error == "raise":
                         raise

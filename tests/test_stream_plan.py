@@ -8,9 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.plan import Catalog, epoch_order, items_per_rank, worker_windows
+from streaming.plan import Catalog, PlanSpec, Progress, epoch_order, items_per_rank, plan_items, worker_windows
 from streaming.sampling import clip_window, frame_labels, uniform
-from streaming.world import World
 
 
 @st.composite
@@ -21,16 +20,24 @@ def catalogs(draw):
     return Catalog(sample_items=items, sample_bytes=sizes)
 
 
-def simulate(catalog, ranks, workers, epoch=0, seed=0, drop_last=False, buffer=60, shuffle=True):
-    order = epoch_order(catalog, epoch, seed, shuffle)
+def spec_for(ranks, workers, epoch=0, seed=0, drop_last=False, buffer=60, shuffle=True, base=None):
+    return PlanSpec(epoch=epoch, seed=seed, shuffle=shuffle, drop_last=drop_last, buffer_bytes=buffer,
+                    world_size=ranks, num_workers=workers, base=base)
+
+
+def run_plan(catalog, spec):
+    """(rank, worker) -> [(shard, sample, sub, padded)] in yield order."""
+    order = epoch_order(catalog, spec.epoch, spec.seed, spec.shuffle)
     out = {}
-    for r in range(ranks):
-        for w in range(workers):
-            world = World(rank=r, world_size=ranks, worker=w, num_workers=workers)
-            windows = worker_windows(catalog, order, world, epoch=epoch, seed=seed, shuffle=shuffle, drop_last=drop_last, buffer_bytes=buffer)
+    for r in range(spec.world_size):
+        for w in range(spec.num_workers):
             out[r, w] = [(int(order.shard[p]), int(order.sample[p]), int(order.sub[p]), bool(pad))
-                         for win in windows for p, pad in zip(win.positions, win.padded)]
+                         for win in worker_windows(catalog, order, spec, r, w) for p, pad in zip(win.positions, win.padded)]
     return out
+
+
+def simulate(catalog, ranks, workers, **kw):
+    return run_plan(catalog, spec_for(ranks, workers, **kw))
 
 
 def all_items(catalog):
@@ -65,8 +72,7 @@ def test_same_seed_and_epoch_repeat_and_windows_fit(catalog):
     a = simulate(catalog, 2, 2, epoch=3, seed=5)
     assert a == simulate(catalog, 2, 2, epoch=3, seed=5)
     order = epoch_order(catalog, 0, 0, True)
-    world = World(rank=0, world_size=1, worker=0, num_workers=1)
-    for win in worker_windows(catalog, order, world, epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=60):
+    for win in worker_windows(catalog, order, spec_for(1, 1), 0, 0):
         pairs = win.samples(order)
         used = sum(int(catalog.sample_bytes[s][i]) for s, i in pairs)
         assert used <= 60 or len(pairs) == 1  # a window fits the buffer (or is one big sample)
@@ -96,3 +102,40 @@ def test_samplers():
 def test_uniform_stays_inside(length, n):
     idx = uniform(0, length, n)
     assert len(idx) == n and idx.min() >= 0 and idx.max() < length and (np.diff(idx) >= 0).all()
+
+
+@given(catalogs(), st.integers(1, 4), st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.data())
+@settings(max_examples=150, deadline=None)
+def test_resume_on_any_world_shape_delivers_the_rest_once(catalog, r0, w0, r1, w1, data):
+    """Stop each partition anywhere, resume on another shape: together, one epoch exactly."""
+    first = spec_for(r0, w0, epoch=2, seed=9)
+    before = run_plan(catalog, first)
+    cut = {k: data.draw(st.integers(0, len(v))) for k, v in before.items()}
+    delivered = [item for k, v in before.items() for item in v[: cut[k]]]
+    progress = Progress(spec=first, yielded=cut)
+    progress = Progress.from_json(progress.to_json())  # the state survives JSON
+    resumed_spec = spec_for(r1, w1, epoch=2, seed=9, base=progress)
+    after = run_plan(catalog, resumed_spec)
+    per_rank = collections.Counter(r for (r, _), v in after.items() for _ in v)
+    assert len(set(per_rank.values())) <= 1 and all(per_rank[r] == plan_items(catalog, resumed_spec) for r in range(r1))
+    real = [i[:3] for i in delivered + [x for v in after.values() for x in v] if not i[3]]
+    assert sorted(real) == sorted(all_items(catalog))  # everything, nothing twice
+
+
+def test_resume_chain_and_same_shape():
+    catalog = Catalog(sample_items=[np.array([1, 2, 0, 3]), np.array([2, 2])], sample_bytes=[np.full(4, 10), np.full(2, 10)])
+    spec = spec_for(2, 2, epoch=1)
+    plan = run_plan(catalog, spec)
+    # same shape, nothing delivered yet: the resumed plan is the rest of the same sequence
+    resumed = run_plan(catalog, spec_for(2, 2, epoch=1, base=Progress(spec=spec, yielded={})))
+    assert sorted(x for v in resumed.values() for x in v if not x[3]) == sorted(x for v in plan.values() for x in v if not x[3])
+    # interrupted twice, on three different shapes
+    p1 = Progress(spec=spec, yielded={(0, 0): 1, (1, 1): 2})
+    spec2 = spec_for(3, 1, epoch=1, base=p1)
+    plan2 = run_plan(catalog, spec2)
+    p2 = Progress(spec=spec2, yielded={(0, 0): 1, (2, 0): 1})
+    plan3 = run_plan(catalog, spec_for(1, 2, epoch=1, base=p2))
+    got = [x for (r, w), v in plan.items() for x in v[: p1.yielded.get((r, w), 0)]]
+    got += [x for (r, w), v in plan2.items() for x in v[: p2.yielded.get((r, w), 0)]]
+    got += [x for v in plan3.values() for x in v]
+    assert sorted(x[:3] for x in got if not x[3]) == sorted(all_items(catalog))
