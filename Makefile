@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: $(STAMP) sysdeps
-	$(VENV)/bin/vidshard demo
+	$(VENV)/bin/vidshard demo --config configs/demo.yaml
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q

@@ -65,9 +65,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
     from streaming.demo import run_demo
 
-    run_demo(args.config)
+    config = args.config
+    if config is None and os.path.exists(os.path.join("configs", "demo.yaml")):
+        config = os.path.join("configs", "demo.yaml")  # from a checkout; elsewhere the built-in defaults
+    run_demo(config)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streaming.train import run_train
+
+    run_train(args.config, resume=args.resume, max_steps=args.max_steps, checkpoint=args.checkpoint)
     return 0
 
 
@@ -113,8 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     d = sub.add_parser("demo", help="synthetic source -> shards -> one streamed epoch")
-    d.add_argument("--config", default=None, help="YAML config (default: configs/demo.yaml's values)")
+    d.add_argument("--config", default=None, help="YAML config (default: ./configs/demo.yaml if present)")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="the chunked-loading training example (also under torchrun)")
+    t.add_argument("--config", default="configs/config_chunked_loading.yaml")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop (and checkpoint) after this many optimizer steps")
+    t.add_argument("--checkpoint", default=None, help="where to save (default: WORK_DIR/checkpoint.pt)")
+    t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")

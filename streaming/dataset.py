@@ -19,7 +19,7 @@ import torch
 
 from .decode import ClipDecoder
 from .errors import SampleError
-from .format import KPT_EXT, CLIP_EXT, label_ids
+from .format import CLIP_EXT, KPT_EXT, label_ids, video_of
 from .items import Options, build_item, item_specs, sample_meta
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
 from .resume import STATE_KEY
@@ -54,6 +54,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         transform: Callable[[dict], dict] | None = None,
         decode_threads: int = 1,
         resume_from: dict | None = None,
+        videos: Sequence[str] | None = None,
     ):
         super().__init__()
         if sample not in MODES:
@@ -84,9 +85,16 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
         self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
+        # A video subset (e.g. a train/val split by video) keeps the catalog's shape: samples
+        # of other videos count zero items, so epoch lengths stay exact.
+        wanted = set(videos) if videos is not None else None
         per_sample = (lambda s: s.nsegments) if sample == "segment" else (lambda s: 1)
+
+        def items(s) -> int:
+            return per_sample(s) if wanted is None or video_of(s.key) in wanted else 0
+
         self.catalog = Catalog(
-            sample_items=[np.array([per_sample(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
+            sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
@@ -134,6 +142,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if pending is None:
             return self.spec(world), 0
         spec = PlanSpec.from_json(pending["spec"])
+        if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
+            return self.spec(world), 0
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):

@@ -47,6 +47,11 @@ def sample_key(video_id: str, chunk_index: int) -> str:
     return f"{video_id}_{chunk_index:0{CHUNK_DIGITS}d}"
 
 
+def video_of(key: str) -> str:
+    """The video id of a sample key (the part before `_<chunk:05d>`)."""
+    return key.rsplit("_", 1)[0]
+
+
 def clip_suffix(view: str) -> str:
     return f"{view}.{CLIP_EXT}"
 
