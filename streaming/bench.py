@@ -33,6 +33,41 @@ def _measure_chunk_stream(shards: str) -> dict:
             "streaming_rss_mb": round(peak - baseline, 1), "item_mb": round(item_bytes / 2**20, 1)}
 
 
+def _measure_first_item(shards: str) -> dict:
+    """Load time and peak RSS of one chunk-mode item (all frames, all views)."""
+    import time
+
+    import torch  # noqa: F401
+
+    from .dataset import VideoShardDataset
+    from .memory import peak_rss_mb
+
+    baseline = peak_rss_mb()
+    ds = VideoShardDataset(shards, shuffle=False)
+    start = time.perf_counter()
+    item = next(iter(ds))
+    elapsed = time.perf_counter() - start
+    return {"load_s": round(elapsed, 3), "frames": int(item["video"].shape[1]), "item_mb": round(item["video"].numel() / 2**20, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "streaming_rss_mb": round(peak_rss_mb() - baseline, 1)}
+
+
+def chunk_size_sweep(frames: int, size: int, chunk_sizes: list[int | None]) -> list[dict]:
+    """The original's table, re-measured: one 3-view source, each max_video_frames."""
+    from shardwriter.job import WriteConfig, write_dataset
+    from shardwriter.synth import synth_source
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vidshard-sweep-") as tmp:
+        src = os.path.join(tmp, "src")
+        synth_source(src, videos=1, frames=frames, size=(size, size), fps=Fraction(30), keypoints=False)
+        for n in chunk_sizes:
+            out = os.path.join(tmp, f"out-{n}")
+            write_dataset(src, out, WriteConfig(max_video_frames=n), workers=min(2, os.cpu_count() or 1))
+            proc = subprocess.run([sys.executable, "-m", "streaming.bench", "first-item", out], check=True, capture_output=True, text=True)
+            rows.append({"max_video_frames": n, **json.loads(proc.stdout)})
+    return rows
+
+
 def reader_memory(frame_counts: list[int], size: int, max_video_frames: int) -> list[dict]:
     """Peak RSS streaming one video's chunks, for sources of each length."""
     from shardwriter.job import WriteConfig, write_dataset
@@ -53,5 +88,7 @@ def reader_memory(frame_counts: list[int], size: int, max_video_frames: int) -> 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["chunk-memory"]:
         print(json.dumps(_measure_chunk_stream(sys.argv[2])))
+    elif sys.argv[1:2] == ["first-item"]:
+        print(json.dumps(_measure_first_item(sys.argv[2])))
     else:
         sys.exit(f"usage: python -m streaming.bench chunk-memory SHARDS (got {sys.argv[1:]})")
