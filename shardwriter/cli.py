@@ -83,6 +83,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from streaming.survey import format_survey, survey
+
+    report = survey(args.source)
+    print(json.dumps(report, indent=1) if args.json else format_survey(report, shards=args.shards))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from streaming.survey import listing
+
+    print(listing(args.source, args.key))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from streaming.preview import show
+
+    key = show(args.source, args.key, args.out, columns=args.frames, keypoints=not args.no_keypoints)
+    print(f"wrote {args.out}: sample {key}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -135,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", default=None, help="where to save (default: WORK_DIR/checkpoint.pt)")
     t.set_defaults(func=cmd_train)
 
+    i = sub.add_parser("inspect", help="totals, label and chunk-length histograms, keypoint coverage")
+    i.add_argument("source", help="OUTPUT folder, index.json or shard URL(s)")
+    i.add_argument("--shards", action="store_true", help="one row per shard")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_inspect)
+
+    ls = sub.add_parser("ls", help="samples and their members, like tar tvf grouped by sample")
+    ls.add_argument("source", help="a shard, or an OUTPUT folder")
+    ls.add_argument("--key", default=None)
+    ls.set_defaults(func=cmd_ls)
+
+    sh = sub.add_parser("show", help="a PNG contact sheet of one sample")
+    sh.add_argument("source", help="OUTPUT folder or one of its shards")
+    sh.add_argument("--key", default=None, help="sample key (default: a random sample)")
+    sh.add_argument("--out", default="preview.png")
+    sh.add_argument("--frames", type=int, default=6, help="frames per view")
+    sh.add_argument("--no-keypoints", action="store_true", help="do not draw keypoints")
+    sh.set_defaults(func=cmd_show)
+
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--json", default=None, help="write the results as JSON here")
@@ -152,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     av.logging.set_level(av.logging.VERBOSE if args.verbose else None)
     try:
         return args.func(args)
-    except (WriterError, ValueError) as exc:
+    except (WriterError, ValueError, KeyError, FileNotFoundError) as exc:
         print(f"vidshard {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -51,9 +51,10 @@ def frame_schema(video_id: str, kind: str, path: str) -> Schema:
 
 def stack_chunk(
     video_id: str, files: dict[int, dict[str, str]], start: int, end: int, schema: Schema, origin: dict[str, str]
-) -> bytes:
-    """The chunk's `kpt.npz` bytes. Every file is checked against the dataset's `schema`
-    (taken from the first keypoint file of each kind, named in `origin` for the message)."""
+) -> tuple[bytes, int]:
+    """The chunk's `kpt.npz` bytes and its number of frames with keypoints. Every file is
+    checked against the dataset's `schema` (taken from the first keypoint file of each kind,
+    named in `origin` for the message)."""
     arrays = {name: np.zeros((end - start, *shape), dtype=np.dtype(dt)) for name, (shape, dt) in schema.items()}
     kinds = {name.partition(".")[0] for name in schema}
     mask = np.zeros(end - start, dtype=bool)
@@ -65,7 +66,7 @@ def stack_chunk(
                 arrays[name][frame - start] = value
         mask[frame - start] = kinds <= present.keys()
     arrays["mask"] = mask
-    return npz_bytes(arrays)
+    return npz_bytes(arrays), int(mask.sum())
 
 
 def checked_arrays(

@@ -133,12 +133,14 @@ def _write_samples(task: VideoTask, out: str) -> VideoResult:
     records = []
     for index, ((start, end), key) in enumerate(zip(chunks, keys)):
         segments = clip_timeline(spec.timeline, start, end)
-        members = {TIMELINE: dumps(timeline_to_json(segments)), META: dumps(_meta(task, key, index, len(chunks), start, end, sizes))}
+        members = {TIMELINE: dumps(timeline_to_json(segments))}
+        coverage = {}
         if task.keypoint_schema:
             for view, files in zip(spec.views, keypoint_files):
-                members[kpt_suffix(view)] = stack_chunk(
+                members[kpt_suffix(view)], coverage[view] = stack_chunk(
                     spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
                 )
+        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, sizes, coverage))
         for suffix, data in members.items():
             _write(os.path.join(out, f"{key}.{suffix}"), data)
         sizes_by_suffix = {suffix: len(data) for suffix, data in members.items()}
@@ -157,7 +159,7 @@ def _write_samples(task: VideoTask, out: str) -> VideoResult:
     )
 
 
-def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, sizes: list) -> dict:
+def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, sizes: list, coverage: dict) -> dict:
     spec = task.spec
     meta = {
         "key": key,
@@ -174,6 +176,7 @@ def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, en
         "view_sizes": {v: {"width": w, "height": h} for v, (w, h) in zip(spec.views, sizes)},
         "gop": task.encode.gop,
         "keypoints": sorted({n.partition(".")[0] for n in task.keypoint_schema}),
+        "keypoint_frames": coverage,  # per view: frames of the chunk that have keypoints
         "annotation": spec.annotation,
     }
     if len(set(spec.view_frames)) > 1:
