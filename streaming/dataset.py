@@ -25,6 +25,7 @@ from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, s
 from .resume import STATE_KEY
 from .sampling import MODES
 from .shards import read_run, resolve_source
+from .tario import Limits
 from .units import parse_bytes
 from .world import World
 
@@ -55,6 +56,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         decode_threads: int = 1,
         resume_from: dict | None = None,
         videos: Sequence[str] | None = None,
+        limits: Limits = Limits(),
     ):
         super().__init__()
         if sample not in MODES:
@@ -81,10 +83,12 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             load_rgb=load_rgb,
             load_kpt=load_kpt,
             label_ids=label_ids(self.manifest.labels),
+            limits=limits,
         )
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
         self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
+        self.limits = limits
         # A video subset (e.g. a train/val split by video) keeps the catalog's shape: samples
         # of other videos count zero items, so epoch lengths stay exact.
         wanted = set(videos) if videos is not None else None
@@ -136,14 +140,15 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise ValueError("not a VideoShardDataset state")
         self._pending = state if state.get("spec") else None
 
-    def _start(self, world: World) -> tuple[PlanSpec, int]:
-        """This epoch's plan and how many of this partition's items were delivered already."""
+    def _start(self, world: World) -> tuple[PlanSpec, int, int]:
+        """This epoch's plan, how many of this partition's items were consumed already, and
+        how many skipped items it still owes a substitute for."""
         pending, self._pending = self._pending, None
         if pending is None:
-            return self.spec(world), 0
+            return self.spec(world), 0, 0
         spec = PlanSpec.from_json(pending["spec"])
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
-            return self.spec(world), 0
+            return self.spec(world), 0, 0
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):
@@ -153,12 +158,12 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                 f"{world.worker}/{world.num_workers}: to resume on another shape, merge every rank's loader "
                 "state with streaming.resume.merge_loader_states() and pass it as resume_from="
             )
-        return spec, int(pending["yielded"])
+        return spec, int(pending["yielded"]), int(pending.get("owed", 0))
 
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
-        spec, delivered = self._start(world)
+        spec, delivered, owed = self._start(world)
         order, windows = world_windows(self.catalog, spec, world)
         per_worker = plan_items(self.catalog, spec) // world.num_workers
         if per_worker == 0:
@@ -166,13 +171,14 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
                 f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
             )
-        self._state = {"spec": spec.to_json(), "rank": world.rank, "worker": world.worker, "yielded": delivered}
+        self._state = {"spec": spec.to_json(), "rank": world.rank, "worker": world.worker, "yielded": delivered, "owed": owed}
         decoder = ClipDecoder(threads=self.decode_threads)
+        last_good = None  # (sample, sub, shard, index): encoded bytes of the last delivered item
         for window in skip_items(windows, delivered):
             samples = self._read_window(window, order)
             for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
                 shard, index, sub = int(order.shard[position]), int(order.sample[position]), int(order.sub[position])
-                self._state["yielded"] += 1  # counted when planned, delivered or skipped alike
+                self._state["yielded"] += 1  # counted when consumed: delivered or skipped
                 try:
                     item = self._item(samples[shard, index], sub, shard, index, spec.epoch, decoder)
                 except SampleError as exc:
@@ -180,17 +186,37 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                         raise
                     self.stats[f"skipped_{exc.reason}"] += 1
                     log.warning("skipping item: %s", exc)
+                    self._state["owed"] += 1
                     continue
                 item["meta"]["padded"] = padded
                 self.stats["items"] += 1
                 yield self.transform(item) if self.transform else item
                 del item  # hold no decoded item while building the next one
+                last_good = (samples[shard, index], sub, shard, index)
+                yield from self._substitutes(last_good, spec.epoch, decoder)
+        if self._state["owed"]:
+            if last_good is None:
+                raise SampleError(f"every item of rank {world.rank}, worker {world.worker} failed: nothing to pad with",
+                                  shard=self.urls[0])
+            yield from self._substitutes(last_good, spec.epoch, decoder)
+
+    def _substitutes(self, good: tuple, epoch: int, decoder: ClipDecoder) -> Iterator[dict[str, Any]]:
+        """Repeat a good item for each skipped one, so this rank still yields len(ds) items
+        (a short rank would leave the others waiting in their next collective)."""
+        while self._state["owed"]:
+            self._state["owed"] -= 1
+            item = self._item(*good, epoch, decoder)
+            item["meta"]["padded"] = True
+            self.stats["substituted"] += 1
+            yield self.transform(item) if self.transform else item
 
     def _read_window(self, window: Window, order: EpochOrder) -> dict[tuple[int, int], dict]:
         """The window's samples, read in runs of consecutive samples per shard."""
-        skip = () if self.options.load_rgb else (f".{CLIP_EXT}",)
-        if not self.options.load_kpt:
-            skip += (f".{KPT_EXT}",)
+        rgb, kpt = self.options.load_rgb, self.options.load_kpt
+
+        def want(suffix: str) -> bool:
+            return not (suffix.endswith(f".{CLIP_EXT}") and not rgb or suffix.endswith(f".{KPT_EXT}") and not kpt)
+
         samples: dict[tuple[int, int], dict] = {}
         pairs = window.samples(order)
         i = 0
@@ -201,7 +227,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                 j += 1
             entries = self.manifest.shards[shard].samples[first : first + (j - i)]
             length = sum(e.size for e in entries)
-            for k, sample in enumerate(read_run(self.urls[shard], entries[0].offset, length, [e.key for e in entries], skip)):
+            keys = [e.key for e in entries]
+            for k, sample in enumerate(read_run(self.urls[shard], entries[0].offset, length, keys, want, self.limits)):
                 samples[shard, first + k] = sample
                 self.stats["bytes_read"] += sum(len(v) for name, v in sample.items() if not name.startswith("__"))
             i = j

@@ -25,11 +25,22 @@ class ClipDecoder:
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
 
     def decode(
-        self, data: bytes, wanted: np.ndarray, fps: Fraction, gop: int, size: tuple[int, int] | None, out: np.ndarray
+        self, data: bytes, wanted: np.ndarray, fps: Fraction, gop: int, size: tuple[int, int] | None, out: np.ndarray,
+        expect: tuple[int, int, int] | None = None,
     ) -> None:
-        """Fill out[i] with frame wanted[i] (strictly increasing) as RGB, resized to size=(H, W)."""
+        """Fill out[i] with frame wanted[i] (strictly increasing) as RGB, resized to size=(H, W).
+
+        `expect` = (frames, height, width) the clip must declare (from meta.json), checked
+        from the container's header before anything is decoded.
+        """
         with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            if not container.streams.video:
+                raise ValueError("no video stream in the clip")
             stream = container.streams.video[0]
+            if expect is not None:
+                declared = (stream.frames, stream.codec_context.height, stream.codec_context.width)
+                if declared != expect:
+                    raise ValueError(f"clip declares (frames, height, width) = {declared}, meta.json says {expect}")
             stream.codec_context.thread_count = self.threads
             ticks_per_frame = 1 / (fps * stream.time_base)  # pts step between frames
             height, width = size if size else (stream.codec_context.height, stream.codec_context.width)

@@ -20,6 +20,7 @@ from .decode import ClipDecoder
 from .errors import DecodeError, ShardFormatError
 from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
 from .sampling import clip_window, frame_labels, uniform
+from .tario import Limits
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class Options:
     load_rgb: bool
     load_kpt: bool
     label_ids: dict[str, int]
+    limits: Limits
 
 
 def parse_json(sample: dict, suffix: str, shard: str) -> Any:
@@ -55,11 +57,19 @@ def parse_json(sample: dict, suffix: str, shard: str) -> Any:
 def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     meta = parse_json(sample, META, shard)
     key = sample["__key__"]
-    for field, kind in (("start_frame", int), ("end_frame", int), ("gop", int), ("fps_rational", str), ("views", list)):
-        if not isinstance(meta.get(field) if isinstance(meta, dict) else None, kind):
-            raise ShardFormatError(f"meta.json field {field!r} missing or not {kind.__name__}", shard=shard, key=key)
-    if meta["end_frame"] <= meta["start_frame"]:
-        raise ShardFormatError("meta.json has end_frame <= start_frame", shard=shard, key=key)
+    if not isinstance(meta, dict):
+        raise ShardFormatError("meta.json is not an object", shard=shard, key=key)
+    for field, kind in (("start_frame", int), ("end_frame", int), ("gop", int), ("fps_rational", str), ("views", list),
+                        ("view_sizes", dict), ("video_id", str), ("chunk_index", int), ("fps", (int, float))):
+        if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
+            raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key)
+    if not 0 <= meta["start_frame"] < meta["end_frame"] or meta["gop"] < 1:
+        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key)
+    try:
+        if Fraction(meta["fps_rational"]) <= 0:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key) from None
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:
@@ -121,7 +131,9 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         data = sample.get(clip_suffix(view))
         if data is None:
             raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view)
-        size = opts.img_size or _stored_size(meta, view, shard, key)
+        stored = _stored_size(meta, view, shard, key)
+        size = opts.img_size or stored
+        _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
         if decoded is None:
             decoded = np.empty((len(opts.views), len(wanted), 3, *size), dtype=np.uint8)
         elif decoded.shape[-2:] != size:
@@ -129,12 +141,23 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
             )
         try:
-            decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v])
+            expect = (meta["end_frame"] - meta["start_frame"], *stored)
+            decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
         except (EOFError, OSError, ValueError) as exc:  # av.FFmpegError is an OSError/ValueError
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view) from None
     if len(wanted) == len(frames):
         return decoded
     return decoded[:, inverse]  # repeated indices: expand once, after decoding each frame once
+
+
+def _check_allocation(views, frames, stored, size, limits, shard, key, view) -> None:
+    """Refuse sizes an untrusted meta.json could use to exhaust memory, before allocating."""
+    if stored[0] * stored[1] > limits.max_frame_pixels or stored[0] < 1 or stored[1] < 1:
+        raise ShardFormatError(f"clip size {stored[1]}x{stored[0]} is outside the limit of {limits.max_frame_pixels} pixels",
+                               shard=shard, key=key, view=view)
+    item = views * frames * 3 * size[0] * size[1]
+    if item > limits.max_item_bytes:
+        raise ShardFormatError(f"item would take {item} bytes, over the limit of {limits.max_item_bytes}", shard=shard, key=key, view=view)
 
 
 def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]:

@@ -2,8 +2,8 @@
 
 A run is consecutive samples of one shard: the reader seeks to the first sample's byte
 offset (from index.json) and reads exactly the run's bytes, so nothing outside the planned
-samples is fetched. Tar parsing and grouping by key are webdataset's; the member names it
-yields are checked against the manifest's keys, never used as paths.
+samples is fetched. Members are parsed as untrusted data (`tario.py`) and the keys found
+are checked against the manifest's.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from collections.abc import Iterator, Sequence
 
 import braceexpand
 import fsspec
-from webdataset.tariterators import group_by_keys, tar_file_iterator
-
 from .errors import ShardFormatError
 from .format import INDEX_NAME, Manifest
+from .tario import Limits, iter_samples
 
 
 def _join(base: str, name: str) -> str:
@@ -85,21 +84,19 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def read_run(url: str, offset: int, length: int, keys: list[str], skip_suffixes: tuple[str, ...] = ()) -> Iterator[dict]:
+def read_run(
+    url: str, offset: int, length: int, keys: list[str], want=lambda suffix: True, limits: Limits = Limits()
+) -> Iterator[dict]:
     """The samples `keys` stored at [offset, offset + length) of shard `url`, in order.
 
-    Members whose suffix ends with one of `skip_suffixes` are passed over unread into memory
-    (e.g. clips when only keypoints are wanted).
+    Only members whose suffix `want` accepts are read into memory (e.g. no clips when only
+    keypoints are wanted); bytes outside the range are never read.
     """
-    def select(name: str) -> bool:
-        return not name.endswith(skip_suffixes) if skip_suffixes else True
-
     with fsspec.open(url, "rb") as f:
         f.seek(offset)
         stream = io.BufferedReader(_Bounded(f, length), buffer_size=1 << 20)
-        members = ({**m, "__url__": url} for m in tar_file_iterator(stream, select_files=select))
         expected = iter(keys)
-        for sample in group_by_keys(members, lcase=False):
+        for sample in iter_samples(stream, url, limits, want):
             key = next(expected, None)
             if sample["__key__"] != key:
                 raise ShardFormatError(f"found sample {sample['__key__']!r} where index.json lists {key!r}", shard=url, key=key)

@@ -13,16 +13,18 @@ from typing import Any
 import fsspec
 from tqdm import tqdm
 
-from .format import META, TIMELINE, split_member
+from .format import META, TIMELINE
 from .shards import resolve_source
+from .tario import Limits, check_member
 
 
-def shard_members(url: str, read_json: bool = True) -> Iterator[tuple[str, str, int, bytes | None]]:
-    """(key, suffix, size, data) for every member; data only for .json members."""
+def shard_members(url: str, read_json: bool = True, limits: Limits = Limits()) -> Iterator[tuple[str, str, int, bytes | None]]:
+    """(key, suffix, size, data) for every member; data only for .json members. Seekable
+    mode: the parser jumps over clip and keypoint bytes instead of reading them."""
     with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
-            key, suffix = split_member(member.name)
-            data = tar.extractfile(member).read() if read_json and member.isfile() and suffix.endswith(".json") else None
+            key, suffix = check_member(member, url, limits)
+            data = tar.extractfile(member).read() if read_json and suffix.endswith(".json") else None
             yield key, suffix, member.size, data
 
 

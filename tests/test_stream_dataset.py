@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from shardwriter.synth import keypoint_missing, read_barcode
 from streaming import VideoShardDataset, collate
-from streaming.errors import DecodeError
+from streaming.errors import DecodeError, SampleError
 
 from .helpers import VIEWS
 
@@ -90,15 +90,16 @@ def test_keypoints_line_up_with_frames_and_mask(small_dataset):
                 assert int(item["keypoints"]["sam3d_body.frame"][v, t]) == (f if mask[v, t] else 0)
 
 
-def corrupt_clips(out):
-    """Overwrite every clip's bytes in place (sizes and offsets unchanged)."""
+def corrupt_clips(out, only=None):
+    """Overwrite clips' bytes in place (sizes and offsets unchanged): all, or one sample's."""
     import tarfile
 
     for name in os.listdir(out):
         if name.endswith(".tar"):
             path = os.path.join(out, name)
             with tarfile.open(path) as tar:
-                spans = [(m.offset_data, m.size) for m in tar if m.name.endswith(".mp4")]
+                spans = [(m.offset_data, m.size) for m in tar
+                         if m.name.endswith(".mp4") and (only is None or m.name.startswith(only + "."))]
             with open(path, "r+b") as f:
                 for offset, size in spans:
                     f.seek(offset)
@@ -117,7 +118,23 @@ def test_keypoints_only_never_touches_video(small_dataset, tmp_path):
         list(VideoShardDataset(broken))
     assert info.value.key and info.value.view in VIEWS and info.value.shard.endswith(".tar")
     ds = VideoShardDataset(broken, on_error="skip")
-    assert list(ds) == [] and ds.stats["skipped_decode"] == 9
+    with pytest.raises(SampleError, match="every item .* failed: nothing to pad with"):
+        list(ds)
+    assert ds.stats["skipped_decode"] == 9
+
+
+def test_skipped_items_are_substituted_so_ranks_stay_equal(small_dataset, tmp_path):
+    import shutil
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(small_dataset, broken)
+    corrupt_clips(broken, only="session_001_00001")
+    ds = VideoShardDataset(broken, on_error="skip", shuffle=False)
+    items = list(ds)
+    assert len(items) == len(ds) == 9  # the rank still yields its full share
+    keys = [i["meta"]["key"] for i in items]
+    assert "session_001_00001" not in keys and ds.stats["skipped_decode"] == 1 and ds.stats["substituted"] == 1
+    assert sum(i["meta"]["padded"] for i in items) == 1  # the stand-in is marked as padding
 
 
 def keys_of_epoch(ds, epoch, workers=2):
