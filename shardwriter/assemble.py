@@ -54,13 +54,18 @@ def write_shards(
 
 def _write_shard(final: str, spool_dir: str, samples: list[tuple[str, ChunkRecord]]) -> None:
     partial = os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".partial")
-    with open(partial, "wb") as f:
-        writer = wds.TarWriter(f, user="vidshard", group="vidshard", mode=0o444, mtime=0, encoder=False)
-        for sample in _read_samples(spool_dir, samples):
-            writer.write(sample)
-        writer.close()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(partial, "wb") as f:
+            writer = wds.TarWriter(f, user="vidshard", group="vidshard", mode=0o444, mtime=0, encoder=False)
+            for sample in _read_samples(spool_dir, samples):
+                writer.write(sample)
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)  # e.g. a full disk: leave room, and nothing half-written
+        raise
     os.replace(partial, final)
 
 

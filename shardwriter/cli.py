@@ -108,6 +108,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from streaming.verify import verify
+
+    problems, counts = verify(args.source, decode=args.decode)
+    for p in problems:
+        print(f"FAIL {p}")
+    print(f"{counts['shards']} shards, {counts['samples']} samples"
+          + (f", {counts['clips_decoded']} clips decoded" if args.decode else "")
+          + (f": {len(problems)} problem(s)" if problems else ": all checks hold"))
+    return 1 if problems else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -178,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--frames", type=int, default=6, help="frames per view")
     sh.add_argument("--no-keypoints", action="store_true", help="do not draw keypoints")
     sh.set_defaults(func=cmd_show)
+
+    v = sub.add_parser("verify", help="check shards against index.json (exit 0 only if everything holds)")
+    v.add_argument("source", help="OUTPUT folder, index.json or shard URL(s)")
+    v.add_argument("--decode", action="store_true", help="also decode every clip and count its frames")
+    v.set_defaults(func=cmd_verify)
 
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")

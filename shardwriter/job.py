@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import errno
 import json
 import logging
 import multiprocessing
@@ -99,7 +100,18 @@ def local_engine(workers: int) -> Engine:
 
 
 def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 1, engine: Engine | None = None) -> WriteReport:
-    engine = engine or local_engine(workers)
+    try:
+        return _write_dataset(source, output, config, engine or local_engine(workers))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise WriterError(
+                f"{output}: no space left on the device ({exc.filename or exc}); nothing partial is listed: "
+                "free space and re-run the same command to resume"
+            ) from None
+        raise
+
+
+def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine) -> WriteReport:
     work = os.path.join(output, WORK_DIR)
     index_path = os.path.join(output, INDEX_NAME)
     if os.path.exists(index_path):

@@ -13,6 +13,7 @@ import zipfile
 from fractions import Fraction
 from typing import Any
 
+import av
 import numpy as np
 import torch
 
@@ -143,7 +144,7 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         try:
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
-        except (EOFError, OSError, ValueError) as exc:  # av.FFmpegError is an OSError/ValueError
+        except (EOFError, OSError, ValueError, av.FFmpegError) as exc:
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view) from None
     if len(wanted) == len(frames):
         return decoded
@@ -185,5 +186,8 @@ def _keypoints(sample: dict, frames: np.ndarray, views: tuple[str, ...], shard: 
         masks.append(arrays.pop("mask").astype(bool))
         per_view.append(arrays)
     names = sorted(per_view[0])
-    keypoints = {name: torch.from_numpy(np.stack([a[name] for a in per_view])) for name in names}
-    return keypoints, torch.from_numpy(np.stack(masks))
+    try:
+        keypoints = {name: torch.from_numpy(np.stack([a[name] for a in per_view])) for name in names}
+        return keypoints, torch.from_numpy(np.stack(masks))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ShardFormatError(f"keypoint arrays differ between views ({exc})", shard=shard, key=key) from None

@@ -49,3 +49,43 @@ def write(src: str, out: str, **kw) -> object:
     kw.setdefault("shard_bytes", 150_000)
     kw.setdefault("encode", EncodeSettings(gop=8))
     return write_dataset(src, out, WriteConfig(**kw), workers=workers)
+
+
+def rebuild_shard(out: str, mutate, shard_index: int = 0) -> None:
+    """Rewrite one shard with `mutate(samples)` applied ({key: {suffix: bytes}}, in order),
+    and update index.json (offsets, sizes, sha256), as a hostile or buggy writer would."""
+    import hashlib
+    import io
+
+    with open(os.path.join(out, "index.json")) as f:
+        index = json.load(f)
+    entry = index["shardlist"][shard_index]
+    path = os.path.join(out, entry["url"])
+    samples = read_shard(path)
+    members = mutate(samples)  # -> list of (name, bytes) or tarfile.TarInfo with data
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = name if isinstance(name, tarfile.TarInfo) else tarfile.TarInfo(name)
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    raw = buf.getvalue()
+    with open(path, "wb") as f:
+        f.write(raw)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        firsts: dict[str, int] = {}
+        ends: dict[str, int] = {}
+        for m in tar.getmembers():
+            key = m.name.partition(".")[0]
+            firsts.setdefault(key, m.offset)
+            ends[key] = m.offset_data + -(-m.size // 512) * 512
+    for s in entry["samples"]:
+        if s["key"] in firsts:
+            s["offset"], s["size"] = firsts[s["key"]], ends[s["key"]] - firsts[s["key"]]
+    entry["filesize"], entry["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+    with open(os.path.join(out, "index.json"), "w") as f:
+        json.dump(index, f)
+
+
+def members_of(samples: dict) -> list:
+    return [(f"{k}.{suffix}", data) for k, parts in samples.items() for suffix, data in sorted(parts.items())]
