@@ -68,6 +68,37 @@ def chunk_size_sweep(frames: int, size: int, chunk_sizes: list[int | None]) -> l
     return rows
 
 
+def soak(epochs: int, videos: int = 6, frames: int = 600, size: int = 96) -> dict:
+    """Many epochs through 2 persistent workers: RSS and open fds per epoch, per worker."""
+    from torch.utils.data import DataLoader
+
+    from shardwriter.job import WriteConfig, write_dataset
+    from shardwriter.synth import synth_source
+
+    from .collation import collate
+    from .dataset import VideoShardDataset
+    from .memory import process_usage, worker_pids
+
+    with tempfile.TemporaryDirectory(prefix="vidshard-soak-") as tmp:
+        src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
+        synth_source(src, videos=videos, frames=frames, size=(size, size), fps=Fraction(30))
+        write_dataset(src, out, WriteConfig(max_video_frames=200, shard_bytes=2 * 10**6), workers=min(2, os.cpu_count() or 1))
+        ds = VideoShardDataset(out, sample="segment", num_frames=8, load_kpt=True, shuffle_buffer="4MB")
+        loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True, collate_fn=collate)
+        rows = []
+        for epoch in range(epochs):
+            ds.set_epoch(epoch)
+            items = sum(len(b["meta"]) for b in loader)
+            usage = [process_usage(pid) for pid in worker_pids()]
+            rows.append({"epoch": epoch, "items": items, "worker_rss_mb": [round(u["rss_mb"], 1) for u in usage],
+                         "worker_fds": [u["fds"] for u in usage]})
+        del loader
+    first, last = rows[1], rows[-1]  # epoch 0 includes first-use allocations
+    growth = max(b - a for a, b in zip(first["worker_rss_mb"], last["worker_rss_mb"])) / max(1, len(rows) - 2)
+    return {"epochs": rows, "rss_growth_mb_per_epoch": round(growth, 3),
+            "fds_constant": all(r["worker_fds"] == rows[0]["worker_fds"] for r in rows)}
+
+
 def reader_memory(frame_counts: list[int], size: int, max_video_frames: int) -> list[dict]:
     """Peak RSS streaming one video's chunks, for sources of each length."""
     from shardwriter.job import WriteConfig, write_dataset

@@ -16,6 +16,24 @@ def _cmdline(pid: int | str) -> bytes:
         return f.read()
 
 
+def _status_kb(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    return 0.0
+
+
+def process_usage(pid: int) -> dict[str, float]:
+    """Current RSS (MB) and open file descriptors of a live process."""
+    return {"rss_mb": _status_kb(pid, "VmRSS") / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def worker_pids() -> list[int]:
+    """Live forked children sharing our command line (DataLoader workers)."""
+    return sorted(children_peak_rss_mb())
+
+
 def children_peak_rss_mb() -> dict[int, float]:
     """pid -> peak RSS (VmHWM) of live forked children (DataLoader workers share our command
     line; helpers such as multiprocessing's resource tracker do not). Call while they live."""
