@@ -192,3 +192,24 @@ def test_shard_url_list_selects_a_subset(small_dataset):
     assert len(ds) == first["nsamples"] == len(list(ds))
     pattern = os.path.join(small_dataset, "shard-{000000..%06d}.tar" % (len(index["shardlist"]) - 1))
     assert len(VideoShardDataset(pattern)) == 9
+
+
+def test_decoder_channel_order(tmp_path):
+    """Barcodes are grey; this pins R, G and B to the right channels."""
+    from fractions import Fraction
+
+    import av
+
+    from shardwriter.encode import ClipEncoder, EncodeSettings
+    from streaming.decode import ClipDecoder
+
+    path = str(tmp_path / "c.mp4")
+    enc = ClipEncoder(path, Fraction(30), (32, 32), EncodeSettings(gop=4))
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+    for rgb in colours:
+        enc.write(av.VideoFrame.from_ndarray(np.full((32, 32, 3), rgb, np.uint8), format="rgb24").reformat(format="yuv420p"))
+    enc.close()
+    out = np.empty((3, 3, 16, 16), np.uint8)
+    ClipDecoder().decode(open(path, "rb").read(), np.arange(3), Fraction(30), 4, (16, 16), out, expect=(3, 32, 32))
+    for frame, rgb in zip(out, colours):
+        assert np.abs(frame.reshape(3, -1).mean(1) - np.array(rgb)).max() < 12
