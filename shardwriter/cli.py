@@ -123,7 +123,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
-    run(args.quick, args.json)
+    run(args.quick, args.json, args.out_md)
     return 0
 
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--json", default=None, help="write the results as JSON here")
+    b.add_argument("--out-md", default=None, help="write the markdown tables here")
     b.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,8 +1,8 @@
-"""Reader measurements for `vidshard bench`: peak memory of chunk-mode streaming.
+"""Reader measurements beyond the per-case runs of streaming/benchcases.py: the
+max_video_frames sweep of docs/training.md and the soak of many epochs.
 
-Each case runs in its own process (`python -m streaming.bench CASE ...`) so its peak RSS is
-its own. The torch runtime alone is several hundred MB of RSS, so results give the peak,
-the baseline after imports, and the difference: what streaming itself holds.
+The torch runtime alone is several hundred MB of RSS, so the sweep gives the peak, the
+baseline after imports, and the difference: what streaming itself holds.
 """
 
 from __future__ import annotations
@@ -13,24 +13,6 @@ import subprocess
 import sys
 import tempfile
 from fractions import Fraction
-
-
-def _measure_chunk_stream(shards: str) -> dict:
-    """In this process: import, note RSS, stream one epoch in chunk mode, note peak RSS."""
-    import torch  # noqa: F401  (the baseline includes the runtime a training process has)
-
-    from .dataset import VideoShardDataset
-    from .memory import peak_rss_mb
-
-    baseline = peak_rss_mb()
-    ds = VideoShardDataset(shards, shuffle_buffer="64MB")
-    item_bytes = 0
-    for item in ds:
-        item_bytes = max(item_bytes, item["video"].numel())
-        del item
-    peak = peak_rss_mb()
-    return {"baseline_rss_mb": round(baseline, 1), "peak_rss_mb": round(peak, 1),
-            "streaming_rss_mb": round(peak - baseline, 1), "item_mb": round(item_bytes / 2**20, 1)}
 
 
 def _measure_first_item(shards: str) -> dict:
@@ -99,27 +81,8 @@ def soak(epochs: int, videos: int = 6, frames: int = 600, size: int = 96) -> dic
             "fds_constant": all(r["worker_fds"] == rows[0]["worker_fds"] for r in rows)}
 
 
-def reader_memory(frame_counts: list[int], size: int, max_video_frames: int) -> list[dict]:
-    """Peak RSS streaming one video's chunks, for sources of each length."""
-    from shardwriter.job import WriteConfig, write_dataset
-    from shardwriter.synth import synth_source
-
-    rows = []
-    for frames in frame_counts:
-        with tempfile.TemporaryDirectory(prefix="vidshard-mem-") as tmp:
-            src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
-            synth_source(src, videos=1, frames=frames, size=(size, size), fps=Fraction(30), keypoints=False)
-            write_dataset(src, out, WriteConfig(max_video_frames=max_video_frames), workers=min(2, os.cpu_count() or 1))
-            proc = subprocess.run([sys.executable, "-m", "streaming.bench", "chunk-memory", out],
-                                  check=True, capture_output=True, text=True)
-            rows.append({"source_frames": frames, "chunk_frames": max_video_frames, "size": size, **json.loads(proc.stdout)})
-    return rows
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["chunk-memory"]:
-        print(json.dumps(_measure_chunk_stream(sys.argv[2])))
-    elif sys.argv[1:2] == ["first-item"]:
+    if sys.argv[1:2] == ["first-item"]:
         print(json.dumps(_measure_first_item(sys.argv[2])))
     else:
-        sys.exit(f"usage: python -m streaming.bench chunk-memory SHARDS (got {sys.argv[1:]})")
+        sys.exit(f"usage: python -m streaming.bench first-item SHARDS (got {sys.argv[1:]})")
