@@ -1,15 +1,15 @@
 """Shard assembly: spooled chunk samples -> tar shards, in the seeded interleaved order.
 
 One deterministic place, run on the driver after every video task has finished. Each
-shard is written as `.shard-NNNNNN.tar.partial` and renamed when complete, so a reader
-never sees a partial shard; a shard already present under its final name (from a killed
-earlier run with the same configuration) is kept. Member tar headers are fixed (mtime 0,
+shard is written as `.shard-NNNNNN.tar.partial` in a local staging folder and published
+(renamed into OUTPUT, or uploaded) when complete, so a reader never sees a partial shard;
+a shard already published (by a killed earlier run with the same configuration) is kept. Member tar headers are fixed (mtime 0,
 owner vidshard, mode 0444) and members sorted, so the same input gives the same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from collections.abc import Iterator
 
@@ -19,13 +19,10 @@ from streaming.format import SampleEntry, ShardEntry
 
 from .errors import WriterError
 from .plan import interleave, plan_shards
+from .store import file_digest
 from .task import ChunkRecord, VideoResult, video_dir
 
 SHARD_NAME = "shard-{:06d}.tar"
-
-
-def shard_path(out_dir: str, index: int) -> str:
-    return os.path.join(out_dir, SHARD_NAME.format(index))
 
 
 def order_samples(results: list[VideoResult], seed: int) -> list[tuple[str, ChunkRecord]]:
@@ -35,25 +32,45 @@ def order_samples(results: list[VideoResult], seed: int) -> list[tuple[str, Chun
 
 
 def write_shards(
-    out_dir: str, spool_dir: str, ordered: list[tuple[str, ChunkRecord]], shard_bytes: int, progress=None
+    store, staging: str, spool_dir: str, ordered: list[tuple[str, ChunkRecord]], shard_bytes: int, progress=None
 ) -> list[ShardEntry]:
-    """Write (or keep) every shard and describe it for the manifest."""
+    """Write (or keep) every shard and describe it for the manifest.
+
+    A shard is assembled in `staging`, hashed, then published to the store; its manifest
+    entry is kept in `staging` so a resumed job need not fetch published shards again.
+    """
     plan = plan_shards([c.tar_bytes for _, c in ordered], shard_bytes)
     entries = []
     for index, span in enumerate(plan):
         samples = [ordered[i] for i in span]
-        final = shard_path(out_dir, index)
-        if not os.path.exists(final):
-            _write_shard(final, spool_dir, samples)
-        entries.append(_describe(final, samples))
+        name = SHARD_NAME.format(index)
+        record = os.path.join(staging, name + ".json")
+        if store.exists(name):
+            size, sha = _recorded(record) or store.digest(name)
+        else:
+            partial = os.path.join(staging, "." + name + ".partial")
+            _write_shard(partial, spool_dir, samples)
+            size, sha = file_digest(partial)
+            store.publish(partial, name)
+        with open(record, "w") as f:
+            json.dump([size, sha], f)
+        entries.append(_describe(name, size, sha, samples))
         _release_spool(spool_dir, samples)
         if progress is not None:
             progress.update(1)
     return entries
 
 
-def _write_shard(final: str, spool_dir: str, samples: list[tuple[str, ChunkRecord]]) -> None:
-    partial = os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".partial")
+def _recorded(path: str) -> tuple[int, str] | None:
+    try:
+        with open(path) as f:
+            size, sha = json.load(f)
+        return size, sha
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_shard(partial: str, spool_dir: str, samples: list[tuple[str, ChunkRecord]]) -> None:
     try:
         with open(partial, "wb") as f:
             writer = wds.TarWriter(f, user="vidshard", group="vidshard", mode=0o444, mtime=0, encoder=False)
@@ -66,7 +83,6 @@ def _write_shard(final: str, spool_dir: str, samples: list[tuple[str, ChunkRecor
         if os.path.exists(partial):
             os.remove(partial)  # e.g. a full disk: leave room, and nothing half-written
         raise
-    os.replace(partial, final)
 
 
 def _read_samples(spool_dir: str, samples: list[tuple[str, ChunkRecord]]) -> Iterator[dict]:
@@ -95,23 +111,19 @@ def _release_spool(spool_dir: str, samples: list[tuple[str, ChunkRecord]]) -> No
                 os.remove(path)
 
 
-def _describe(path: str, samples: list[tuple[str, ChunkRecord]]) -> ShardEntry:
+def _describe(name: str, size: int, sha: str, samples: list[tuple[str, ChunkRecord]]) -> ShardEntry:
     entries, offset = [], 0
     for _, chunk in samples:
         entries.append(
             SampleEntry(key=chunk.key, offset=offset, size=chunk.tar_bytes, nframes=chunk.end - chunk.start, nsegments=chunk.nsegments)
         )
         offset += chunk.tar_bytes
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return ShardEntry(
-        url=os.path.basename(path),
+        url=name,
         nsamples=len(samples),
         nsegments=sum(e.nsegments for e in entries),
         nframes=sum(e.nframes for e in entries),
-        filesize=os.path.getsize(path),
-        sha256=digest.hexdigest(),
+        filesize=size,
+        sha256=sha,
         samples=entries,
     )

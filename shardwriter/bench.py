@@ -131,7 +131,12 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
     return rows
 
 
-def run(quick: bool, json_out: str | None, md_out: str | None = None) -> dict:
+def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False) -> dict:
+    if only_engines:
+        rows = engines()
+        for r in rows:
+            print(f"{r['engine']:<6} {r['cpus']} CPU(s): {r['frames_per_s']:>8.1f} frames/s")
+        return {"engines": rows}
     from streaming.bench import soak
 
     from .job import WriteConfig, write_dataset
@@ -170,6 +175,33 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None) -> dict:
         with open(md_out, "w") as f:
             f.write(markdown(result))
     return result
+
+
+def engines(videos: int = 4, frames: int = 600, size: int = 96) -> list[dict]:
+    """Writer throughput of the local engine and of Ray with 1 and 2 CPUs, in one run."""
+    import ray
+
+    from .job import WriteConfig, write_dataset
+    from .ray_engine import ray_engine
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vidshard-engines-") as tmp:
+        src = os.path.join(tmp, "src")
+        synth_source(src, videos=videos, frames=frames, size=(size, size), fps=Fraction(30))
+        total = videos * frames * len(VIEWS)
+        for cpus in (1, 2):
+            for name in ("local", "ray"):
+                out = os.path.join(tmp, f"{name}-{cpus}")
+                engine = None
+                if name == "ray":
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                    engine = ray_engine()
+                start = time.perf_counter()
+                write_dataset(src, out, WriteConfig(max_video_frames=200), workers=cpus, engine=engine)
+                rows.append({"engine": name, "cpus": cpus, "frames_per_s": round(total / (time.perf_counter() - start), 1)})
+                if name == "ray":
+                    ray.shutdown()
+    return rows
 
 
 def ratios(result: dict, s: Sizes) -> dict:

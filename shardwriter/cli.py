@@ -49,7 +49,12 @@ def cmd_write(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         truncate_views=args.truncate_views,
     )
-    report = write_dataset(args.source, args.output, config, workers=args.workers)
+    engine = None
+    if args.engine == "ray":
+        from .ray_engine import ray_engine
+
+        engine = ray_engine(address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task)
+    report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir)
     print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards under {args.output}"
           + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
     return 0
@@ -123,7 +128,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
-    run(args.quick, args.json, args.out_md)
+    run(args.quick, args.json, args.out_md, only_engines=args.engines)
     return 0
 
 
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("write", help="cut a source dataset into chunk samples in tar shards")
     w.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
-    w.add_argument("output", help="OUTPUT folder for shard-*.tar and index.json")
+    w.add_argument("output", help="OUTPUT folder or object-store URL (s3://bucket/prefix) for shard-*.tar and index.json")
     w.add_argument("--max-video-frames", type=int, required=True, help="frames per chunk, at most")
     w.add_argument("--overlap", type=int, default=0, help="frames shared by consecutive chunks")
     w.add_argument("--views", type=_views, default=None, help="comma-separated views, in sample order")
@@ -148,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
     w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
     w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
+    w.add_argument("--work-dir", default=None,
+                   help="spool and staged shards (default OUTPUT/.vidshard-work; for s3:// etc. ~/.cache/vidshard/work/HASH)")
+    w.add_argument("--engine", choices=("local", "ray"), default="local", help="where the per-video tasks run")
+    w.add_argument("--ray-address", default=None, help="Ray cluster: auto, ray://host:10001, or none for a local one")
+    w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per video task")
     w.set_defaults(func=cmd_write)
 
     s = sub.add_parser("synth", help="write a synthetic source whose pixels carry frame and view")
@@ -200,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.add_argument("--out-md", default=None, help="write the markdown tables here")
+    b.add_argument("--engines", action="store_true", help="only: writer throughput, local engine vs Ray, 1 and 2 CPUs")
     b.set_defaults(func=cmd_bench)
     return parser
 

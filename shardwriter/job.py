@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -32,6 +33,7 @@ from .assemble import order_samples, write_shards
 from .encode import EncodeSettings
 from .errors import SourceError, WriterError
 from .source import scan_source
+from .store import is_remote, open_store
 from .task import VideoResult, VideoTask, run_video_task
 
 log = logging.getLogger("vidshard.write")
@@ -99,9 +101,18 @@ def local_engine(workers: int) -> Engine:
     return run
 
 
-def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 1, engine: Engine | None = None) -> WriteReport:
+def write_dataset(
+    source: str, output: str, config: WriteConfig, workers: int = 1, engine: Engine | None = None, work_dir: str | None = None
+) -> WriteReport:
+    """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
+
+    work_dir holds the spool and staged shards; default OUTPUT/.vidshard-work, or for an
+    object store ~/.cache/vidshard/work/<hash of OUTPUT> (it must survive to resume).
+    """
+    if work_dir is None:
+        work_dir = os.path.join(output, WORK_DIR) if not is_remote(output) else default_work_dir(output)
     try:
-        return _write_dataset(source, output, config, engine or local_engine(workers))
+        return _write_dataset(source, output, config, engine or local_engine(workers), work_dir)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -111,12 +122,16 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
         raise
 
 
-def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine) -> WriteReport:
-    work = os.path.join(output, WORK_DIR)
-    index_path = os.path.join(output, INDEX_NAME)
-    if os.path.exists(index_path):
-        return _already_written(index_path, config)
-    _claim_output(output, work, config)
+def default_work_dir(output: str) -> str:
+    digest = hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~"), ".cache", "vidshard", "work", digest)
+
+
+def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine, work: str) -> WriteReport:
+    store = open_store(output)
+    if store.exists(INDEX_NAME):
+        return _already_written(store, work, config)
+    _claim_output(store, output, work, config)
 
     scan = scan_source(source, config.views, config.truncate_views)
     problems = list(scan.problems)
@@ -158,13 +173,15 @@ def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine
         _fail(problems or [WriterError("no videos to write")])
 
     ordered = order_samples(results, config.seed)
+    staging = os.path.join(work, "shards")
+    os.makedirs(staging, exist_ok=True)
     with tqdm(desc="shards", unit="shard", disable=None) as bar:
-        shards = write_shards(output, spool, ordered, config.shard_bytes, progress=bar)
+        shards = write_shards(store, staging, spool, ordered, config.shard_bytes, progress=bar)
     problems.sort(key=lambda p: (p.video_id or "", p.path))
     if config.on_error == "skip":
-        _atomic_write(os.path.join(output, ERRORS_NAME), dumps({"skipped": [p.to_json() for p in problems]}))
+        store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
     manifest = _manifest(scan.views, results, shards, config, skipped=len(problems), schema=scan.keypoint_schema)
-    _atomic_write(index_path, dumps(manifest.to_json()))
+    store.write(INDEX_NAME, dumps(manifest.to_json()))  # last: its presence means "complete"
     shutil.rmtree(work)
     chunks = sum(len(r.chunks) for r in results)
     max_frames = config.max_video_frames or "all"
@@ -180,10 +197,10 @@ def _fail(problems: list) -> None:
     raise WriterError("source problems, nothing written:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def _claim_output(output: str, work: str, config: WriteConfig) -> None:
+def _claim_output(store, output: str, work: str, config: WriteConfig) -> None:
     """Start a new run, or continue one with the same configuration; refuse anything else."""
     job_path = os.path.join(work, "job.json")
-    wanted = dumps(config.to_json())
+    wanted = dumps({"output": output, **config.to_json()})
     if os.path.exists(job_path):
         with open(job_path, "rb") as f:
             if f.read() != wanted:
@@ -192,31 +209,22 @@ def _claim_output(output: str, work: str, config: WriteConfig) -> None:
                     "re-run with the same settings to resume it, or write into a new OUTPUT"
                 )
         return
-    if os.path.isdir(output) and any(not n.startswith(".") for n in os.listdir(output)):
+    if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
     os.makedirs(work, exist_ok=True)
-    _atomic_write(job_path, wanted)
+    with open(job_path + ".partial", "wb") as f:
+        f.write(wanted)
+    os.replace(job_path + ".partial", job_path)
 
 
-def _already_written(index_path: str, config: WriteConfig) -> WriteReport:
-    with open(index_path, encoding="utf-8") as f:
-        index = json.load(f)
+def _already_written(store, work: str, config: WriteConfig) -> WriteReport:
+    index = json.loads(store.read(INDEX_NAME))
     if index.get("config") != config.to_json():
-        raise WriterError(f"{index_path} already describes a dataset written with other settings: write into a new OUTPUT")
-    work = os.path.join(os.path.dirname(index_path), WORK_DIR)
+        raise WriterError("OUTPUT's index.json describes a dataset written with other settings: write into a new OUTPUT")
     shutil.rmtree(work, ignore_errors=True)  # a kill between index.json and clean-up
-    log.info("%s is complete already; nothing to do", index_path)
+    log.info("OUTPUT is complete already; nothing to do")
     totals = index["totals"]
     return WriteReport(videos=totals["videos"], chunks=totals["chunks"], shards=totals["shards"], skipped=[], resumed=totals["videos"])
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _manifest(views, results: list[VideoResult], shards, config: WriteConfig, skipped: int, schema) -> Manifest:

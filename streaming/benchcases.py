@@ -129,7 +129,9 @@ def run_case(args: dict) -> dict:
             items += n_items
             frames += n_frames
             first = first if first is not None else time.perf_counter() - start
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator raises RuntimeError
+        if isinstance(exc, RuntimeError) and "allocate memory" not in str(exc):
+            raise
         return {"oom": True, "mem_limit_gb": args.get("mem_limit_gb", 12), "peak_rss_mb": _peak()}
     elapsed = time.perf_counter() - start
     return {"items": items, "frames": frames, "elapsed": elapsed, "first_item_s": first, "peak_rss_mb": _peak(),
