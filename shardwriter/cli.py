@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="[%(levelname)s] %(message)s")
+    # Client libraries log signed request headers at DEBUG: keep them out even with -v.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     import av.logging
 
     # FFmpeg's own log lines duplicate what our typed errors say, minus the file and video.

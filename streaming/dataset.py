@@ -24,6 +24,8 @@ from .items import Options, build_item, item_specs, sample_meta
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
 from .resume import STATE_KEY
 from .sampling import MODES
+from .cache import ShardCache
+from .remote import StorageOptions, download, open_range, redact
 from .shards import read_run, resolve_source
 from .tario import Limits
 from .units import parse_bytes
@@ -57,6 +59,10 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         resume_from: dict | None = None,
         videos: Sequence[str] | None = None,
         limits: Limits = Limits(),
+        storage: StorageOptions | None = None,
+        cache_dir: str | None = None,
+        cache_limit: int | str = "50GB",
+        verify_cache: bool = False,
     ):
         super().__init__()
         if sample not in MODES:
@@ -67,7 +73,9 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
         if not (load_rgb or load_kpt):
             raise ValueError("nothing to load: set load_rgb and/or load_kpt")
-        self.manifest, self.urls = resolve_source(source)
+        self.storage = storage or StorageOptions()
+        self.manifest, self.urls = resolve_source(source, self.storage)
+        self.cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
         views = tuple(views) if views is not None else tuple(self.manifest.views)
         unknown = [v for v in views if v not in self.manifest.views]
         if unknown or not views:
@@ -197,7 +205,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if self._state["owed"]:
             if last_good is None:
                 raise SampleError(f"every item of rank {world.rank}, worker {world.worker} failed: nothing to pad with",
-                                  shard=self.urls[0])
+                                  shard=redact(self.urls[0]))
             yield from self._substitutes(last_good, spec.epoch, decoder)
 
     def _substitutes(self, good: tuple, epoch: int, decoder: ClipDecoder) -> Iterator[dict[str, Any]]:
@@ -228,14 +236,26 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             entries = self.manifest.shards[shard].samples[first : first + (j - i)]
             length = sum(e.size for e in entries)
             keys = [e.key for e in entries]
-            for k, sample in enumerate(read_run(self.urls[shard], entries[0].offset, length, keys, want, self.limits)):
+            stream = self._open(shard, entries[0].offset, length)
+            for k, sample in enumerate(read_run(stream, redact(self.urls[shard]), keys, want, self.limits)):
                 samples[shard, first + k] = sample
                 self.stats["bytes_read"] += sum(len(v) for name, v in sample.items() if not name.startswith("__"))
             i = j
         return samples
 
+    def _open(self, shard: int, offset: int, length: int):
+        """A stream over [offset, offset + length) of a shard: from the local cache when one
+        is configured (downloading the whole shard once), else straight from its URL."""
+        url, entry = self.urls[shard], self.manifest.shards[shard]
+        if self.cache is not None:
+            local = self.cache.get(entry.sha256, entry.filesize,
+                                   lambda path: download(url, entry.filesize, path, self.storage, self.stats), self.stats)
+            if local is not None:
+                return open_range(local, offset, length, self.storage, self.stats)
+        return open_range(url, offset, length, self.storage, self.stats)
+
     def _item(self, sample: dict, sub: int, shard: int, index: int, epoch: int, decoder: ClipDecoder) -> dict:
-        url = self.urls[shard]
+        url = redact(self.urls[shard])
         meta, timeline = sample_meta(sample, url)
         rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
         specs = item_specs(meta, timeline, self.options, rng)

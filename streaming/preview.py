@@ -116,6 +116,9 @@ def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels
 
 def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
     """(sample, shard url, label vocabulary) for `key`, or a random sample when key is None."""
+    from collections import Counter
+
+    from .remote import StorageOptions, open_range
     from .shards import read_run, resolve_source
 
     manifest, urls = resolve_source(source)
@@ -127,7 +130,8 @@ def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
         if not found:
             raise KeyError(f"no sample {key!r} in {source}")
         url, entry = found[0]
-    sample = next(read_run(url, entry.offset, entry.size, [entry.key]))
+    stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
+    sample = next(read_run(stream, url, [entry.key]))
     return sample, url, manifest.labels
 
 

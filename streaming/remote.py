@@ -67,7 +67,10 @@ def filesystem(url: str, options: StorageOptions) -> tuple[fsspec.AbstractFileSy
         kwargs = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=options.timeout_s,
                                                                       sock_read=options.timeout_s)}}
     kwargs.update(options.fs_options.get(protocol, {}))
-    return fsspec.core.url_to_fs(url, **kwargs)
+    fs, path = fsspec.core.url_to_fs(url, **kwargs)
+    if protocol == "s3":
+        fs.retries = 1  # s3fs's own count of attempts: one, so faults reach our loop and counters
+    return fs, path
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -116,26 +119,45 @@ class RangeReader(io.RawIOBase):
         self.buffer = self.buffer[n:]
         return n
 
-    def _fetch(self, start: int, end: int) -> bytes:
+    def _fetch(self, start: int, end: int | None) -> bytes:
+        """Bytes [start, end) (end None: to the end of the file), retrying transient faults."""
         got = b""
         wait = self.options.backoff_s
         for attempt in range(self.options.retries + 1):
             try:
                 got += self.fs.cat_file(self.path, start=start + len(got), end=end)
-                if len(got) >= end - start:
-                    return got[: end - start]
+                if end is None or len(got) >= end - start:
+                    return got if end is None else got[: end - start]
                 raise EOFError(f"body cut short at byte {start + len(got)} of [{start}, {end})")
             except Exception as exc:  # classified below: permanent errors are raised at once
+                if isinstance(exc, FileNotFoundError):
+                    raise FileNotFoundError(f"{redact(self.url)}: not found") from None
                 if not is_transient(exc) or attempt == self.options.retries:
                     self.stats["failed_reads"] += 1
                     raise ShardReadError(
                         f"reading bytes [{start}, {end}) failed after {attempt + 1} attempt(s): "
                         f"{type(exc).__name__}: {redact(str(exc))[:300]}", shard=redact(self.url)) from None
                 self.stats["retries"] += 1
-                log.info("retrying %s [%d, %d) after %s", redact(self.url), start + len(got), end, type(exc).__name__)
+                log.info("retrying %s [%d, %s) after %s", redact(self.url), start + len(got), end, type(exc).__name__)
                 time.sleep(wait)
                 wait = min(wait * 2, self.options.max_backoff_s)
         raise AssertionError("unreachable")
+
+
+def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None) -> bytes:
+    """A whole (small) file, e.g. index.json, with the same retries."""
+    if "://" not in url or url.startswith("file://"):
+        with open(url.removeprefix("file://"), "rb") as f:
+            return f.read()
+    reader = RangeReader(url, 0, 0, options, stats if stats is not None else Counter())
+    return reader._fetch(0, None)
+
+
+def download(url: str, size: int, path: str, options: StorageOptions, stats: Counter) -> None:
+    """A whole shard into a local file, block by block with retries."""
+    with open_range(url, 0, size, options, stats) as src, open(path, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
 
 
 def open_range(url: str, offset: int, length: int, options: StorageOptions, stats: Counter) -> io.BufferedReader:

@@ -9,15 +9,14 @@ are checked against the manifest's.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import posixpath
 from collections.abc import Iterator, Sequence
 
 import braceexpand
-import fsspec
 from .errors import ShardFormatError
 from .format import INDEX_NAME, Manifest
+from .remote import StorageOptions, read_bytes, redact
 from .tario import Limits, iter_samples
 
 
@@ -25,7 +24,7 @@ def _join(base: str, name: str) -> str:
     return posixpath.join(base, name) if base else name
 
 
-def resolve_source(source: str | Sequence[str]) -> tuple[Manifest, list[str]]:
+def resolve_source(source: str | Sequence[str], storage: StorageOptions = StorageOptions()) -> tuple[Manifest, list[str]]:
     """(manifest, absolute shard URLs) for an OUTPUT dir, its index.json, or shard URLs.
 
     Shard URLs (a list or a brace pattern) select a subset of the shards listed by the
@@ -33,7 +32,7 @@ def resolve_source(source: str | Sequence[str]) -> tuple[Manifest, list[str]]:
     """
     if isinstance(source, str) and "{" not in source and not source.endswith(".tar"):
         index_url = source if source.endswith(".json") else _join(source.rstrip("/"), INDEX_NAME)
-        manifest = load_manifest(index_url)
+        manifest = load_manifest(index_url, storage)
         base = posixpath.dirname(index_url)
         return manifest, [_join(base, s.url) for s in manifest.shards]
     urls = [u for pattern in ([source] if isinstance(source, str) else source) for u in braceexpand.braceexpand(pattern)]
@@ -42,7 +41,7 @@ def resolve_source(source: str | Sequence[str]) -> tuple[Manifest, list[str]]:
     base = posixpath.dirname(urls[0])
     if any(posixpath.dirname(u) != base for u in urls):
         raise ValueError("shard URLs must share one folder (with its index.json)")
-    manifest = load_manifest(_join(base, INDEX_NAME))
+    manifest = load_manifest(_join(base, INDEX_NAME), storage)
     by_name = {s.url: s for s in manifest.shards}
     missing = [u for u in urls if posixpath.basename(u) not in by_name]
     if missing:
@@ -51,50 +50,23 @@ def resolve_source(source: str | Sequence[str]) -> tuple[Manifest, list[str]]:
     return dataclasses.replace(manifest, shards=shards), urls
 
 
-def load_manifest(url: str) -> Manifest:
+def load_manifest(url: str, storage: StorageOptions = StorageOptions()) -> Manifest:
     try:
-        with fsspec.open(url, "rb") as f:
-            raw = json.load(f)
+        raw = json.loads(read_bytes(url, storage))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{url}: no such index.json (write the dataset with `vidshard write`)") from None
+        raise FileNotFoundError(f"{redact(url)}: no such index.json (write the dataset with `vidshard write`)") from None
     except ValueError as exc:
-        raise ValueError(f"{url}: not valid JSON ({exc})") from None
+        raise ValueError(f"{redact(url)}: not valid JSON ({exc})") from None
     try:
         return Manifest.from_json(raw)
     except ValueError as exc:
-        raise ValueError(f"{url}: {exc}") from None
+        raise ValueError(f"{redact(url)}: {exc}") from None
 
 
-class _Bounded(io.RawIOBase):
-    """Reads at most `length` bytes of `f`: the tar parser sees the run's end as EOF."""
-
-    def __init__(self, f, length: int):
-        self.f, self.left = f, length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.left)
-        if n <= 0:
-            return 0
-        data = self.f.read(n)
-        buf[: len(data)] = data
-        self.left -= len(data)
-        return len(data)
-
-
-def read_run(
-    url: str, offset: int, length: int, keys: list[str], want=lambda suffix: True, limits: Limits = Limits()
-) -> Iterator[dict]:
-    """The samples `keys` stored at [offset, offset + length) of shard `url`, in order.
-
-    Only members whose suffix `want` accepts are read into memory (e.g. no clips when only
-    keypoints are wanted); bytes outside the range are never read.
-    """
-    with fsspec.open(url, "rb") as f:
-        f.seek(offset)
-        stream = io.BufferedReader(_Bounded(f, length), buffer_size=1 << 20)
+def read_run(stream, url: str, keys: list[str], want=lambda suffix: True, limits: Limits = Limits()) -> Iterator[dict]:
+    """The samples `keys`, in order, from a stream positioned at the first one's header
+    and ending after the last one (open_range). Only members `want` accepts are read."""
+    with stream:
         expected = iter(keys)
         for sample in iter_samples(stream, url, limits, want):
             key = next(expected, None)
