@@ -17,6 +17,11 @@ from collections.abc import Callable
 from .job import TASK_ENV, Engine
 
 
+def _call(fn: Callable, task):
+    """The Ray task: any picklable callable (a function, a partial) applied to one task."""
+    return fn(task)
+
+
 def ray_engine(address: str | None = None, num_cpus_per_task: float = 1, max_retries: int = 3) -> Engine:
     def run(fn: Callable, tasks: list):
         import ray
@@ -26,9 +31,9 @@ def ray_engine(address: str | None = None, num_cpus_per_task: float = 1, max_ret
         # MALLOC_PERTURB_ must be in the worker's environment when it starts (see job.TASK_ENV);
         # PYTHONPATH lets workers import the task function the driver imports.
         env = {**TASK_ENV, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
-        remote = ray.remote(fn).options(num_cpus=num_cpus_per_task, max_retries=max_retries, retry_exceptions=False,
-                                        runtime_env={"env_vars": env})
-        refs = {remote.remote(task): task for task in tasks}
+        remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries, retry_exceptions=False,
+                                           runtime_env={"env_vars": env})
+        refs = {remote.remote(fn, task): task for task in tasks}
         pending = list(refs)
         try:
             while pending:
