@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import struct
 import zipfile
+import zlib
 from fractions import Fraction
 from typing import Any
 
@@ -22,6 +24,12 @@ from .errors import DecodeError, ShardFormatError
 from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
 from .sampling import clip_window, frame_labels, uniform
 from .tario import Limits
+
+
+# What np.load/zipfile raise on a damaged or hostile npz (the .npy header is parsed with
+# ast.literal_eval, hence SyntaxError).
+NPZ_ERRORS = (ValueError, OSError, IndexError, KeyError, EOFError, SyntaxError, NotImplementedError,
+              zipfile.BadZipFile, zlib.error, struct.error)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -179,8 +187,8 @@ def _keypoints(sample: dict, frames: np.ndarray, views: tuple[str, ...], shard: 
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 arrays = {name: npz[name][frames] for name in npz.files}
-        except (ValueError, OSError, IndexError, zipfile.BadZipFile) as exc:
-            raise ShardFormatError(f"{view}.{KPT_EXT} unreadable ({exc})", shard=shard, key=key, view=view) from None
+        except NPZ_ERRORS as exc:
+            raise ShardFormatError(f"{view}.{KPT_EXT} unreadable ({type(exc).__name__}: {exc})", shard=shard, key=key, view=view) from None
         if "mask" not in arrays:
             raise ShardFormatError(f"{view}.{KPT_EXT} has no mask", shard=shard, key=key, view=view)
         masks.append(arrays.pop("mask").astype(bool))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zipfile
 
 import av
 import fsspec
@@ -15,7 +14,7 @@ from tqdm import tqdm
 
 from .errors import SampleError
 from .format import META, TIMELINE, clip_suffix, kpt_suffix
-from .items import sample_meta
+from .items import NPZ_ERRORS, sample_meta
 from .shards import resolve_source
 from .tario import Limits, iter_samples
 
@@ -100,8 +99,8 @@ def _check_keypoints(data, frames, schema, where) -> list[str]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        return [f"{where}: unreadable ({exc})"]
+    except NPZ_ERRORS as exc:
+        return [f"{where}: unreadable ({type(exc).__name__}: {exc})"]
     problems = []
     if set(arrays) != set(schema) | {"mask"}:
         problems.append(f"{where}: arrays {sorted(arrays)}, index.json lists {sorted(schema)} + mask")
