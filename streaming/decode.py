@@ -71,8 +71,3 @@ class ClipDecoder:
                 for channel, plane in zip(_GBRP_TO_RGB, planes):
                     out[i, channel] = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
 
-
-def clip_size(data: bytes) -> tuple[int, int]:
-    with av.open(io.BytesIO(data), "r", format="mp4") as container:
-        ctx = container.streams.video[0].codec_context
-        return ctx.height, ctx.width

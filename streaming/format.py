@@ -60,14 +60,6 @@ def kpt_suffix(view: str) -> str:
     return f"{view}.{KPT_EXT}"
 
 
-def split_member(name: str) -> tuple[str, str]:
-    """Split a member name into (key, suffix) at the first dot, as webdataset does."""
-    key, dot, suffix = name.partition(".")
-    if not dot or not key or not suffix:
-        raise ValueError(f"member name {name!r} has no <key>.<suffix> form")
-    return key, suffix
-
-
 def label_ids(labels: list[str]) -> dict[str, int]:
     """The manifest's vocabulary is sorted; a label's id is its position."""
     return {label: i for i, label in enumerate(labels)}
