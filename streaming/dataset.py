@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cache import ShardCache
 from .decode import ClipDecoder
 from .errors import SampleError
 from .format import CLIP_EXT, KPT_EXT, label_ids, video_of
 from .items import Options, build_item, item_specs, sample_meta
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
+from .remote import StorageOptions, download, open_range, redact
 from .resume import STATE_KEY
 from .sampling import MODES
-from .cache import ShardCache
-from .remote import StorageOptions, download, open_range, redact
 from .shards import read_run, resolve_source
 from .tario import Limits
 from .units import parse_bytes
