@@ -150,7 +150,14 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         total = s.videos * s.frames * len(VIEWS)
         paths = sorted(os.path.join(src, "videos", v, f"{view}.mp4") for v in os.listdir(os.path.join(src, "videos")) for view in VIEWS)
         shards = {n: os.path.join(tmp, f"out-{n}") for n in s.chunks}
-        writer = write_fps(src, shards[s.chunks[0]], s.chunks[0], total)
+        # The writer against FFmpeg on the video path alone (the same source without its
+        # keypoint files), then the whole source, keypoints included, for the record.
+        video_only = os.path.join(tmp, "src-video-only")
+        os.makedirs(video_only)
+        for part in ("videos", "annotations"):
+            os.symlink(os.path.join(src, part), os.path.join(video_only, part))
+        writer = write_fps(video_only, os.path.join(tmp, "out-video-only"), s.chunks[0], total)
+        writer_kpt = write_fps(src, shards[s.chunks[0]], s.chunks[0], total)
         ffmpeg_enc = ffmpeg_transcode_fps(paths, s.frames, EncodeSettings(), tmp)
         write_dataset(src, shards[s.chunks[1]], WriteConfig(max_video_frames=s.chunks[1]), workers=min(2, ncores))
         os.makedirs(os.path.join(tmp, "clips"))
@@ -162,6 +169,7 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         for cores in sorted({1, ncores}):
             cases += reader_cases(s, src, shards, clips, raw, cores)
         cases += [{"name": "vidshard write, 1 worker", "cores": 1, "frames_per_s": writer},
+                  {"name": "vidshard write, 1 worker, with per-frame keypoint files", "cores": 1, "frames_per_s": writer_kpt},
                   {"name": "FFmpeg CLI transcode, same x264 settings", "cores": 1, "frames_per_s": ffmpeg_enc}]
         result["cases"] = cases
         result["memory_sweep"] = memory_sweep(s, tmp)

@@ -144,7 +144,7 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
         if decoded is None:
-            decoded = np.empty((len(opts.views), len(wanted), 3, *size), dtype=np.uint8)
+            decoded = decoder.buffer((len(opts.views), len(wanted), 3, *size))
         elif decoded.shape[-2:] != size:
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
