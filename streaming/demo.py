@@ -69,8 +69,8 @@ def run_demo(config_path: str | None) -> dict:
         "videos": m.totals["videos"], "chunks": m.totals["chunks"], "items": items, "items_per_s": items / elapsed,
         "frames_per_s": frames / elapsed, "first_batch_s": first, "worker_peak_rss_mb": sorted(workers.values()),
     }
-    print(f"Video chunking enabled: {m.totals['videos']} videos -> {m.totals['chunks']} chunks "
-          f"(max {m.max_video_frames} frames/chunk), {m.totals['shards']} shards in {shards}")
+    print(f"dataset: {m.totals['videos']} videos -> {m.totals['chunks']} chunks (max {m.max_video_frames} frames/chunk), "
+          f"{m.totals['shards']} shard(s) in {shards}")
     print(f"one epoch: {items} items, {result['items_per_s']:.1f} items/s, {result['frames_per_s']:.0f} frames/s "
           f"(all views), first batch after {first:.2f} s")
     print("peak RSS per DataLoader worker: " + ", ".join(f"{r:.0f} MB" for r in result["worker_peak_rss_mb"])
