@@ -7,9 +7,10 @@ so nothing partial is ever listed under a final name). index.json is published l
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
+
+from streaming.format import sha256_of
 
 
 def is_remote(url: str) -> bool:
@@ -78,21 +79,13 @@ class RemoteStore:
             return []
 
     def digest(self, name: str) -> tuple[int, str]:
-        digest, size = hashlib.sha256(), 0
         with self.fs.open(self._path(name), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
-        return size, digest.hexdigest()
+            return sha256_of(f)
 
 
 def file_digest(path: str) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+        return sha256_of(f)
 
 
 def open_store(output: str) -> LocalStore | RemoteStore:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from collections.abc import Callable, Iterator
+
+from .format import sha256_of
 
 
 @contextlib.contextmanager
@@ -73,7 +74,7 @@ class ShardCache:
             partial = self._path(sha256, "partial")
             try:
                 download(partial)
-                if self.verify and _sha256(partial) != sha256:
+                if self.verify and _file_sha256(partial) != sha256:
                     raise OSError(f"downloaded shard does not match index.json's sha256 {sha256[:16]}...")
                 os.replace(partial, final)
             finally:
@@ -107,9 +108,7 @@ class ShardCache:
                                 os.remove(self._path(name, ext))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
+
+def _file_sha256(path: str) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_of(f)[1]

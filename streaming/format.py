@@ -15,9 +15,10 @@ are written `[start, end)`. docs/format.md is the human-readable version of this
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
-from typing import Any
+from typing import IO, Any
 
 FORMAT_NAME = "vidshard"
 FORMAT_VERSION = 1
@@ -161,6 +162,15 @@ class Manifest:
             shards.append(_typed(ShardEntry, {**s, "samples": samples}))
         fields = {f.name for f in dataclasses.fields(cls)} - {"shards"}
         return cls(**{k: obj[k] for k in fields}, shards=shards)
+
+
+def sha256_of(f: IO[bytes]) -> tuple[int, str]:
+    """(bytes, sha256 hex) of an open binary file: the `filesize`/`sha256` of a shard entry."""
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+    return size, digest.hexdigest()
 
 
 def dumps(obj: Any) -> bytes:

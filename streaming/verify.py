@@ -4,7 +4,6 @@ members and JSON fields, and with --decode every clip's frame count. Exit 0 only
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import av
@@ -13,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import SampleError
-from .format import META, TIMELINE, clip_suffix, kpt_suffix
+from .format import clip_suffix, kpt_suffix, sha256_of
 from .items import NPZ_ERRORS, sample_meta
 from .shards import resolve_source
 from .tario import Limits, iter_samples
@@ -36,15 +35,12 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
         if not fs.exists(path):
             problems.append(f"{url}: missing")
             continue
-        digest, size = hashlib.sha256(), 0
         with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
+            size, sha = sha256_of(f)
         if size != shard.filesize:
             problems.append(f"{url}: {size} bytes, index.json says {shard.filesize}")
-        if digest.hexdigest() != shard.sha256:
-            problems.append(f"{url}: sha256 {digest.hexdigest()[:16]}..., index.json says {shard.sha256[:16]}...")
+        if sha != shard.sha256:
+            problems.append(f"{url}: sha256 {sha[:16]}..., index.json says {shard.sha256[:16]}...")
         expected = iter(shard.samples)
         try:
             with fs.open(path, "rb") as f:
