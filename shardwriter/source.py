@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from fractions import Fraction
 from typing import Any
@@ -23,6 +24,8 @@ from streaming.format import RESERVED_VIEWS, SAFE_NAME
 from .errors import SourceError, WriterError
 from .keypoints import Schema, frame_schema, list_keypoints
 from .plan import SourceSegment, check_timeline
+
+log = logging.getLogger("vidshard.write")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -139,6 +142,9 @@ def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views:
         detail = ", ".join(f"{v}={p.fps}" for v, p in zip(views, probes))
         raise SourceError(video_id, folder, f"views have different frame rates ({detail})")
     num_frames = min(counts)
+    if len(set(counts)) > 1:
+        log.warning("video %r: views have %s frames; --truncate-views writes the first %d",
+                    video_id, dict(zip(views, counts)), num_frames)
     ann_path = os.path.join(root, "annotations", f"{video_id}.json")
     raw_timeline, annotation = _annotation(video_id, ann_path)
     try:
