@@ -86,6 +86,7 @@ class Trainer:
         self.manifest, _ = resolve_source(shards)
         train_ids, self.val_ids = split_videos([video_of(s.key) for sh in self.manifest.shards for s in sh.samples],
                                                d.val_fraction, d.seed)
+        # Our own checkpoint, never shard content; weights_only refuses pickled code anyway.
         checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
         resume_from = self._resume_progress(checkpoint)
         self.train_ds = self._dataset(train_ids, shuffle=True, resume_from=resume_from)
