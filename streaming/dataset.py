@@ -256,9 +256,11 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     def _item(self, sample: dict, sub: int, shard: int, index: int, epoch: int, decoder: ClipDecoder) -> dict:
         url = redact(self.urls[shard])
-        meta, timeline = sample_meta(sample, url)
-        rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
-        specs = item_specs(meta, timeline, self.options, rng)
+        if "__parsed__" not in sample:  # once per sample: segment mode builds several items from it
+            meta, timeline = sample_meta(sample, url)
+            rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
+            sample["__parsed__"] = meta, timeline, item_specs(meta, timeline, self.options, rng)
+        meta, timeline, specs = sample["__parsed__"]
         if sub >= len(specs):
             raise SampleError(f"index.json lists more items than the sample has ({len(specs)})", shard=url, key=sample["__key__"])
         return build_item(sample, meta, timeline, specs[sub], self.options, decoder, url)
