@@ -17,12 +17,15 @@ sysdeps:
 
 # torch/torchvision are pinned first to the releases this machine keeps on disk
 # (a CPU-only machine otherwise downloads a multi-GB build); pyproject keeps a range.
+# pip's own chatter (build-backend notices, index warnings) goes to a log, shown on failure.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	@echo "vidshard: installing into $(VENV) (log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 >>$(VENV)/install.log 2>&1 \
+	  || $(PY) -m pip install -q torch torchvision >>$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -q -e '.[test]' >>$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@touch $@
 
 demo: $(STAMP) sysdeps
 	$(VENV)/bin/vidshard demo --config configs/demo.yaml

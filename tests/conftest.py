@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 
+import logging
+import os
+
 import pytest
 
-from shardwriter.synth import synth_source
+from vidshard.synth import synth_source
 
 from .helpers import VIEWS, write
+from .servers import SECRET, free_port
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +36,26 @@ def source_copy(small_source, tmp_path) -> str:
     dst = str(tmp_path / "src")
     shutil.copytree(small_source, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "AKIAVIDSHARDTEST", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="vidshard")
+    yield port
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

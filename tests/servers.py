@@ -141,3 +141,21 @@ class FaultyProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+SECRET = "SECRETvidshard0123456789abcdef"  # the fake S3 secret key: tests check it never leaks
+
+
+def use_endpoint(port: int) -> None:
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a new endpoint: no cached client
+
+
+def upload(local: str, prefix: str, port: int) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    for name in os.listdir(local):
+        client.upload_file(os.path.join(local, name), "vidshard", f"{prefix}/{name}")

@@ -1,0 +1,89 @@
+"""torchrun with 2 ranks (gloo, CPU) x 2 DataLoader workers, a 64-rank x 8-worker plan
+simulated without files, and the training example's checkpoint/resume."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from streaming.plan import Catalog, PlanSpec, epoch_order, plan_items, worker_windows
+from vidshard.synth import synth_source
+
+from ..helpers import write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def torchrun(module_args: list[str], nproc: int = 2, env: dict | None = None) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=240)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+@pytest.mark.parametrize("sample", ["chunk", "segment"])
+def test_torchrun_ranks_are_disjoint_complete_and_equal(small_dataset, tmp_path, sample):
+    args = {"source": small_dataset, "workers": 2, "batch": 2, "sample": sample, "dist": True,
+            "out": str(tmp_path / "rank{rank}.json"), "epoch": 2}
+    torchrun(["-m", "tests.loader_child", json.dumps(args)])
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert ranks[0]["batches"] == ranks[1]["batches"]  # no rank waits on another
+    real = [collections.Counter((k, s) for k, s, padded in r["items"] if not padded) for r in ranks]
+    assert not set(real[0]) & set(real[1])  # disjoint
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    expected = index["totals"]["chunks"] if sample == "chunk" else index["totals"]["chunk_segments"]
+    assert sum((real[0] + real[1]).values()) == expected == len(real[0] + real[1])  # together: the epoch
+
+
+def test_plan_for_64_ranks_8_workers_10000_uneven_shards():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(20, 200, size=10_000)
+    catalog = Catalog(sample_items=[rng.integers(0, 6, size=c) for c in counts],  # segment mode: uneven items
+                      sample_bytes=[np.full(c, 2_000_000) for c in counts])
+    spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=64, num_workers=8)
+    start = time.perf_counter()
+    order = epoch_order(catalog, 0, 0, True)
+    one_worker = worker_windows(catalog, order, spec, 17, 3)
+    single = time.perf_counter() - start
+    seen = np.zeros(len(order), dtype=np.int64)
+    per_rank = collections.Counter()
+    for rank in range(64):
+        for worker in range(8):
+            for window in worker_windows(catalog, order, spec, rank, worker):
+                np.add.at(seen, window.positions[~window.padded], 1)
+                per_rank[rank] += len(window.positions)
+    assert (seen == 1).all()  # exact coverage
+    assert set(per_rank.values()) == {plan_items(catalog, spec)}  # equal per rank
+    assert one_worker
+    print(f"\nplan for one (rank, worker) of 64 x 8 over 10,000 shards / {len(order)} items: {single:.3f} s")
+
+
+def test_training_checkpoint_resume_continue(tmp_path):
+    work, shards = tmp_path / "work", tmp_path / "shards"
+    synth_source(str(tmp_path / "src"), videos=4, frames=120, size=(96, 96))
+    write(str(tmp_path / "src"), str(shards), max_video_frames=40, shard_bytes=10**6)
+    config = tmp_path / "tiny.yaml"
+    text = open(os.path.join(ROOT, "configs", "train_tiny.yaml")).read()
+    text = text.replace("work_dir: demo-out", f"work_dir: {work}").replace("shards: demo-out/shards", f"shards: {shards}")
+    config.write_text(text)
+    ckpt = str(tmp_path / "ckpt.pt")
+    base = [sys.executable, "-m", "vidshard", "-q", "train", "--config", str(config), "--checkpoint", ckpt]
+    first = subprocess.run([*base, "--max-steps", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 2 and saved["world"] == [1, 2] and len(saved["loader_states"]) == 1
+    again = subprocess.run([*base, "--max-steps", "4", "--resume", ckpt], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = torch.load(ckpt, weights_only=True)
+    assert resumed["step"] == 4
+    moved = [k for k in saved["model"] if not torch.equal(saved["model"][k], resumed["model"][k])]
+    assert moved  # the resumed run kept training the restored weights

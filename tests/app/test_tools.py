@@ -1,0 +1,88 @@
+"""vidshard inspect / ls / show on a small written dataset, checked against the source."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from vidshard.cli import main
+from vidshard.synth import keypoint_missing, read_barcode
+from vidshard.tools.preview import layout, show
+from vidshard.tools.survey import survey
+
+from ..helpers import VIEWS, read_dataset
+
+
+def test_inspect_matches_manifest_and_source(small_dataset, small_source, capsys):
+    report = survey(small_dataset)
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    for field in ("videos", "chunks", "frames", "shards", "bytes", "segments"):
+        assert report["totals"][field] == index["totals"][field]
+    assert report["totals"]["hours"] == round(3 * 75 / 30 / 3600, 4)
+    want = collections.defaultdict(lambda: {"segments": 0, "frames": 0})
+    for name in os.listdir(os.path.join(small_source, "annotations")):
+        for seg in json.load(open(os.path.join(small_source, "annotations", name)))["timeline"]:
+            want[seg["label"]]["segments"] += 1
+            want[seg["label"]]["frames"] += seg["end"] - seg["start"]
+    assert report["labels"] == dict(want)  # the histogram equals the source timelines
+    assert sum(report["chunk_lengths"].values()) == 9 and set(report["chunk_lengths"]) == {30, 27}
+    assert report["clipped_segments"] == index["totals"]["chunk_segments"]
+    for v, view in enumerate(VIEWS):  # overlap counts shared frames twice, as the chunks hold them
+        chunks = [(0, 30), (24, 54), (48, 75)]
+        have = sum(not keypoint_missing(f, v) for a, b in chunks for f in range(a, b))
+        assert report["keypoint_coverage"][view] == round(have / sum(b - a for a, b in chunks), 4)
+    assert main(["inspect", small_dataset, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["chunks"] == 9
+    assert main(["inspect", small_dataset, "--shards"]) == 0
+    text = capsys.readouterr().out
+    assert "9 chunks" in text and "shard-000000.tar" in text
+
+
+def test_ls_lists_every_member(small_dataset, capsys):
+    _, samples = read_dataset(small_dataset)
+    assert main(["ls", small_dataset]) == 0
+    text = capsys.readouterr().out
+    for key, members in samples.items():
+        for suffix, data in members.items():
+            assert f"{len(data):>10}  {key}.{suffix}" in text
+    assert main(["ls", small_dataset, "--key", "session_001_00002"]) == 0
+    one = capsys.readouterr().out
+    assert "video session_001 frames [48, 75)" in one and one.count(".mp4") == 3
+
+
+def test_show_tiles_hold_the_stamped_frames(small_dataset, tmp_path):
+    out = str(tmp_path / "p.png")
+    key = show(small_dataset, "session_002_00001", out, columns=5, keypoints=False)
+    image = np.asarray(Image.open(out).convert("RGB"))
+    lay = layout(3, 5, 64, 48)
+    assert key == "session_002_00001" and image.shape[:2] == (lay.size[1], lay.size[0])
+    shown = np.unique(np.linspace(0, 29, 5).round().astype(int)) + 24  # chunk [24, 54)
+    for v in range(3):
+        for c, frame in enumerate(shown):
+            x0, y0, x1, y1 = lay.box(v, c)
+            assert read_barcode(image[y0:y1, x0:x1]) == (frame, v)
+
+
+def test_show_draws_keypoints_where_present(small_dataset, tmp_path):
+    out = str(tmp_path / "k.png")
+    show(small_dataset, "session_000_00000", out, columns=30)  # every frame of chunk [0, 30)
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    lay = layout(3, 30, 64, 48)
+    for v in range(3):
+        for frame in range(30):
+            x0, y0, x1, y1 = lay.box(v, frame)
+            tile = image[y0:y1, x0:x1]
+            red = ((tile[..., 0] > 200) & (tile[..., 1] < 100)).sum()
+            assert (red > 0) == (not keypoint_missing(frame, v)), (v, frame)
+
+
+def test_random_sample_and_missing_key(small_dataset, tmp_path, capsys):
+    out = str(tmp_path / "r.png")
+    assert main(["show", small_dataset, "--out", out]) == 0
+    assert os.path.getsize(out) > 0 and "sample session_" in capsys.readouterr().out
+    assert main(["show", small_dataset, "--key", "nope_00000", "--out", out]) == 2
+    assert "no sample 'nope_00000'" in capsys.readouterr().err

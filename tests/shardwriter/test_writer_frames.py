@@ -1,0 +1,110 @@
+"""Every clip holds exactly source frames [start_frame, end_frame) of its view, proven from
+the decoded pixels (barcodes) with the FFmpeg CLI as the decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from shardwriter.encode import EncodeSettings
+from vidshard.synth import read_barcode, synth_source
+
+from ..helpers import VIEWS, ffmpeg_frames, read_dataset, write
+
+
+def assert_frame_exact(out: str, tmp_path, expected_chunks: int | None = None) -> None:
+    index, samples = read_dataset(out)
+    assert len(samples) == index["totals"]["chunks"]
+    if expected_chunks is not None:
+        assert len(samples) == expected_chunks
+    for key, members in samples.items():
+        meta = json.loads(members["meta.json"])
+        for v, view in enumerate(meta["views"]):
+            clip = tmp_path / f"{key}.{view}.mp4"
+            clip.write_bytes(members[f"{view}.mp4"])
+            size = meta["view_sizes"][view]
+            frames = ffmpeg_frames(str(clip), size["width"], size["height"])
+            got = [read_barcode(f) for f in frames]
+            want = [(i, VIEWS.index(view)) for i in range(meta["start_frame"], meta["end_frame"])]
+            assert got == want, f"{key}.{view}.mp4"
+
+
+def transcode(src: str, dst: str, args: list[str], ext: str = "mp4") -> None:
+    """A copy of the source with every view re-encoded by the FFmpeg CLI."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.mp4"))
+    for vid in os.listdir(os.path.join(src, "videos")):
+        for name in os.listdir(os.path.join(src, "videos", vid)):
+            view = name.partition(".")[0]
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-y", "-i", os.path.join(src, "videos", vid, name), *args,
+                 os.path.join(dst, "videos", vid, f"{view}.{ext}")],
+                check=True,
+            )
+
+
+@pytest.mark.parametrize("overlap", [0, 7])
+def test_h264_bframes_source(small_source, tmp_path, overlap):
+    out = str(tmp_path / "out")
+    write(small_source, out, max_video_frames=30, overlap=overlap)
+    # 75 frames: overlap 0 -> 3 chunks per video; overlap 7 (step 23) -> [0,30) [23,53) [46,75)
+    assert_frame_exact(out, tmp_path, expected_chunks=9)
+
+
+@pytest.mark.parametrize(
+    "name, args, ext",
+    [
+        ("hevc", ["-c:v", "libx265", "-x265-params", "log-level=error"], "mp4"),
+        ("mpeg4-bframes-avi", ["-c:v", "mpeg4", "-bf", "2", "-q:v", "3"], "avi"),
+        ("h264-10bit-mkv", ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], "mkv"),
+        ("start-offset", ["-c", "copy", "-output_ts_offset", "7.5"], "mp4"),
+    ],
+)
+def test_other_sources(small_source, tmp_path, name, args, ext):
+    src = str(tmp_path / name)
+    transcode(small_source, src, args, ext)
+    out = str(tmp_path / "out")
+    write(src, out, max_video_frames=40, overlap=5)
+    assert_frame_exact(out, tmp_path)
+
+
+def test_resize_keeps_frames(small_source, tmp_path):
+    out = str(tmp_path / "out")
+    write(small_source, out, max_video_frames=50, encode=EncodeSettings(gop=8, resize=(32, 24)))
+    index, samples = read_dataset(out)
+    assert index["encoder"]["resize"] == [32, 24]
+    assert_frame_exact(out, tmp_path)
+
+
+def test_clip_structure_for_readers(small_dataset, tmp_path):
+    """Constant rate, keyframe every gop frames starting at 0, no B-frames, moov first."""
+    _, samples = read_dataset(small_dataset)
+    key, members = sorted(samples.items())[0]
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(members["front.mp4"])
+    assert members["front.mp4"][4:8] == b"ftyp" and b"moov" in members["front.mp4"][:64]
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame,pict_type,pts",
+         "-of", "json", str(clip)], check=True, capture_output=True, text=True,
+    )
+    frames = json.loads(probe.stdout)["frames"]
+    assert [f["key_frame"] for f in frames] == [int(i % 8 == 0) for i in range(len(frames))]
+    assert "B" not in {f["pict_type"] for f in frames}
+    pts = [f["pts"] for f in frames]
+    assert len(set(b - a for a, b in zip(pts, pts[1:]))) == 1  # constant frame rate
+
+
+def test_source_synth_odd_fps(tmp_path):
+    src = str(tmp_path / "src")
+    from fractions import Fraction
+
+    synth_source(src, videos=1, frames=20, views=("front",), size=(32, 32), fps=Fraction(30000, 1001), keypoints=False)
+    out = str(tmp_path / "out")
+    write(src, out, max_video_frames=8)
+    index, samples = read_dataset(out)
+    meta = json.loads(samples["session_000_00000"]["meta.json"])
+    assert meta["fps_rational"] == "30000/1001" and index["fps"] == pytest.approx(29.97, abs=0.01)
+    assert_frame_exact(out, tmp_path, expected_chunks=3)

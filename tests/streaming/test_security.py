@@ -1,0 +1,175 @@
+"""Untrusted shards are data: one test per hostile case, each a typed error naming the shard
+(and the member or key), and a pickle payload that must never run."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from vidshard.cli import main
+from streaming import VideoShardDataset
+from streaming.errors import DecodeError, ShardFormatError
+from streaming.tario import Limits, iter_samples
+
+from ..helpers import members_of, rebuild_shard
+
+
+@pytest.fixture
+def copy(small_dataset, tmp_path):
+    dst = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, dst)
+    return dst
+
+
+def tar_bytes(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def reg(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def special(name, kind, target=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def read_all(raw: bytes, limits=Limits()):
+    return list(iter_samples(io.BytesIO(raw), "s.tar", limits))
+
+
+@pytest.mark.parametrize(
+    "entries, reason",
+    [
+        ([reg("/etc/passwd.json")], "not <key>.<suffix>"),
+        ([reg("../escape.meta.json")], "not <key>.<suffix>"),
+        ([reg("a/../../b.meta.json")], "not <key>.<suffix>"),
+        ([special("k.front.mp4", tarfile.SYMTYPE, "/etc/shadow")], "is a symlink"),
+        ([reg("k.meta.json"), special("k.left.mp4", tarfile.LNKTYPE, "k.meta.json")], "is a hardlink"),
+        ([special("k.front.mp4", tarfile.CHRTYPE)], "is a device file"),
+        ([special("k.front.mp4", tarfile.DIRTYPE)], "is a directory"),
+        ([reg("a.meta.json"), reg("b.meta.json"), reg("a.timeline.json")], "not adjacent"),
+        ([reg("a.meta.json"), reg("a.meta.json")], "duplicate member"),
+    ],
+)
+def test_hostile_members_are_typed_errors(entries, reason):
+    with pytest.raises(ShardFormatError, match=reason) as info:
+        read_all(tar_bytes(entries))
+    assert info.value.shard == "s.tar"
+
+
+def test_member_size_limit_checked_from_the_header():
+    raw = tar_bytes([reg("k.front.mp4", b"\0" * 5000)])
+    with pytest.raises(ShardFormatError, match="declares 5000 bytes, over the limit of 4096"):
+        read_all(raw, Limits(max_member_bytes=4096))
+
+
+def test_truncated_tar_is_a_typed_error():
+    raw = tar_bytes([reg("k.front.mp4", b"\1" * 5000), reg("k.meta.json", b"{}")])
+    with pytest.raises(ShardFormatError, match="not a readable tar"):
+        read_all(raw[:3000])
+
+
+def test_truncated_shard_through_the_dataset(copy):
+    path = os.path.join(copy, "shard-000000.tar")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ShardFormatError) as info:
+        list(VideoShardDataset(copy, shuffle=False))
+    assert info.value.shard.endswith("shard-000000.tar")
+
+
+def test_garbage_after_the_end_is_never_read_but_verify_reports_it(copy, capsys):
+    with open(os.path.join(copy, "shard-000000.tar"), "ab") as f:
+        f.write(os.urandom(4096))
+    assert len(list(VideoShardDataset(copy, load_rgb=False, load_kpt=True))) == 9  # tolerated: outside every range
+    assert main(["verify", copy]) == 1
+    assert "index.json says" in capsys.readouterr().out
+
+
+def mutate_first(change):
+    def mutate(samples):
+        first = next(iter(samples))
+        change(samples[first])
+        return members_of(samples)
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "change, error, reason",
+    [
+        (lambda s: s.__setitem__("meta.json", json.dumps({"start_frame": "0"}).encode()), ShardFormatError, "wrong type"),
+        (lambda s: s.__setitem__("meta.json", b"\xff not json"), ShardFormatError, "not valid JSON"),
+        (lambda s: s.__setitem__("timeline.json", json.dumps({"segments": [{"label": 3}]}).encode()), ShardFormatError, "timeline.json"),
+        (lambda s: s.__setitem__("meta.json", _meta_with(s, end_frame=lambda m: m["end_frame"] + 5)), DecodeError, "clip declares"),
+        (lambda s: s.__setitem__("meta.json", _meta_with(s, view_sizes=lambda m: {v: {"width": 100000, "height": 100000} for v in m["views"]})),
+         ShardFormatError, "outside the limit"),
+    ],
+)
+def test_bad_sample_content_is_a_typed_error(copy, change, error, reason):
+    rebuild_shard(copy, mutate_first(change))
+    with pytest.raises(error, match=reason) as info:
+        list(VideoShardDataset(copy, shuffle=False))
+    assert info.value.key and info.value.shard.endswith(".tar")
+
+
+def _meta_with(sample, **changes):
+    meta = json.loads(sample["meta.json"])
+    for field, fn in changes.items():
+        meta[field] = fn(meta)
+    return json.dumps(meta).encode()
+
+
+def test_npz_with_object_arrays_is_refused(copy):
+    def change(sample):
+        buf = io.BytesIO()
+        np.savez(buf, mask=np.ones(30, bool), evil=np.array([{"a": 1}], dtype=object))
+        sample["front.kpt.npz"] = buf.getvalue()
+
+    rebuild_shard(copy, mutate_first(change))
+    with pytest.raises(ShardFormatError, match="unreadable .*allow_pickle") as info:
+        list(VideoShardDataset(copy, shuffle=False, load_rgb=False, load_kpt=True))
+    assert info.value.view == "front"
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that something unpickled shard content."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("ext", ["pyd", "pickle", "pkl", "pth", "pt", "npy"])
+def test_pickle_payload_is_never_executed(copy, tmp_path, ext):
+    marker = tmp_path / f"pwned-{ext}"
+    payload = pickle.dumps(_Payload(str(marker)))
+
+    def mutate(samples):
+        for parts in samples.values():
+            parts[f"payload.{ext}"] = payload
+            parts[f"front.{ext}"] = payload
+        return members_of(samples)
+
+    rebuild_shard(copy, mutate)
+    items = list(VideoShardDataset(copy, load_kpt=True, img_size=(16, 16)))
+    assert len(items) == 9 and not any(k.endswith(ext) for i in items for k in i)
+    assert main(["verify", copy, "--decode"]) == 0  # extra members are ignored, never decoded
+    assert main(["inspect", copy]) == 0 and main(["ls", copy]) == 0
+    assert not marker.exists()

@@ -1,0 +1,237 @@
+"""The `vidshard` command line: one console script for writing, reading and tools."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from fractions import Fraction
+
+from streaming.units import parse_bytes
+
+from shardwriter.encode import EncodeSettings
+from shardwriter.errors import WriterError
+
+log = logging.getLogger("vidshard")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 224x224, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
+    return w, h
+
+
+def _views(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _bytes(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from shardwriter.job import WriteConfig, write_dataset
+
+    config = WriteConfig(
+        max_video_frames=args.max_video_frames,
+        overlap=args.overlap,
+        views=args.views,
+        shard_bytes=args.shard_size,
+        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize),
+        seed=args.seed,
+        on_error=args.on_error,
+        truncate_views=args.truncate_views,
+    )
+    engine = None
+    if args.engine == "ray":
+        from shardwriter.ray_engine import ray_engine
+
+        engine = ray_engine(address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task)
+    report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir)
+    print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards under {args.output}"
+          + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vidshard.synth import synth_source
+
+    ids = synth_source(args.out, videos=args.videos, frames=args.frames, views=args.views, size=args.size,
+                       fps=Fraction(args.fps), seed=args.seed, keypoints=not args.no_keypoints)
+    print(f"wrote {len(ids)} videos x {len(args.views)} views x {args.frames} frames to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from vidshard.demo import run_demo
+
+    config = args.config
+    if config is None and os.path.exists(os.path.join("configs", "demo.yaml")):
+        config = os.path.join("configs", "demo.yaml")  # from a checkout; elsewhere the built-in defaults
+    run_demo(config)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vidshard.train.trainer import run_train
+
+    run_train(args.config, resume=args.resume, max_steps=args.max_steps, checkpoint=args.checkpoint)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from vidshard.tools.survey import format_survey, survey
+
+    report = survey(args.source)
+    print(json.dumps(report, indent=1) if args.json else format_survey(report, shards=args.shards))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from vidshard.tools.survey import listing
+
+    print(listing(args.source, args.key))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from vidshard.tools.preview import show
+
+    key = show(args.source, args.key, args.out, columns=args.frames, keypoints=not args.no_keypoints)
+    print(f"wrote {args.out}: sample {key}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from vidshard.tools.verify import verify
+
+    problems, counts = verify(args.source, decode=args.decode)
+    for p in problems:
+        print(f"FAIL {p}")
+    print(f"{counts['shards']} shards, {counts['samples']} samples"
+          + (f", {counts['clips_decoded']} clips decoded" if args.decode else "")
+          + (f": {len(problems)} problem(s)" if problems else ": all checks hold"))
+    return 1 if problems else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vidshard.bench.harness import run
+
+    run(args.quick, args.json, args.out_md, only_engines=args.engines)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidshard", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("write", help="cut a source dataset into chunk samples in tar shards")
+    w.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
+    w.add_argument("output", help="OUTPUT folder or object-store URL (s3://bucket/prefix) for shard-*.tar and index.json")
+    w.add_argument("--max-video-frames", type=int, required=True, help="frames per chunk, at most")
+    w.add_argument("--overlap", type=int, default=0, help="frames shared by consecutive chunks")
+    w.add_argument("--views", type=_views, default=None, help="comma-separated views, in sample order")
+    w.add_argument("--workers", type=int, default=1, help="videos encoded in parallel")
+    w.add_argument("--shard-size", type=_bytes, default=parse_bytes("1GB"), help="close a shard at this size")
+    w.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT of every clip")
+    w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")
+    w.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 constant rate factor")
+    w.add_argument("--preset", default=EncodeSettings.preset, help="x264 preset")
+    w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
+    w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
+    w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
+    w.add_argument("--work-dir", default=None,
+                   help="spool and staged shards (default OUTPUT/.vidshard-work; for s3:// etc. ~/.cache/vidshard/work/HASH)")
+    w.add_argument("--engine", choices=("local", "ray"), default="local", help="where the per-video tasks run")
+    w.add_argument("--ray-address", default=None, help="Ray cluster: auto, ray://host:10001, or none for a local one")
+    w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per video task")
+    w.set_defaults(func=cmd_write)
+
+    s = sub.add_parser("synth", help="write a synthetic source whose pixels carry frame and view")
+    s.add_argument("out")
+    s.add_argument("--videos", type=int, default=4)
+    s.add_argument("--frames", type=int, default=300)
+    s.add_argument("--views", type=_views, default=("front", "left", "right"))
+    s.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT")
+    s.add_argument("--fps", default="30", help="frame rate, e.g. 30 or 30000/1001")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-keypoints", action="store_true")
+    s.set_defaults(func=cmd_synth)
+
+    d = sub.add_parser("demo", help="synthetic source -> shards -> one streamed epoch")
+    d.add_argument("--config", default=None, help="YAML config (default: ./configs/demo.yaml if present)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="the chunked-loading training example (also under torchrun)")
+    t.add_argument("--config", default="configs/config_chunked_loading.yaml")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop (and checkpoint) after this many optimizer steps")
+    t.add_argument("--checkpoint", default=None, help="where to save (default: WORK_DIR/checkpoint.pt)")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("inspect", help="totals, label and chunk-length histograms, keypoint coverage")
+    i.add_argument("source", help="OUTPUT folder, index.json or shard URL(s)")
+    i.add_argument("--shards", action="store_true", help="one row per shard")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_inspect)
+
+    ls = sub.add_parser("ls", help="samples and their members, like tar tvf grouped by sample")
+    ls.add_argument("source", help="a shard, or an OUTPUT folder")
+    ls.add_argument("--key", default=None)
+    ls.set_defaults(func=cmd_ls)
+
+    sh = sub.add_parser("show", help="a PNG contact sheet of one sample")
+    sh.add_argument("source", help="OUTPUT folder or one of its shards")
+    sh.add_argument("--key", default=None, help="sample key (default: a random sample)")
+    sh.add_argument("--out", default="preview.png")
+    sh.add_argument("--frames", type=int, default=6, help="frames per view")
+    sh.add_argument("--no-keypoints", action="store_true", help="do not draw keypoints")
+    sh.set_defaults(func=cmd_show)
+
+    v = sub.add_parser("verify", help="check shards against index.json (exit 0 only if everything holds)")
+    v.add_argument("source", help="OUTPUT folder, index.json or shard URL(s)")
+    v.add_argument("--decode", action="store_true", help="also decode every clip and count its frames")
+    v.set_defaults(func=cmd_verify)
+
+    b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
+    b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    b.add_argument("--json", default=None, help="write the results as JSON here")
+    b.add_argument("--out-md", default=None, help="write the markdown tables here")
+    b.add_argument("--engines", action="store_true", help="only: writer throughput, local engine vs Ray, 1 and 2 CPUs")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(levelname)s] %(message)s")
+    # Client libraries log signed request headers at DEBUG: keep them out even with -v.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import av.logging
+
+    # FFmpeg's own log lines duplicate what our typed errors say, minus the file and video.
+    av.logging.set_level(av.logging.VERBOSE if args.verbose else None)
+    try:
+        return args.func(args)
+    except (WriterError, ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"vidshard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

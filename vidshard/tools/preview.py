@@ -1,0 +1,141 @@
+"""`vidshard show`: a contact sheet of one sample as a PNG.
+
+One row per view, a few frames spread over the chunk, each tile stamped (below it) with its
+global frame index; 2D keypoints drawn on the frames; the chunk's timeline drawn under the
+rows as coloured segments with their labels, segments cut by the chunk's edges marked with
+an arrow at the cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from streaming.decode import ClipDecoder
+from streaming.format import META, TIMELINE, clip_suffix, kpt_suffix
+from streaming.items import parse_json
+from streaming.sampling import uniform
+
+PAD, LEFT, STAMP_H, BAR_H, BAR_LABEL_H, MIN_TILE_H = 6, 64, 14, 16, 14, 96
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Layout:
+    size: tuple[int, int]  # (width, height) of the PNG
+    scale: int  # integer upscaling of each frame (nearest neighbour)
+    tile: tuple[int, int]  # (width, height) of one scaled frame
+    bar_y: int  # top of the timeline bar
+
+    def box(self, view: int, column: int) -> tuple[int, int, int, int]:
+        x = LEFT + column * (self.tile[0] + PAD)
+        y = PAD + view * (self.tile[1] + STAMP_H + PAD)
+        return x, y, x + self.tile[0], y + self.tile[1]
+
+
+def layout(views: int, columns: int, width: int, height: int) -> Layout:
+    scale = max(1, math.ceil(MIN_TILE_H / height))
+    tile = (width * scale, height * scale)
+    rows_h = PAD + views * (tile[1] + STAMP_H + PAD)
+    size = (LEFT + columns * (tile[0] + PAD), rows_h + BAR_H + BAR_LABEL_H + PAD)
+    return Layout(size=size, scale=scale, tile=tile, bar_y=rows_h)
+
+
+def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6, keypoints: bool = True) -> Image.Image:
+    meta = parse_json(sample, META, shard)
+    segments = parse_json(sample, TIMELINE, shard)["segments"]
+    views = meta["views"]
+    length = meta["end_frame"] - meta["start_frame"]
+    frames = np.unique(uniform(0, length, min(columns, length)))
+    w, h = meta["view_sizes"][views[0]]["width"], meta["view_sizes"][views[0]]["height"]
+    lay = layout(len(views), len(frames), w, h)
+    sheet = Image.new("RGB", lay.size, (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    decoder = ClipDecoder()
+    for v, view in enumerate(views):
+        draw.text((PAD, lay.box(v, 0)[1] + lay.tile[1] // 2 - 6), view, fill=(0, 0, 0), font=font)
+        pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
+        decoder.decode(sample[clip_suffix(view)], frames, Fraction(meta["fps_rational"]), meta["gop"], (h, w), pixels)
+        points = _points(sample.get(kpt_suffix(view)), frames) if keypoints else None
+        for c, frame in enumerate(frames.tolist()):
+            x0, y0, x1, y1 = lay.box(v, c)
+            tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tile, Image.NEAREST)
+            sheet.paste(tile, (x0, y0))
+            if points is not None:
+                for px, py in points[c]:
+                    cx, cy = x0 + px * lay.scale, y0 + py * lay.scale
+                    draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(255, 40, 40))
+            draw.text((x0, y1 + 1), f"f={meta['start_frame'] + frame}", fill=(0, 0, 0), font=font)
+    _timeline(draw, font, lay, segments, length, labels, frames)
+    return sheet
+
+
+def _points(data: bytes | None, frames: np.ndarray) -> list[np.ndarray] | None:
+    """Per shown frame, the (x, y) points of every 2D keypoint array present on that frame."""
+    if data is None:
+        return None
+    import io
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        mask = npz["mask"][frames]
+        arrays = [npz[n][frames] for n in npz.files if n != "mask" and npz[n].ndim >= 2 and npz[n].shape[-1] == 2
+                  and npz[n].dtype.kind == "f"]
+    return [np.concatenate([a[i].reshape(-1, 2) for a in arrays]) if arrays and mask[i] else np.zeros((0, 2))
+            for i in range(len(frames))]
+
+
+def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels: list[str], frames: np.ndarray) -> None:
+    x0, x1 = LEFT, lay.size[0] - PAD
+    y0, y1 = lay.bar_y, lay.bar_y + BAR_H
+    span = x1 - x0
+
+    def at(frame: float) -> int:
+        return x0 + round(frame / length * span)
+
+    draw.rectangle((x0, y0, x1, y1), outline=(120, 120, 120), fill=(235, 235, 235))
+    for seg in segments:
+        color = PALETTE[labels.index(seg["label"]) % len(PALETTE)] if seg["label"] in labels else (128, 128, 128)
+        a, b = at(seg["start"]), at(seg["end"])
+        draw.rectangle((a, y0, b, y1), fill=color, outline=(40, 40, 40))
+        mid = (y0 + y1) // 2
+        if seg["truncated_start"]:
+            draw.polygon([(a, mid), (a + 6, y0 + 2), (a + 6, y1 - 2)], fill=(0, 0, 0))
+        if seg["truncated_end"]:
+            draw.polygon([(b, mid), (b - 6, y0 + 2), (b - 6, y1 - 2)], fill=(0, 0, 0))
+        draw.text((a + 2, y1 + 1), seg["label"], fill=(0, 0, 0), font=font)
+    for frame in frames.tolist():  # where the shown frames sit on the timeline
+        draw.line((at(frame + 0.5), y0 - 3, at(frame + 0.5), y0), fill=(0, 0, 0))
+    draw.text((PAD, y0 + 2), "timeline", fill=(0, 0, 0), font=font)
+
+
+def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
+    """(sample, shard url, label vocabulary) for `key`, or a random sample when key is None."""
+    from collections import Counter
+
+    from streaming.remote import StorageOptions, open_range
+    from streaming.shards import read_run, resolve_source
+
+    manifest, urls = resolve_source(source)
+    entries = [(url, s) for url, shard in zip(urls, manifest.shards) for s in shard.samples]
+    if key is None:
+        url, entry = entries[int(np.random.default_rng().integers(len(entries)))]
+    else:
+        found = [(u, s) for u, s in entries if s.key == key]
+        if not found:
+            raise KeyError(f"no sample {key!r} in {source}")
+        url, entry = found[0]
+    stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
+    sample = next(read_run(stream, url, [entry.key]))
+    return sample, url, manifest.labels
+
+
+def show(source: str, key: str | None, out: str, columns: int = 6, keypoints: bool = True) -> str:
+    sample, url, labels = load_sample(source, key)
+    contact_sheet(sample, url, labels, columns=columns, keypoints=keypoints).save(out)
+    return sample["__key__"]

@@ -1,0 +1,132 @@
+"""`vidshard inspect` and `vidshard ls`: what a dataset holds, from index.json and the small
+JSON members only. Tar headers are walked with seeks; clips and keypoints are never read.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from tqdm import tqdm
+
+from streaming.format import META, TIMELINE
+from streaming.shards import resolve_source
+from streaming.tario import Limits, check_member
+
+
+def shard_members(url: str, read_json: bool = True, limits: Limits = Limits()) -> Iterator[tuple[str, str, int, bytes | None]]:
+    """(key, suffix, size, data) for every member; data only for .json members. Seekable
+    mode: the parser jumps over clip and keypoint bytes instead of reading them."""
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            key, suffix = check_member(member, url, limits)
+            data = tar.extractfile(member).read() if read_json and suffix.endswith(".json") else None
+            yield key, suffix, member.size, data
+
+
+def sample_jsons(urls: list[str], progress: bool = True) -> Iterator[tuple[str, dict, list[dict]]]:
+    """(shard url, meta, timeline segments) of every sample."""
+    for url in tqdm(urls, desc="shards", unit="shard", disable=None if progress else True):
+        current: dict[str, dict] = collections.defaultdict(dict)
+        for key, suffix, _, data in shard_members(url):
+            if suffix in (META, TIMELINE):
+                current[key][suffix] = json.loads(data)
+        for key, parts in current.items():
+            yield url, parts[META], parts[TIMELINE]["segments"]
+
+
+def survey(source: str) -> dict[str, Any]:
+    manifest, urls = resolve_source(source)
+    labels: dict[str, dict[str, int]] = {name: {"segments": 0, "frames": 0} for name in manifest.labels}
+    seen_segments: dict[tuple[str, int], tuple[int, int, str]] = {}
+    lengths: collections.Counter = collections.Counter()
+    clipped = truncated = 0
+    kpt_frames: collections.Counter = collections.Counter()
+    chunk_frames = 0
+    video_seconds: dict[str, float] = {}
+    for _, meta, segments in sample_jsons(urls):
+        n = meta["end_frame"] - meta["start_frame"]
+        lengths[n] += 1
+        chunk_frames += n
+        video_seconds[meta["video_id"]] = meta["video_frames"] / meta["fps"]
+        for view, count in meta.get("keypoint_frames", {}).items():
+            kpt_frames[view] += count
+        for seg in segments:
+            clipped += 1
+            truncated += seg["truncated_start"] or seg["truncated_end"]
+            # A source segment cut by chunk boundaries appears in several chunks: join them.
+            ident = (meta["video_id"], seg["segment_id"])
+            lo, hi, _ = seen_segments.get(ident, (seg["global_start"], seg["global_end"], seg["label"]))
+            seen_segments[ident] = (min(lo, seg["global_start"]), max(hi, seg["global_end"]), seg["label"])
+    for lo, hi, label in seen_segments.values():
+        labels.setdefault(label, {"segments": 0, "frames": 0})
+        labels[label]["segments"] += 1
+        labels[label]["frames"] += hi - lo
+    views = manifest.views
+    return {
+        "source": source,
+        "format_version": 1,
+        "views": views,
+        "max_video_frames": manifest.max_video_frames,
+        "overlap": manifest.overlap,
+        "totals": {**manifest.totals, "hours": round(sum(video_seconds.values()) / 3600, 4)},
+        "labels": labels,
+        "chunk_lengths": dict(sorted(lengths.items(), reverse=True)),
+        "clipped_segments": clipped,
+        "truncated_segments": truncated,
+        "keypoint_coverage": (
+            {v: round(kpt_frames[v] / chunk_frames, 4) for v in views} if manifest.keypoints and chunk_frames else None
+        ),
+        "shards": [{"url": s.url, "samples": s.nsamples, "segments": s.nsegments, "frames": s.nframes,
+                    "bytes": s.filesize, "sha256": s.sha256} for s in manifest.shards],
+    }
+
+
+def format_survey(report: dict[str, Any], shards: bool = False) -> str:
+    t = report["totals"]
+    lines = [
+        f"{report['source']}: {t['videos']} videos -> {t['chunks']} chunks (max {report['max_video_frames']} frames, "
+        f"overlap {report['overlap']}), {t['frames']} frames ({t['hours']:.3f} h), {t['shards']} shards, "
+        f"{t['bytes'] / 1e6:.1f} MB, views {', '.join(report['views'])}",
+        "",
+        f"{'label':<20}{'segments':>10}{'frames':>10}",
+    ]
+    for label, row in report["labels"].items():
+        lines.append(f"{label:<20}{row['segments']:>10}{row['frames']:>10}")
+    lines += ["", "chunk lengths: " + ", ".join(f"{n} frames x {c}" for n, c in report["chunk_lengths"].items())]
+    share = report["truncated_segments"] / report["clipped_segments"] if report["clipped_segments"] else 0
+    lines.append(f"segments cut by chunk boundaries: {report['truncated_segments']} of {report['clipped_segments']} "
+                 f"chunk segments ({share:.1%})")
+    cov = report["keypoint_coverage"]
+    lines.append("keypoints: " + ("none" if cov is None else ", ".join(f"{v} {c:.1%} of frames" for v, c in cov.items())))
+    if shards:
+        lines += ["", f"{'shard':<22}{'samples':>8}{'segments':>9}{'frames':>8}{'MB':>9}  sha256"]
+        for s in report["shards"]:
+            lines.append(f"{s['url']:<22}{s['samples']:>8}{s['segments']:>9}{s['frames']:>8}{s['bytes'] / 1e6:>9.2f}  {s['sha256'][:16]}")
+    return "\n".join(lines)
+
+
+def listing(source: str, key: str | None = None) -> str:
+    """Like `tar tvf`, grouped by sample, with each sample's video, range and labels."""
+    urls = [source] if source.endswith(".tar") else resolve_source(source)[1]
+    out = []
+    for url in urls:
+        samples: dict[str, list] = collections.defaultdict(list)
+        for k, suffix, size, data in shard_members(url):
+            if key is None or k == key:
+                samples[k].append((suffix, size, data))
+        for k, members in samples.items():
+            parts = {suffix: data for suffix, _, data in members}
+            meta = json.loads(parts[META]) if parts.get(META) else {}
+            segs = json.loads(parts[TIMELINE])["segments"] if parts.get(TIMELINE) else []
+            labels = " ".join(s["label"] + ("<" if s["truncated_start"] else "") + (">" if s["truncated_end"] else "") for s in segs)
+            out.append(f"{url.rsplit('/', 1)[-1]}  {k}  video {meta.get('video_id')} frames "
+                       f"[{meta.get('start_frame')}, {meta.get('end_frame')})  segments: {labels or '-'}")
+            out += [f"    {size:>10}  {k}.{suffix}" for suffix, size, _ in members]
+    if key is not None and not out:
+        raise KeyError(f"no sample {key!r} in {source}")
+    return "\n".join(out)

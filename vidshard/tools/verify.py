@@ -1,0 +1,110 @@
+"""`vidshard verify OUTPUT|URL [--decode]`: every shard against index.json, every sample's
+members and JSON fields, and with --decode every clip's frame count. Exit 0 only if all hold.
+"""
+
+from __future__ import annotations
+
+import io
+
+import av
+import fsspec
+import numpy as np
+from tqdm import tqdm
+
+from streaming.errors import SampleError
+from streaming.format import clip_suffix, kpt_suffix, sha256_of
+from streaming.items import NPZ_ERRORS, sample_meta
+from streaming.shards import resolve_source
+from streaming.tario import Limits, iter_samples
+
+
+def count_frames(data: bytes) -> int:
+    with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        return sum(1 for _ in container.decode(container.streams.video[0]))
+
+
+def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tuple[list[str], dict[str, int]]:
+    """(problems, counts). Each problem names the shard and, where it applies, key and member."""
+    manifest, urls = resolve_source(source)
+    problems: list[str] = []
+    counts = {"shards": 0, "samples": 0, "clips_decoded": 0}
+    schema = manifest.keypoints
+    for shard, url in tqdm(list(zip(manifest.shards, urls)), desc="verify", unit="shard", disable=None):
+        counts["shards"] += 1
+        fs, path = fsspec.core.url_to_fs(url)
+        if not fs.exists(path):
+            problems.append(f"{url}: missing")
+            continue
+        with fs.open(path, "rb") as f:
+            size, sha = sha256_of(f)
+        if size != shard.filesize:
+            problems.append(f"{url}: {size} bytes, index.json says {shard.filesize}")
+        if sha != shard.sha256:
+            problems.append(f"{url}: sha256 {sha[:16]}..., index.json says {shard.sha256[:16]}...")
+        expected = iter(shard.samples)
+        try:
+            with fs.open(path, "rb") as f:
+                for sample in iter_samples(f, url, limits):
+                    entry = next(expected, None)
+                    counts["samples"] += 1
+                    if entry is None or sample["__key__"] != entry.key:
+                        problems.append(f"{url}: sample {sample['__key__']!r} where index.json lists {entry and entry.key!r}")
+                        continue
+                    problems += _check_sample(sample, entry, url, manifest.views, schema, decode, counts)
+        except SampleError as exc:
+            problems.append(str(exc))
+        left = [e.key for e in expected]
+        if left:
+            problems.append(f"{url}: {len(left)} sample(s) listed in index.json are missing, from {left[0]!r}")
+    return problems, counts
+
+
+def _check_sample(sample, entry, url, views, schema, decode, counts) -> list[str]:
+    key, where = sample["__key__"], f"{url} {sample['__key__']}"
+    try:
+        meta, timeline = sample_meta(sample, url)
+    except SampleError as exc:
+        return [str(exc)]
+    problems = []
+    frames = meta["end_frame"] - meta["start_frame"]
+    if meta.get("key") != key:
+        problems.append(f"{where}: meta.json key is {meta.get('key')!r}")
+    if frames != entry.nframes or len(timeline) != entry.nsegments:
+        problems.append(f"{where}: {frames} frames / {len(timeline)} segments, index.json says {entry.nframes} / {entry.nsegments}")
+    for view in views:
+        clip = sample.get(clip_suffix(view))
+        if clip is None:
+            problems.append(f"{where}: no {clip_suffix(view)}")
+        elif decode:
+            counts["clips_decoded"] += 1
+            try:
+                got = count_frames(clip)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{where}.{clip_suffix(view)}: does not decode ({exc})")
+                continue
+            if got != frames:
+                problems.append(f"{where}.{clip_suffix(view)}: decodes to {got} frames, meta.json says {frames}")
+        if schema:
+            problems += _check_keypoints(sample.get(kpt_suffix(view)), frames, schema, f"{where}.{kpt_suffix(view)}")
+    return problems
+
+
+def _check_keypoints(data, frames, schema, where) -> list[str]:
+    if data is None:
+        return [f"{where}: missing"]
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except NPZ_ERRORS as exc:
+        return [f"{where}: unreadable ({type(exc).__name__}: {exc})"]
+    problems = []
+    if set(arrays) != set(schema) | {"mask"}:
+        problems.append(f"{where}: arrays {sorted(arrays)}, index.json lists {sorted(schema)} + mask")
+    for name, info in schema.items():
+        a = arrays.get(name)
+        if a is not None and (a.shape != (frames, *info["shape"]) or a.dtype.str != info["dtype"]):
+            problems.append(f"{where}: {name} has shape {a.shape} {a.dtype.str}, expected {(frames, *info['shape'])} {info['dtype']}")
+    mask = arrays.get("mask")
+    if mask is not None and (mask.shape != (frames,) or mask.dtype != bool):
+        problems.append(f"{where}: mask has shape {mask.shape} {mask.dtype}")
+    return problems

@@ -1,0 +1,1 @@
+"""The chunked-loading training example: typed YAML config, a torchvision video model, the trainer."""

@@ -1,0 +1,133 @@
+"""YAML configs (the original's keys) loaded into typed, frozen dataclasses.
+
+Unknown keys and wrong types are errors that name the file, the section and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """The synthetic source the demo and the training example generate."""
+
+    videos: int = 6
+    frames: int = 600
+    views: tuple[str, ...] = ("front", "left", "right")
+    size: tuple[int, int] = (96, 96)  # width, height of the source videos
+    fps: int = 30
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    shards: str | None = None  # the training example's shards: a folder or URL (s3://...) holding index.json
+    batch_size: int = 1
+    num_workers: int = 2
+    img_size: tuple[int, int] | None = None  # (H, W) delivered; None = as stored
+    num_frames: int | None = None  # frames per item in segment/clip mode
+    load_rgb: bool = True
+    load_kpt: bool = False
+    max_video_frames: int | None = 1000  # chunk length when writing shards
+    overlap: int = 0
+    sample: str = "chunk"
+    views: tuple[str, ...] | None = None
+    shuffle_buffer: str = "256MB"
+    seed: int = 0
+    val_fraction: float = 0.0  # share of VIDEOS held out for validation
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    backbone: str = "r3d_18"  # any torchvision.models.video constructor
+    view_fusion: str = "late"  # late | early
+    weights: str | None = None  # local state_dict to start from; nothing is downloaded
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    accumulate_grad_batches: int = 1
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    precision: int | str = 32
+    max_epochs: int = 1
+    max_steps: int | None = None
+    val_check_interval: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    experiment: str = "vidshard"
+    work_dir: str = "demo-out"
+    source: SourceConfig = SourceConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_check(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_check(v, a, where) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(hint):
+        return _section(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(hints)}")
+    return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (None: the defaults); `overrides` = {"data.batch_size": 2, ...}."""
+    raw: dict = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return _section(Config, raw, path or "config")

@@ -1,0 +1,221 @@
+"""`vidshard train --config configs/config_chunked_loading.yaml`: the chunked-loading training
+example, single process or under torchrun (DDP: gloo on CPU, nccl on GPU).
+
+Segments of chunks are classified over the manifest's label vocabulary. Validation videos
+are split off by VIDEO (chunks of one video never land on both sides). A checkpoint holds
+the model, the optimizer, every rank's loader state and the step; `--resume` continues
+mid-epoch on the same world shape (StatefulDataLoader state) or on another one (the merged
+progress, see streaming/resume.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from streaming.collation import collate
+from streaming.dataset import VideoShardDataset
+from streaming.format import video_of
+from streaming.resume import merge_loader_states
+from streaming.shards import resolve_source
+
+from .config import Config, ConfigError, load_config
+from .model import VideoClassifier, keypoint_dim, keypoint_features
+
+log = logging.getLogger("vidshard.train")
+
+
+def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, val) video ids: a seeded shuffle, the first ceil(f * n) go to validation."""
+    ids = sorted(set(video_ids))
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng([seed, 4]).permutation(len(ids))
+    n_val = math.ceil(val_fraction * len(ids)) if val_fraction else 0
+    if n_val >= len(ids):
+        raise ValueError(f"data.val_fraction {val_fraction} leaves no training video out of {len(ids)}")
+    val = sorted(ids[i] for i in order[:n_val])
+    return [i for i in ids if i not in set(val)], val
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def autocast(precision, device: torch.device):
+    """Mixed precision where the device supports it: fp16 on CUDA, bf16 on CPU."""
+    if str(precision) in ("32", "32-true"):
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" and str(precision) in ("16", "16-mixed") else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, shards: str, resume: str | None = None):
+        self.cfg, self.shards = cfg, shards
+        self.rank, self.world, self.device = setup_distributed()
+        torch.manual_seed(cfg.data.seed)
+        random.seed(cfg.data.seed)
+        d = cfg.data
+        self.manifest, _ = resolve_source(shards)
+        train_ids, self.val_ids = split_videos([video_of(s.key) for sh in self.manifest.shards for s in sh.samples],
+                                               d.val_fraction, d.seed)
+        # Our own checkpoint, never shard content; weights_only refuses pickled code anyway.
+        checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
+        resume_from = self._resume_progress(checkpoint)
+        self.train_ds = self._dataset(train_ids, shuffle=True, resume_from=resume_from)
+        self.loader = StatefulDataLoader(self.train_ds, batch_size=d.batch_size, num_workers=d.num_workers,
+                                         collate_fn=collate, pin_memory=self.device.type == "cuda")
+        views = len(self.train_ds.options.views)
+        model = VideoClassifier(backbone=cfg.model.backbone, num_classes=len(self.manifest.labels), view_fusion=cfg.model.view_fusion,
+                                keypoint_dim=keypoint_dim(self.manifest.keypoints, views) if d.load_kpt else 0)
+        if cfg.model.weights:
+            model.load_state_dict(torch.load(cfg.model.weights, map_location="cpu", weights_only=True))
+        model.to(self.device)
+        self.model = DistributedDataParallel(model) if self.world > 1 else model
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr)
+        self.scaler = torch.amp.GradScaler(enabled=self.device.type == "cuda" and str(cfg.trainer.precision) in ("16", "16-mixed"))
+        self.epoch, self.step = 0, 0
+        if checkpoint:
+            model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+            if resume_from is None:  # same shape: each rank takes its own loader state
+                self.loader.load_state_dict(checkpoint["loader_states"][self.rank])
+
+    def _resume_progress(self, checkpoint) -> dict | None:
+        """Another world shape than the checkpoint's: the merged progress of the epoch."""
+        if not checkpoint:
+            return None
+        saved = checkpoint["world"]
+        if saved == [self.world, self.cfg.data.num_workers]:
+            return None
+        log.info("resuming a %d-rank x %d-worker run on %d x %d", *saved, self.world, self.cfg.data.num_workers)
+        return merge_loader_states(checkpoint["loader_states"])
+
+    def _dataset(self, videos, shuffle, resume_from=None) -> VideoShardDataset:
+        d = self.cfg.data
+        return VideoShardDataset(self.shards, sample="segment", num_frames=d.num_frames or 8, img_size=d.img_size, views=d.views,
+                                 load_rgb=True, load_kpt=d.load_kpt, shuffle=shuffle, seed=d.seed,
+                                 shuffle_buffer=d.shuffle_buffer, videos=videos, resume_from=resume_from)
+
+    def _loss(self, batch) -> torch.Tensor:
+        video = batch["video"].to(self.device, non_blocking=True)
+        kwargs = {}
+        if self.cfg.data.load_kpt:
+            kwargs = {"keypoints": keypoint_features(batch).to(self.device),
+                      "keypoints_mask": batch["keypoints_mask"].to(self.device)}
+        with autocast(self.cfg.trainer.precision, self.device):
+            logits = self.model(video, **kwargs)
+        return nn.functional.cross_entropy(logits.float(), batch["label_id"].to(self.device))
+
+    def save(self, path: str) -> None:
+        loader_states = gather(self.loader.state_dict(), self.world)  # every rank's partitions
+        if self.rank == 0:
+            model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+            state = {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                     "step": self.step, "world": [self.world, self.cfg.data.num_workers], "loader_states": loader_states}
+            tmp = path + ".partial"
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+
+    def validate(self) -> float | None:
+        if not self.val_ids:
+            return None
+        ds = self._dataset(self.val_ids, shuffle=False)
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.cfg.data.batch_size, collate_fn=collate)
+        correct = total = 0
+        self.model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                video = batch["video"].to(self.device)
+                kwargs = {}
+                if self.cfg.data.load_kpt:
+                    kwargs = {"keypoints": keypoint_features(batch).to(self.device), "keypoints_mask": batch["keypoints_mask"].to(self.device)}
+                with autocast(self.cfg.trainer.precision, self.device):
+                    pred = self.model(video, **kwargs).argmax(-1).cpu()
+                real = ~torch.tensor([m["padded"] for m in batch["meta"]])
+                correct += int(((pred == batch["label_id"]) & real).sum())
+                total += int(real.sum())
+        self.model.train()
+        counts = torch.tensor([correct, total], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(counts)
+        return float(counts[0] / counts[1]) if counts[1] else None
+
+    def fit(self, checkpoint: str, max_steps: int | None = None) -> dict:
+        cfg = self.cfg
+        accumulate = cfg.train.accumulate_grad_batches
+        max_steps = max_steps or cfg.trainer.max_steps
+        history = {"losses": [], "val_acc": [], "batches": 0}
+        self.model.train()
+        while self.epoch < cfg.trainer.max_epochs:
+            self.train_ds.set_epoch(self.epoch)
+            per_epoch = len(self.train_ds)  # this epoch's batches on every rank (equal by construction)
+            check_every = max(1, int(per_epoch / cfg.data.batch_size * cfg.trainer.val_check_interval))
+            for i, batch in enumerate(self.loader):
+                last_of_step = (i + 1) % accumulate == 0
+                sync = contextlib.nullcontext() if last_of_step or self.world == 1 else self.model.no_sync()
+                with sync:
+                    loss = self._loss(batch) / accumulate
+                    self.scaler.scale(loss).backward()
+                history["batches"] += 1
+                if last_of_step:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    history["losses"].append(float(loss.detach()) * accumulate)
+                    if max_steps and self.step >= max_steps:
+                        self.save(checkpoint)
+                        return history
+                if (i + 1) % check_every == 0 and cfg.trainer.val_check_interval < 1.0:
+                    history["val_acc"].append(self.validate())
+            self.epoch += 1
+            history["val_acc"].append(self.validate())
+            self.save(checkpoint)
+            if self.rank == 0:
+                log.info("epoch %d done: step %d, val accuracy %s", self.epoch, self.step, history["val_acc"][-1])
+        return history
+
+
+def run_train(config_path: str | None, resume: str | None = None, max_steps: int | None = None, checkpoint: str | None = None) -> dict:
+    cfg = load_config(config_path)
+    if not cfg.data.shards:
+        raise ConfigError(f"{config_path or 'config'}: data.shards is not set: name a folder or URL of shards written by "
+                          "`vidshard write` (`vidshard demo` writes a synthetic set to demo-out/shards)")
+    rank = int(os.environ.get("RANK", 0))
+    trainer = Trainer(cfg, cfg.data.shards, resume=resume)
+    history = trainer.fit(checkpoint or os.path.join(cfg.work_dir, "checkpoint.pt"), max_steps=max_steps)
+    if rank == 0:
+        log.info("trained %d steps; last loss %s", trainer.step, history["losses"][-1] if history["losses"] else None)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return history
