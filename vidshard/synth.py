@@ -1,9 +1,14 @@
 """A synthetic source dataset whose pixels say which frame and view they are.
 
-Every frame is a 4x4 grid of flat grey cells, each one of four levels (a base-4 digit):
+Every frame is a 4x4 grid of flat cells, each one of four luma levels (a base-4 digit):
 10 digits of frame index, 2 of view index, 4 of checksum. Flat cells survive H.264 at
 any sane quality and downscaling to a few pixels per cell, so tests and tools can prove
 from decoded pixels alone which source frame they hold (`read_barcode`).
+
+The chroma carries the frame's timeline label: every frame inside a segment is tinted with
+its label's colour (grey in the gaps), so the labels are visible in `vidshard show` and
+learnable by the training example's demo. The barcode lives in luma alone, which a tint
+does not change.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ MAX_FRAMES = 4**FRAME_DIGITS
 LABELS = ("adjust", "front", "grasp", "idle", "reach", "release")
 KPT_KIND = "sam3d_body"
 NUM_JOINTS = 17
+# Chroma offset of a label's tint from grey (U, V = 128 +- TINT). Where RGB clips (the
+# brightest and darkest cells), luma moves by < 8: far inside the barcode's +-32 margin.
+TINT = 20
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601 luma weights of R, G, B
 
 
 def _digits(value: int, n: int) -> list[int]:
@@ -54,12 +63,22 @@ def barcode_image(frame: int, view: int, width: int, height: int) -> np.ndarray:
     return img
 
 
+def label_tint(label_index: int | None) -> tuple[int, int]:
+    """(U, V) of a frame: a label's colour on a circle around grey; grey (128, 128) for None."""
+    if label_index is None:
+        return 128, 128
+    angle = 2 * np.pi * label_index / len(LABELS)
+    return 128 + round(TINT * np.cos(angle)), 128 + round(TINT * np.sin(angle))
+
+
 def read_barcode(image: np.ndarray) -> tuple[int, int]:
     """(frame, view) from an (H, W), (H, W, C) or (C, H, W) image; ValueError if unreadable."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3:
         channel_axis = 0 if img.shape[0] in (1, 3) and img.shape[2] not in (1, 3) else 2
-        img = img.mean(axis=channel_axis)
+        img = np.moveaxis(img, channel_axis, -1)
+        # Luma, not the channel mean: the label tint moves R, G and B but not their luma.
+        img = img @ LUMA if img.shape[-1] == 3 else img[..., 0]
     ys, xs = _cell_edges(img.shape[0]), _cell_edges(img.shape[1])
     digits = []
     for cell in range(GRID * GRID):
@@ -107,15 +126,28 @@ def keypoint_missing(frame: int, view: int) -> bool:
     return (frame * 7 + view) % 10 == 3
 
 
-def write_video(path: str, view: int, num_frames: int, size: tuple[int, int], fps: Fraction, codec: str = "libx264", options: dict | None = None) -> None:
-    """One view file, encoded with the codec's defaults (B-frames, long GOP for libx264)."""
+def frame_label_indices(timeline: list[dict], num_frames: int) -> list[int | None]:
+    """Per frame, the index in LABELS of the segment covering it (None in a gap)."""
+    labels: list[int | None] = [None] * num_frames
+    for seg in timeline:
+        for f in range(seg["start"], min(seg["end"], num_frames)):
+            labels[f] = LABELS.index(seg["label"]) if seg["label"] in LABELS else None
+    return labels
+
+
+def write_video(path: str, view: int, num_frames: int, size: tuple[int, int], fps: Fraction, codec: str = "libx264",
+                options: dict | None = None, labels: list[int | None] | None = None) -> None:
+    """One view file, encoded with the codec's defaults (B-frames, long GOP for libx264);
+    frame f tinted with the colour of labels[f] (grey without labels)."""
     width, height = size
-    chroma = np.full((height // 2, width), 128, dtype=np.uint8)  # U and V planes, grey
     with av.open(path, "w") as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for f in range(num_frames):
-            planes = np.concatenate([barcode_image(f, view, width, height), chroma])
+            u, v = label_tint(labels[f] if labels else None)
+            # yuv420p as one (H * 3/2, W) array: the luma plane, then the U and V planes flattened.
+            chroma = np.concatenate([np.full(height * width // 4, u, np.uint8), np.full(height * width // 4, v, np.uint8)])
+            planes = np.concatenate([barcode_image(f, view, width, height), chroma.reshape(height // 2, width)])
             frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             frame.pts = f
             frame.time_base = 1 / fps
@@ -139,9 +171,11 @@ def synth_source(
     ids = [f"session_{i:03d}" for i in range(videos)]
     for i, vid in enumerate(ids):
         rng = np.random.default_rng([seed, i])
+        timeline = synth_timeline(frames, rng)
+        labels = frame_label_indices(timeline, frames)
         os.makedirs(os.path.join(out, "videos", vid), exist_ok=True)
         for v, view in enumerate(views):
-            write_video(os.path.join(out, "videos", vid, f"{view}.mp4"), v, frames, size, fps, codec)
+            write_video(os.path.join(out, "videos", vid, f"{view}.mp4"), v, frames, size, fps, codec, labels=labels)
             if keypoints:
                 kdir = os.path.join(out, "keypoints", vid, view)
                 os.makedirs(kdir, exist_ok=True)
@@ -150,7 +184,7 @@ def synth_source(
                         joints = synth_keypoints(f, v, *size)
                         np.savez(os.path.join(kdir, f"{f:06d}_{KPT_KIND}.npz"), joints_2d=joints, frame=np.int64(f))
         os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
-        annotation = {"timeline": synth_timeline(frames, rng), "subject": f"s{i % 3:02d}", "synthetic": True}
+        annotation = {"timeline": timeline, "subject": f"s{i % 3:02d}", "synthetic": True}
         with open(os.path.join(out, "annotations", f"{vid}.json"), "w", encoding="utf-8") as f:
             json.dump(annotation, f, indent=1)
     return ids
