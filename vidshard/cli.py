@@ -44,7 +44,8 @@ def cmd_write(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         views=args.views,
         shard_bytes=args.shard_size,
-        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize),
+        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize,
+                              autorotate=not args.no_autorotate),
         seed=args.seed,
         on_error=args.on_error,
         truncate_views=args.truncate_views,
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")
     w.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 constant rate factor")
     w.add_argument("--preset", default=EncodeSettings.preset, help="x264 preset")
+    w.add_argument("--no-autorotate", action="store_true",
+                   help="keep each view's stored orientation (default: turn it as its display matrix says)")
     w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
     w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
     w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
