@@ -115,7 +115,8 @@ def orientation_filters(matrix: Matrix | None) -> Filters:
     if abs(theta - 270) < 1:
         return (("transpose", "clock_flip" if matrix[3] < 0 else "cclock"),)
     if abs(theta) > 1:
-        raise ValueError(f"display rotation of {theta:g} degrees is not a multiple of 90")
+        raise ValueError(f"the display matrix rotates by {ccw:.4g} degrees (counter-clockwise, as ffprobe prints it), "
+                         "not a multiple of 90")
     return (("vflip", None),) if matrix[4] < 0 else ()
 
 

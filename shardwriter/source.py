@@ -70,7 +70,7 @@ def check_source(root: str, views: tuple[str, ...] | None) -> SourceListing:
     can name a tar member. Warns once about stray files (which are then skipped)."""
     listing = list_source(root)
     if listing.stray:
-        shown = ", ".join(listing.stray[:5]) + (f" and {len(listing.stray) - 5} more" if len(listing.stray) > 5 else "")
+        shown = ", ".join(listing.stray[:10]) + (f" and {len(listing.stray) - 10} more" if len(listing.stray) > 10 else "")
         log.warning("skipping %d file(s) that are not views (system, hidden or editor backup files): %s",
                     len(listing.stray), shown)
     if views:

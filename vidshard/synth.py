@@ -120,6 +120,10 @@ class ViewQuirks:
     vfr: bool = False  # variable frame rate: every third frame comes 40% of a frame late
     codec: str = "libx264"  # "libvpx-vp9" writes WebM
 
+    def __post_init__(self):
+        if self.lead_in and "vp" in self.codec:
+            raise ValueError("lead_in needs an MP4 edit list: WebM has none (its leading frames would be shown)")
+
 
 def _stored(image: np.ndarray, rotate: int, hflip: bool) -> np.ndarray:
     """The stored picture that displays as `image` under the display matrix (rotate, hflip):
