@@ -110,7 +110,7 @@ class ClipDecoder:
                         raise EOFError(f"frame {target} missing: decoder jumped to {index}")
                 planar = size is not None and size != (frame.height, frame.width)
                 if not planar:
-                    planar = self._unscaled_planar_ok(width, height, colour)
+                    planar = self._unscaled_planar_ok(width, height, interpolation, colour)
                 self._convert(frame, width, height, interpolation, colour, planar, out[i])
 
     def _convert(self, frame, width, height, interpolation, colour: dict, planar: bool, out: np.ndarray) -> None:
@@ -127,7 +127,7 @@ class ClipDecoder:
             packed = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, : 3 * width]
             np.copyto(out, packed.reshape(height, width, 3).transpose(2, 0, 1))
 
-    def _unscaled_planar_ok(self, width: int, height: int, colour: dict) -> bool:
+    def _unscaled_planar_ok(self, width: int, height: int, interpolation, colour: dict) -> bool:
         """Whether swscale's unscaled yuv420p -> gbrp conversion is right at this size here.
 
         PyAV 18.1's FFmpeg (libswscale 9.5) leaves the last `width % 16` columns unwritten
@@ -136,7 +136,7 @@ class ClipDecoder:
         so a noise frame is converted both ways once per size and the planar path is kept
         only where the two agree exactly.
         """
-        key = (width, height, tuple(sorted((k, int(v)) for k, v in colour.items())))
+        key = (width, height, interpolation, tuple(sorted((k, int(v)) for k, v in colour.items())))
         if key not in self._planar_ok:
             noise = np.random.default_rng([width, height]).integers(0, 256, (height * 3 // 2, width), dtype=np.uint8)
             test = av.VideoFrame.from_ndarray(noise, format="yuv420p")
@@ -145,7 +145,7 @@ class ClipDecoder:
             for flag, dst in ((True, planar), (False, packed)):
                 saved, self.reformatter = self.reformatter, check
                 try:
-                    self._convert(test, width, height, None, colour, flag, dst)
+                    self._convert(test, width, height, interpolation, colour, flag, dst)
                 finally:
                     self.reformatter = saved
             self._planar_ok[key] = bool(np.array_equal(planar, packed))

@@ -105,13 +105,15 @@ def recording_source(root: str, videos: dict[str, dict[str, str]], frames: int) 
     return root
 
 
-def display_frames(path: str) -> np.ndarray:
+def display_frames(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """The FFmpeg CLI's decode of a video as displayed (autorotated, its colour matrix and
     range) -> [T, H, W, 3] uint8: every decoded frame once. `-fps_mode passthrough` matters:
     without it the CLI makes rawvideo constant-rate, duplicating frames of a VFR source."""
-    first = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-frames:v", "1", "-f", "image2pipe", "-c:v", "ppm", "-"],
-                           check=True, capture_output=True).stdout
-    width, height = (int(v) for v in first.split(b"\n")[1].split())
+    if size is None:  # (width, height) as displayed: the CLI says, from its first frame
+        first = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-frames:v", "1", "-f", "image2pipe", "-c:v", "ppm", "-"],
+                               check=True, capture_output=True).stdout
+        size = tuple(int(v) for v in first.split(b"\n")[1].split())
+    width, height = size
     raw = subprocess.run(["ffmpeg", "-v", "fatal", "-threads", "1", "-i", path, "-fps_mode", "passthrough",
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                          check=True, capture_output=True).stdout

@@ -207,6 +207,9 @@ def synth_source(
     """Write a source dataset in the layout of docs/source-layout.md; returns the video ids.
     `quirks` gives views the oddities of real recordings (ViewQuirks); frames and keypoints
     are those of the view as displayed."""
+    unknown = set(quirks or {}) - set(views)
+    if unknown:
+        raise ValueError(f"quirks for views {sorted(unknown)}, which are not among {list(views)}")
     ids = [f"session_{i:03d}" for i in range(videos)]
     for i, vid in enumerate(ids):
         rng = np.random.default_rng([seed, i])
