@@ -13,6 +13,7 @@ does not change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from fractions import Fraction
@@ -135,22 +136,89 @@ def frame_label_indices(timeline: list[dict], num_frames: int) -> list[int | Non
     return labels
 
 
-def write_video(path: str, view: int, num_frames: int, size: tuple[int, int], fps: Fraction, codec: str = "libx264",
-                options: dict | None = None, labels: list[int | None] | None = None) -> None:
-    """One view file, encoded with the codec's defaults (B-frames, long GOP for libx264);
-    frame f tinted with the colour of labels[f] (grey without labels)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViewQuirks:
+    """The ways a real recording's file differs from a plain one, for the synthetic source.
+    Every quirk leaves the frames as displayed (FFmpeg CLI's decode) carrying their barcodes."""
+
+    rotate: int = 0  # display matrix: counter-clockwise degrees (0, 90, 180, 270), as phones write it
+    hflip: bool = False  # display matrix: mirrored after the rotation
+    full_range: bool = False  # yuvj420p, color_range=pc, BT.709 tags
+    lead_in: int = 0  # frames encoded before frame 0 and cut by an MP4 edit list (decoders discard them)
+    vfr: bool = False  # variable frame rate: every third frame comes 40% of a frame late
+    codec: str = "libx264"  # "libvpx-vp9" writes WebM
+
+    def __post_init__(self):
+        if self.lead_in and "vp" in self.codec:
+            raise ValueError("lead_in needs an MP4 edit list: WebM has none (its leading frames would be shown)")
+
+
+def _stored(image: np.ndarray, rotate: int, hflip: bool) -> np.ndarray:
+    """The stored picture that displays as `image` under the display matrix (rotate, hflip):
+    the inverse of the filters the FFmpeg CLI's autorotate applies."""
+    from shardwriter.display import orientation_filters
+
+    matrix = _display_matrix(rotate, hflip)
+    undo = {
+        "cclock_flip": lambda a: a.T, "clock_flip": lambda a: a[::-1, ::-1].T,
+        "clock": lambda a: np.rot90(a, 1), "cclock": lambda a: np.rot90(a, -1),
+        "hflip": lambda a: a[:, ::-1], "vflip": lambda a: a[::-1],
+    }
+    for name, args in reversed(orientation_filters(matrix)):
+        image = undo[args or name](image)
+    return np.ascontiguousarray(image)
+
+
+def _display_matrix(rotate: int, hflip: bool) -> tuple[int, ...]:
+    """av_display_rotation_set(-rotate) then av_display_matrix_flip(hflip): what PyAV's
+    set_display_rotation(rotate, hflip) writes."""
+    import math
+
+    radians = math.radians(rotate)
+    c, s_ = math.cos(radians), math.sin(radians)
+    m = [round(c * 65536), round(-s_ * 65536), 0, round(s_ * 65536), round(c * 65536), 0, 0, 0, 1 << 30]
+    if hflip:
+        m = [v * f for v, f in zip(m, (-1, 1, 1) * 3)]
+    return tuple(m)
+
+
+def write_video(
+    path: str, view: int, num_frames: int, size: tuple[int, int], fps: Fraction, codec: str = "libx264",
+    options: dict | None = None, quirks: ViewQuirks = ViewQuirks(), labels: list[int | None] | None = None,
+) -> None:
+    """One view file, encoded with the codec's defaults (B-frames, long GOP for libx264).
+    `size` is the displayed size; a rotated view stores it sideways. Frame f is tinted with
+    the colour of labels[f] (grey without labels)."""
     width, height = size
+    codec = quirks.codec if quirks.codec != "libx264" else codec
+    pix_fmt = "yuvj420p" if quirks.full_range else "yuv420p"
+    time_base = Fraction(1, 1000) if quirks.vfr else 1 / fps
     with av.open(path, "w") as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for f in range(num_frames):
-            u, v = label_tint(labels[f] if labels else None)
+        stored = _stored(np.zeros((height, width), np.uint8), quirks.rotate, quirks.hflip)
+        stream.height, stream.width = stored.shape
+        stream.pix_fmt = pix_fmt
+        if quirks.vfr:
+            stream.codec_context.time_base = time_base
+        if quirks.full_range:
+            cc = stream.codec_context
+            cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = 2, 1, 1, 1
+        if quirks.rotate or quirks.hflip:
+            stream.set_display_rotation(quirks.rotate, hflip=quirks.hflip)
+        rows, cols = stored.shape
+        for f in range(-quirks.lead_in, num_frames):
+            # Lead-in frames (f < 0) carry the barcode of frame MAX_FRAMES // 2 - f: never a real one.
+            picture = barcode_image(f if f >= 0 else MAX_FRAMES // 2 - f, view, width, height)
+            u, v = label_tint(labels[f] if labels and f >= 0 else None)
             # yuv420p as one (H * 3/2, W) array: the luma plane, then the U and V planes flattened.
-            chroma = np.concatenate([np.full(height * width // 4, u, np.uint8), np.full(height * width // 4, v, np.uint8)])
-            planes = np.concatenate([barcode_image(f, view, width, height), chroma.reshape(height // 2, width)])
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            frame.pts = f
-            frame.time_base = 1 / fps
+            chroma = np.concatenate([np.full(rows * cols // 4, u, np.uint8), np.full(rows * cols // 4, v, np.uint8)])
+            planes = np.concatenate([_stored(picture, quirks.rotate, quirks.hflip), chroma.reshape(rows // 2, cols)])
+            frame = av.VideoFrame.from_ndarray(planes, format=pix_fmt)
+            if quirks.vfr:
+                frame.pts = round(1000 * f / fps) + (round(400 / fps) if f % 3 == 2 else 0)
+            else:
+                frame.pts = f
+            frame.time_base = time_base
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
 
@@ -166,8 +234,14 @@ def synth_source(
     seed: int = 0,
     keypoints: bool = True,
     codec: str = "libx264",
+    quirks: dict[str, ViewQuirks] | None = None,
 ) -> list[str]:
-    """Write a source dataset in the layout of docs/source-layout.md; returns the video ids."""
+    """Write a source dataset in the layout of docs/source-layout.md; returns the video ids.
+    `quirks` gives views the oddities of real recordings (ViewQuirks); frames and keypoints
+    are those of the view as displayed."""
+    unknown = set(quirks or {}) - set(views)
+    if unknown:
+        raise ValueError(f"quirks for views {sorted(unknown)}, which are not among {list(views)}")
     ids = [f"session_{i:03d}" for i in range(videos)]
     for i, vid in enumerate(ids):
         rng = np.random.default_rng([seed, i])
@@ -175,7 +249,10 @@ def synth_source(
         labels = frame_label_indices(timeline, frames)
         os.makedirs(os.path.join(out, "videos", vid), exist_ok=True)
         for v, view in enumerate(views):
-            write_video(os.path.join(out, "videos", vid, f"{view}.mp4"), v, frames, size, fps, codec, labels=labels)
+            quirk = (quirks or {}).get(view, ViewQuirks())
+            ext = "webm" if "vp9" in quirk.codec or "vp8" in quirk.codec else "mp4"
+            write_video(os.path.join(out, "videos", vid, f"{view}.{ext}"), v, frames, size, fps, codec, quirks=quirk,
+                        labels=labels)
             if keypoints:
                 kdir = os.path.join(out, "keypoints", vid, view)
                 os.makedirs(kdir, exist_ok=True)

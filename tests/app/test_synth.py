@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vidshard.synth import MAX_FRAMES, barcode_image, read_barcode, synth_source
+from vidshard.synth import MAX_FRAMES, ViewQuirks, barcode_image, read_barcode, synth_source
 
 from ..helpers import ffmpeg_frames
 
@@ -68,3 +68,21 @@ def test_frames_are_tinted_with_their_label_and_barcodes_still_read(tmp_path):
         u, v = tints[LABELS.index(labelled[f])]
         closest = min(tints, key=lambda i: (tints[i][0] * 2.0 - u_dir) ** 2 + (tints[i][1] * 2.0 - v_dir) ** 2)
         assert closest == LABELS.index(labelled[f]), (f, labelled[f])
+
+
+def test_synth_cli_gives_views_real_recording_quirks(tmp_path):
+    import subprocess
+
+    from vidshard.cli import main
+
+    out = str(tmp_path / "src")
+    assert main(["synth", out, "--videos", "1", "--frames", "12", "--no-keypoints", "--size", "64x48",
+                 "--quirk", "left:rotate=90,hflip=1", "--quirk", "right:full_range=1,lead_in=3,vfr=1"]) == 0
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height,color_range:stream_side_data=rotation",
+                            "-of", "compact", os.path.join(out, "videos", "session_000", "left.mp4")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "width=48|height=64" in probe and "rotation=90" in probe
+    with pytest.raises(SystemExit):
+        main(["synth", out, "--quirk", "left:spin=3"])
+    with pytest.raises(ValueError, match="not among"):
+        synth_source(out, videos=1, frames=4, views=("front",), quirks={"back": ViewQuirks(rotate=90)})
