@@ -114,7 +114,7 @@ class ViewSource:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViewProbe:
     path: str
-    num_frames: int  # frames the decoder outputs: packets minus those the demuxer flags to discard
+    num_frames: int  # frames the decoder outputs (probe_view: not the packets it discards or cannot decode)
     fps: Fraction
     source: ViewSource
 
@@ -166,27 +166,39 @@ def probe_view(video_id: str, path: str) -> ViewProbe:
     display matrix and colour).
 
     A frame counts when the decoder outputs it: a packet the demuxer flags to discard (the
-    part of an MP4/MOV edit list before its start or after its end) does not; the encode
-    pass checks the count again while decoding.
+    part of an MP4/MOV edit list before its start or after its end) does not, and neither
+    does a leading packet the decoder drops without a flag: a recording cut in mid-GOP (a
+    split MPEG-TS segment, a capture joined mid-stream) starts with frames that refer to
+    frames before the cut, which decoders do not output. Those are the packets fed before
+    the first frame came out whose timestamp is earlier than that frame's: decoders output
+    in presentation order. The encode pass checks the count again while decoding.
     """
     first = None
+    leading: list[int | None] = []  # pts of the counted packets fed until the first frame came out
+    count = 0  # counted packets after those
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise SourceError(video_id, path, "no video stream in the file")
             stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate
-            count = 0
             for packet in container.demux(stream):
                 if not packet.size:
                     continue
                 if first is None:
+                    if not packet.is_discard:
+                        leading.append(packet.pts)
                     first = next(iter(packet.decode()), None)
-                count += not packet.is_discard
-            if first is None and count:
+                else:
+                    count += not packet.is_discard
+            if first is None and leading:
                 first = next(iter(stream.codec_context.decode(None)), None)  # a decoder that delays its output
     except av.FFmpegError as exc:
         raise SourceError(video_id, path, f"unreadable or corrupt video ({exc})") from None
+    if first is not None and first.pts is not None:
+        count += sum(1 for pts in leading if pts is None or pts >= first.pts)
+    else:
+        count += len(leading)
     if count == 0:
         raise SourceError(video_id, path, "zero-frame video")
     if first is None:

@@ -26,7 +26,8 @@ import numpy as np
 FLOOR_DB = 32.0
 SIZE = (88, 72)
 FRAMES_PER_VIEW = 40
-QUIRKS = ("editlist", "rotate90", "fullrange", "vfr", "vp9", "ntsc")
+QUIRKS = ("editlist", "rotate90", "fullrange", "vfr", "vp9", "ntsc", "midgop")
+EXTENSIONS = {"vp9": "webm", "midgop": "ts"}  # the rest are mp4
 
 
 def carphone() -> str:
@@ -80,6 +81,10 @@ def quirk_view(path: str, quirk: str, view: int, frames: int) -> str:
     elif quirk == "vp9":
         assert path.endswith(".webm")
         camera_view(path, view, frames, args=("-c:v", "libvpx-vp9", "-b:v", "400k", "-deadline", "realtime"))
+    elif quirk == "midgop":  # a recording split in mid-GOP (an MPEG-TS segment): no edit list, no discard flag
+        assert path.endswith(".ts")
+        mid_gop(camera_view(tmp, view, frames + 12, args=("-c:v", "libx264", "-bf", "2", "-g", "12", "-sc_threshold", "0",
+                                                          "-pix_fmt", "yuv420p", "-f", "mpegts")), path)
     elif quirk == "ntsc":
         camera_view(path, view, frames, args=("-r", "30000/1001", "-c:v", "libx264", "-bf", "3"))
     else:
@@ -89,6 +94,15 @@ def quirk_view(path: str, quirk: str, view: int, frames: int) -> str:
     return path
 
 
+def mid_gop(path: str, out: str) -> str:
+    """`path` without its first 5 packets: a stream that starts with the P- and B-frames of a
+    GOP whose keyframe is missing. Decoders output nothing before the next keyframe (frame
+    12 of a `-g 12` source), and nothing flags those packets: the file decodes to 12 frames
+    fewer than it was encoded with."""
+    ffmpeg("-i", path, "-c", "copy", "-bsf:v", "noise=drop=lt(n\\,5)", "-f", "mpegts", out)
+    return out
+
+
 def recording_source(root: str, videos: dict[str, dict[str, str]], frames: int) -> str:
     """SOURCE/videos/<video_id>/<view>.<ext> with {video_id: {view: quirk}} ("plain" for none),
     and a timeline per video."""
@@ -96,7 +110,7 @@ def recording_source(root: str, videos: dict[str, dict[str, str]], frames: int) 
         folder = os.path.join(root, "videos", vid)
         os.makedirs(folder, exist_ok=True)
         for v, (view, quirk) in enumerate(sorted(views.items())):
-            ext = "webm" if quirk == "vp9" else "mp4"
+            ext = EXTENSIONS.get(quirk, "mp4")
             path = os.path.join(folder, f"{view}.{ext}")
             camera_view(path, v, frames) if quirk == "plain" else quirk_view(path, quirk, v, frames)
         os.makedirs(os.path.join(root, "annotations"), exist_ok=True)

@@ -168,11 +168,13 @@ def _patch_elst(path: str, out: str, fraction: float) -> None:
         f.write(data)
 
 
-@pytest.mark.parametrize("kind", ["start", "delay", "end", "both"])
+@pytest.mark.parametrize("kind", ["start", "delay", "end", "both", "midgop"])
 def test_frame_count_is_what_the_decoder_outputs(kind, tmp_path):
     base = camera_view(str(tmp_path / "base.mp4"), 0, 40)
     path = str(tmp_path / "view.mp4")
-    if kind == "start":
+    if kind == "midgop":  # no edit list, no discard flag: the decoder drops what it cannot decode
+        path = quirk_view(str(tmp_path / "view.ts"), "midgop", 0, 28)
+    elif kind == "start":
         ffmpeg("-ss", "0.5", "-i", base, "-c", "copy", path)
     elif kind == "delay":  # an empty edit: playback starts 0.5 s late, no frame is dropped
         ffmpeg("-itsoffset", "0.5", "-i", base, "-c", "copy", path)
