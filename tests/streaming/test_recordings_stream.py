@@ -61,33 +61,69 @@ def test_mixed_source_streams_every_frame_as_displayed(mixed):
     assert set(lowest) == {"editlist", "rotate90", "fullrange", "vp9", "ntsc", "plain", "vfr"}
 
 
-def _tagged_bars(path: str, matrix: str | None, rng: str | None) -> None:
+def _tagged_bars(path: str, matrix: str | None, rng: str | None, width: int = 88) -> None:
     """Colour bars (saturated: every matrix gives other RGB), tagged with a matrix and range
     (None: no tag, as an encoder that says nothing writes it)."""
     tags = (["-colorspace", matrix] if matrix else []) + (["-color_range", rng] if rng else [])
     pix = "yuvj420p" if rng == "pc" else "yuv420p"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "smptehdbars=s=88x72:d=0.2:r=30",
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"smptehdbars=s={width}x72:d=0.2:r=30",
                     "-c:v", "libx264", "-crf", "10", "-g", "4", "-bf", "0", "-pix_fmt", pix, *tags, path], check=True)
 
 
-@pytest.mark.parametrize("matrix, rng", [(m, r) for m in ("bt709", "smpte170m", "bt470bg", "bt2020nc") for r in ("tv", "pc")]
-                         + [(None, None)])
-def test_reader_converts_with_the_clips_matrix_and_range(matrix, rng, tmp_path):
+# Every matrix the writer can tag a clip with (shardwriter.display.YUV_MATRICES), in both ranges.
+WRITER_COLOURS = [(m, r) for m in ("bt709", "smpte170m", "bt470bg", "bt2020nc", "fcc", "smpte240m", "bt2020c")
+                  for r in ("tv", "pc")]
+
+
+# 88 px wide takes the packed rgb24 path here (swscale's gbrp tail bug), 96 the planar gbrp
+# one: both convert with the clip's colour.
+@pytest.mark.parametrize("width", [88, 96])
+@pytest.mark.parametrize("matrix, rng", WRITER_COLOURS + [(None, None)])
+def test_reader_converts_with_the_clips_matrix_and_range(matrix, rng, width, tmp_path):
     path = str(tmp_path / "bars.mp4")
-    _tagged_bars(path, matrix, rng)
+    _tagged_bars(path, matrix, rng, width)
     if matrix is None:
         assert "color_space" not in subprocess.run(
             ["ffprobe", "-v", "error", "-show_entries", "stream=color_space", "-of", "default=nw=1", path],
             capture_output=True, text=True).stdout.replace("color_space=unknown", "")
     reference = display_frames(path)
     data = open(path, "rb").read()
-    out = np.empty((len(reference), 3, 72, 88), np.uint8)
+    out = np.empty((len(reference), 3, 72, width), np.uint8)
     ClipDecoder().decode(data, np.arange(len(reference)), Fraction(30), 4, None, out)
     got = out.transpose(0, 2, 3, 1)
     # The CLI is FFmpeg 5.1 and the reader PyAV's own FFmpeg: the same conversion, give or
     # take a rounding step. Any other matrix or range is 8+ levels off on these bars.
     assert np.abs(got.astype(int) - reference).mean() < 1.0
     assert psnr(got, reference) > 40
+
+
+def _flat_blocks(full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[T, H, W, 3] -> (its 2x2 block means [T, H/2, W/2, 3], where a block and its four
+    neighbours are one colour): the pixels any 2x downscaler must give exactly, whatever it
+    does at edges."""
+    t, h, w, _ = full.shape
+    blocks = full.astype(np.float64).reshape(t, h // 2, 2, w // 2, 2, 3)
+    means = blocks.mean(axis=(2, 4))
+    flat = (blocks == blocks[:, :, :1, :, :1]).all(axis=(2, 4, 5))
+    for axis in (1, 2):
+        for shift in (1, -1):
+            flat &= np.roll(flat, shift, axis) & (means == np.roll(means, shift, axis)).all(-1)
+    return means, flat
+
+
+@pytest.mark.parametrize("matrix, rng", WRITER_COLOURS)
+def test_reader_converts_resized_frames_with_the_clips_colour(matrix, rng, tmp_path):
+    """img_size: scaled and converted in one swscale call (the planar path), with the clip's
+    matrix and range. Measured on the bars' flat insides: 0.4 levels off at most; another
+    matrix or range is 2.2-11 levels off (where it gives other RGB at all)."""
+    path = str(tmp_path / "bars.mp4")
+    _tagged_bars(path, matrix, rng, 96)
+    reference, flat = _flat_blocks(display_frames(path))
+    assert flat.mean() > 0.2  # a quarter of the picture, colour bars included
+    out = np.empty((len(reference), 3, 36, 48), np.uint8)
+    ClipDecoder().decode(open(path, "rb").read(), np.arange(len(reference)), Fraction(30), 4, (36, 48), out)
+    error = np.abs(out.transpose(0, 2, 3, 1) - reference)[flat]
+    assert error.mean() < 1.0, error.mean()
 
 
 @pytest.mark.parametrize("width", [64, 66, 72, 88, 90, 100])
