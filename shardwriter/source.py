@@ -105,7 +105,7 @@ class ViewSource:
             "pix_fmt": self.pix_fmt,
             "width": self.width,
             "height": self.height,
-            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,  # counter-clockwise, as ffprobe
+            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,  # counter-clockwise; ffprobe says -90 for 270
             "mirrored": mirrored(self.matrix),
             "colour": self.colour.describe(),
         }

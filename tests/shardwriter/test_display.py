@@ -68,6 +68,13 @@ def test_orientation_filters_follow_the_cli():
         ("vflip", None),)
     rot90 = (0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30)  # what `-metadata:s:v rotate=90` writes (FFmpeg 5.1)
     assert display_rotation(rot90) == 90 and orientation_filters(rot90) == (("transpose", "cclock"),)
+    rot270 = (0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)  # `rotate=270`: ffprobe prints -90, meta.json 270
+    assert display_rotation(rot270) == -90 and orientation_filters(rot270) == (("transpose", "clock"),)
+    from shardwriter.source import ViewSource
+
+    source = ViewSource(codec="h264", pix_fmt="yuv420p", bit_depth=8, width=72, height=88, matrix=rot270,
+                        colour=Colour(), yuv=True)
+    assert source.describe()["rotation"] == 270 and not source.describe()["mirrored"]
 
 
 def test_clip_colour_makes_matrix_and_range_explicit():
