@@ -111,7 +111,8 @@ def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine
     listing = check_source(source, config.views)  # before job.json: a wrong SOURCE or --views records nothing
     _claim_output(store, output, work, config)
 
-    scan = scan_source(source, config.views, config.truncate_views, config.encode.autorotate, listing)
+    scan = scan_source(source, config.views, config.truncate_views, config.encode.autorotate, listing,
+                       resize=config.encode.resize is not None)
     problems = list(scan.problems)
     if problems and config.on_error == "fail":
         _fail(problems)

@@ -257,9 +257,11 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
 
 
 def load_video(
-    root: str, video_id: str, views: tuple[str, ...], truncate_views: bool, autorotate: bool = True
+    root: str, video_id: str, views: tuple[str, ...], truncate_views: bool, autorotate: bool = True,
+    resize: bool = False,
 ) -> VideoSpec:
-    """Validate one video; raises SourceError naming the file and the reason."""
+    """Validate one video; raises SourceError naming the file and the reason. `resize`: the
+    clips get --resize's size, so the views' own sizes need not suit yuv420p."""
     folder = os.path.join(root, "videos", video_id)
     if not SAFE_NAME.fullmatch(video_id):
         raise SourceError(
@@ -281,6 +283,10 @@ def load_video(
                 orientation_filters(probe.source.matrix)
             except ValueError as exc:
                 raise SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation") from None
+        width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
+        if not resize and (width % 2 or height % 2):
+            raise SourceError(video_id, probe.path,
+                              f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH")
         warnings += _view_warnings(video_id, view, probe.path, probe.source)
     num_frames = min(counts)
     if len(set(counts)) > 1:
@@ -349,6 +355,7 @@ def scan_source(
     truncate_views: bool = False,
     autorotate: bool = True,
     listing: SourceListing | None = None,
+    resize: bool = False,
 ) -> ScanResult:
     """Validate every video of SOURCE; problems are collected, not raised. `listing` is
     check_source's (taken again, silently, when not given)."""
@@ -358,7 +365,7 @@ def scan_source(
     good, problems = [], []
     for vid in listing.video_ids:
         try:
-            good.append(load_video(root, vid, views, truncate_views, autorotate))
+            good.append(load_video(root, vid, views, truncate_views, autorotate, resize))
         except SourceError as exc:
             problems.append(exc)
     for spec in good:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
+from shardwriter.encode import EncodeSettings
 from shardwriter.errors import SourceError, WriterError
 from vidshard.cli import main
 
@@ -95,3 +97,20 @@ def test_keypoint_padding_check_reads_only_names(tmp_path):
     (tmp_path / "0000001_a.npz").unlink()
     np.savez(tmp_path / "000002_a.npz", x=np.zeros(2))
     assert sorted(list_keypoints("v", str(tmp_path), 10)) == [1, 2]
+
+
+def test_odd_sized_views_are_found_by_the_scan(source_copy, tmp_path):
+    """yuv420p clips need even sizes: the scan reports every odd-sized view at once, before
+    any video is encoded (not the first one a worker meets), and --resize writes them."""
+    odd = []
+    for vid in ("session_000", "session_002"):
+        path = os.path.join(source_copy, "videos", vid, "left.mp4")
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-vf", "format=yuv444p,crop=63:47:0:0", "-c:v", "libx264",
+                        "-pix_fmt", "yuv444p", path + ".mp4"], check=True)
+        os.replace(path + ".mp4", path)
+        odd.append(path)
+    with pytest.raises(WriterError) as err:
+        write(source_copy, str(tmp_path / "out"))
+    assert all(path in str(err.value) for path in odd) and "got 63x47: pass --resize" in str(err.value)
+    report = write(source_copy, str(tmp_path / "resized"), encode=EncodeSettings(gop=8, resize=(64, 48)))
+    assert report.videos == 3
