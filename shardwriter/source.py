@@ -105,7 +105,8 @@ class ViewSource:
             "pix_fmt": self.pix_fmt,
             "width": self.width,
             "height": self.height,
-            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,  # counter-clockwise; ffprobe says -90 for 270
+            # counter-clockwise, in [0, 360): ffprobe prints 270 as -90
+            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,
             "mirrored": mirrored(self.matrix),
             "colour": self.colour.describe(),
         }

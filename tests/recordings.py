@@ -83,8 +83,8 @@ def quirk_view(path: str, quirk: str, view: int, frames: int) -> str:
         camera_view(path, view, frames, args=("-c:v", "libvpx-vp9", "-b:v", "400k", "-deadline", "realtime"))
     elif quirk == "midgop":  # a recording split in mid-GOP (an MPEG-TS segment): no edit list, no discard flag
         assert path.endswith(".ts")
-        mid_gop(camera_view(tmp, view, frames + 12, args=("-c:v", "libx264", "-bf", "2", "-g", "12", "-sc_threshold", "0",
-                                                          "-pix_fmt", "yuv420p", "-f", "mpegts")), path)
+        encode = ("-c:v", "libx264", "-bf", "2", "-g", "12", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mpegts")
+        mid_gop(camera_view(tmp, view, frames + 12, args=encode), path)
     elif quirk == "ntsc":
         camera_view(path, view, frames, args=("-r", "30000/1001", "-c:v", "libx264", "-bf", "3"))
     else:

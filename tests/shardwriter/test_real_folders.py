@@ -105,8 +105,8 @@ def test_odd_sized_views_are_found_by_the_scan(source_copy, tmp_path):
     odd = []
     for vid in ("session_000", "session_002"):
         path = os.path.join(source_copy, "videos", vid, "left.mp4")
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-vf", "format=yuv444p,crop=63:47:0:0", "-c:v", "libx264",
-                        "-pix_fmt", "yuv444p", path + ".mp4"], check=True)
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-vf", "format=yuv444p,crop=63:47:0:0",
+                        "-c:v", "libx264", "-pix_fmt", "yuv444p", path + ".mp4"], check=True)
         os.replace(path + ".mp4", path)
         odd.append(path)
     with pytest.raises(WriterError) as err:
