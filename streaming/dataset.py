@@ -81,6 +81,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise ValueError("nothing to load: set load_rgb and/or load_kpt")
         self.storage = storage or StorageOptions()
         self.manifest, self.urls = resolve_source(source, self.storage)
+        _check_counts(self.manifest, limits)
         self.cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
         views = tuple(views) if views is not None else tuple(self.manifest.views)
         unknown = [v for v in views if v not in self.manifest.views]
@@ -280,3 +281,13 @@ class _Held:
         if isinstance(info, SampleError):
             raise info.at()
         return sample, info
+
+
+def _check_counts(manifest, limits: Limits) -> None:
+    """index.json's counts size the epoch plan's arrays: bounded before any is built."""
+    for shard in manifest.shards:
+        for s in shard.samples:
+            if s.nframes > limits.max_chunk_frames or s.nsegments > limits.max_segments:
+                raise ValueError(f"index.json lists {s.nframes} frames / {s.nsegments} segments for sample {s.key!r} of "
+                                 f"{shard.url!r}, over the limits of {limits.max_chunk_frames} / {limits.max_segments} "
+                                 "(streaming.tario.Limits)")
