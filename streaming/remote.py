@@ -38,6 +38,9 @@ __all__ = ["ShardReadError", "StorageOptions", "RangeReader", "download", "open_
 
 log = logging.getLogger("vidshard.remote")
 _jitter = random.SystemRandom()  # not seeded: workers that failed together must not retry together
+# Buffer of every shard stream: small, since members are read with one call each (which
+# bypasses the buffer); it only serves the 512-byte tar headers. Part of the memory bound.
+READ_BUFFER = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,6 +151,7 @@ class RangeReader(io.RawIOBase):
         if not self.block:
             if self.pos >= self.end:
                 return 0
+            self.block = memoryview(b"")  # let the spent block go before the next one arrives
             self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
             self.pos += len(self.block)
         n = min(len(buf), len(self.block))
@@ -166,9 +170,10 @@ class RangeReader(io.RawIOBase):
         wait = self.options.backoff_s
         for attempt in range(self.options.retries + 1):
             try:
-                got += self._get(start + len(got), end)
+                part = self._get(start + len(got), end)
+                got = got + part if got else part  # joined only after a cut body (rare): no copy otherwise
                 if end is None or len(got) >= end - start:
-                    return got if end is None else got[: end - start]
+                    return got if end is None or len(got) == end - start else got[: end - start]
                 raise EOFError(f"body cut short at byte {start + len(got)} of [{start}, {end})")
             except StorageError:
                 raise  # the storage itself cannot serve ranges: no retry, no skip
@@ -289,15 +294,15 @@ def open_range(src: str | io.BufferedReader, offset: int, length: int, options: 
     an open local file (which the stream takes over and closes)."""
     if not isinstance(src, str):
         src.seek(offset)
-        return io.BufferedReader(_Bounded(src, length), buffer_size=1 << 20)
+        return io.BufferedReader(_Bounded(src, length), buffer_size=READ_BUFFER)
     if "://" not in src or src.startswith("file://"):
         try:
             f = open(src.removeprefix("file://"), "rb")  # noqa: SIM115 (closed by the caller)
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=src) from None
         f.seek(offset)
-        return io.BufferedReader(_Bounded(f, length), buffer_size=1 << 20)
-    return io.BufferedReader(RangeReader(src, offset, length, options, stats), buffer_size=options.block_bytes)
+        return io.BufferedReader(_Bounded(f, length), buffer_size=READ_BUFFER)
+    return io.BufferedReader(RangeReader(src, offset, length, options, stats), buffer_size=READ_BUFFER)
 
 
 class _Bounded(io.RawIOBase):
