@@ -68,7 +68,7 @@ class SampleInfo:
 def parse_json(sample: dict, suffix: str, shard: str) -> Any:
     key = sample["__key__"]
     if suffix not in sample:
-        raise ShardFormatError(f"sample has no {suffix} member", shard=shard, key=key)
+        raise ShardFormatError(f"sample has no {suffix} member", shard=shard, key=key, member=f"{key}.{suffix}")
     try:
         return json.loads(sample[suffix])
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting a thousand deep
@@ -80,22 +80,24 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     meta = parse_json(sample, META, shard)
     key = sample["__key__"]
     if not isinstance(meta, dict):
-        raise ShardFormatError("meta.json is not an object", shard=shard, key=key)
+        raise ShardFormatError("meta.json is not an object", shard=shard, key=key, member=f"{key}.{META}")
     for field, kind in (("start_frame", int), ("end_frame", int), ("gop", int), ("fps_rational", str), ("views", list),
                         ("view_sizes", dict), ("video_id", str), ("chunk_index", int), ("fps", (int, float))):
         if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
-            raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key)
+            raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key,
+                                   member=f"{key}.{META}")
     if not 0 <= meta["start_frame"] < meta["end_frame"] or meta["gop"] < 1:
-        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key)
+        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key, member=f"{key}.{META}")
     try:
         if Fraction(meta["fps_rational"]) <= 0:
             raise ValueError
     except (ValueError, ZeroDivisionError):
-        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key) from None
+        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key,
+                               member=f"{key}.{META}") from None
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:
-        raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key) from None
+        raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key, member=f"{key}.{TIMELINE}") from None
     return meta, timeline
 
 
@@ -170,7 +172,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
     for v, view in enumerate(opts.views):
         data = sample.get(clip_suffix(view))
         if data is None:
-            raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view)
+            raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view,
+                                   member=f"{key}.{clip_suffix(view)}")
         stored = _stored_size(meta, view, shard, key)
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
@@ -184,7 +187,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
         except (EOFError, OSError, ValueError, av.FFmpegError) as exc:
-            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view) from None
+            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
+                              member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
         return decoded
     return decoded[:, inverse]  # repeated indices: expand once, after decoding each frame once
@@ -214,7 +218,8 @@ def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, sh
     for view in opts.views:
         data = sample.get(kpt_suffix(view))
         if data is None:
-            raise KeypointError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view)
+            raise KeypointError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view,
+                                member=f"{key}.{kpt_suffix(view)}")
         arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, shard=shard, key=key, view=view)
         masks.append(mask)
         per_view.append(arrays)

@@ -89,10 +89,11 @@ class Span:
 
     def read(self, n: int | None = -1) -> bytes:
         left = self.length - self.pos
-        n = left if n is None or n < 0 else min(n, left)
-        if n > self.max_read:
+        if n is None or n < 0:
+            n = left
+        if n > self.max_read:  # what the record declares, however little of it the range holds
             raise ShardFormatError(f"a tar record asks to read {n} bytes at once, over the limit of {self.max_read}", shard=self.url)
-        data = self.src.read(n)
+        data = self.src.read(min(n, left))
         self.pos += len(data)
         return data
 
