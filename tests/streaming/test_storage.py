@@ -239,3 +239,43 @@ def test_verify_never_prints_credentials(small_dataset, tmp_path, capsys):
         assert main(["verify", f"http://user:{SECRET}@127.0.0.1:{http.port}/"]) == 1
     out = capsys.readouterr().out
     assert "FAIL http://***@127.0.0.1" in out and SECRET not in out
+
+
+def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
+    """A shard whose server fails after its first block (503 for every later range): the
+    sample being read fails after its retries, the run's later samples are never read, and
+    each of them is one logged, counted, replaced skip naming its own key."""
+    import re as regex
+    from http.server import ThreadingHTTPServer
+
+    from ..servers import RangeHandler, free_port
+
+    class FailsAfterFirstBlock(RangeHandler):
+        def send_head(self):
+            start = regex.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            if self.path.endswith("shard-000001.tar") and start and int(start.group(1)) > 0:
+                self.send_error(503)
+                return None
+            return super().send_head()
+
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    lost = [s["key"] for s in index["shardlist"][1]["samples"]]
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), lambda *a, **k: FailsAfterFirstBlock(*a, directory=small_dataset, **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        options = StorageOptions(block_bytes=16 * 1024, backoff_s=0.01, max_backoff_s=0.02, retries=2, timeout_s=2)
+        with pytest.raises(ShardReadError, match="failed after 3 attempt") as info:
+            list(VideoShardDataset(url, storage=options, shuffle=False, load_rgb=False, load_kpt=True))
+        assert info.value.shard.endswith("shard-000001.tar") and info.value.key in lost
+        caplog.set_level(logging.WARNING, logger="vidshard")
+        ds = VideoShardDataset(url, storage=options, load_rgb=False, load_kpt=True, on_error="skip")
+        items = list(ds)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(items) == len(ds) == 9 and not {i["meta"]["key"] for i in items} & set(lost)
+    assert ds.state_dict()["skipped"] == {"read": len(lost)} and ds.stats["substituted"] == len(lost)
+    for key in lost:
+        assert any(key in r.getMessage() and "shard-000001.tar" in r.getMessage() for r in caplog.records), key
+    assert any("not read: an earlier sample of its run failed" in r.getMessage() for r in caplog.records)
