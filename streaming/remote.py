@@ -41,6 +41,7 @@ _jitter = random.SystemRandom()  # not seeded: workers that failed together must
 # Buffer of every shard stream: small, since members are read with one call each (which
 # bypasses the buffer); it only serves the 512-byte tar headers. Part of the memory bound.
 READ_BUFFER = 64 * 1024
+_warned: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -205,6 +206,8 @@ async def _http_get(fs, path: str, start: int, end: int | None, shown: str) -> b
         r.raise_for_status()
         if end is None:
             return await r.read()
+        if r.status == 200 and start == 0 and r.content_length == end:
+            return await r.content.readexactly(end)  # the whole file was asked for: a 200 is the right answer
         if r.status != 206:
             raise RangeNotSupportedError(
                 f"{shown}: the server ignores HTTP Range requests (it answered {r.status} with the whole file to a "
@@ -243,7 +246,10 @@ def download(url: str, size: int, dst: io.BufferedWriter, options: StorageOption
         if protocol_of(url) not in ("http", "https"):
             raise
         stats["whole_downloads"] += 1
-        log.warning("%s: the server ignores Range requests; downloading whole shards for the cache", redact(url))
+        where = redact(url.rsplit("/", 1)[0])
+        if where not in _warned:  # once per dataset and process, not once per shard
+            _warned.add(where)
+            log.warning("%s: the server ignores Range requests; downloading whole shards into the cache", where)
     return _download_whole(url, size, dst, options, stats)
 
 
