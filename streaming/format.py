@@ -175,7 +175,8 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # A relative path inside the dataset's folder: segments never start with '.', so no '..'.
 SHARD_URL = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}/){0,8}[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}\.tar")
 SAMPLE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
-KPT_ARRAY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# Array names are only compared with zip entry names, never used as paths: any short printable name.
+KPT_ARRAY = re.compile(r"[^\x00-\x1f/]{1,255}")
 KPT_DTYPE = re.compile(r"[<>|=][biufcSUV][1-9][0-9]{0,5}")  # fixed-size numpy types: never "O" (pickled objects)
 
 
