@@ -15,12 +15,14 @@ class SampleError(Exception):
 
     reason = "bad sample"
 
-    def __init__(self, message: str, *, shard: str, key: str | None = None, view: str | None = None,
+    # `shard` has a default only so that torch's DataLoader can re-raise a worker's error in
+    # the main process as this same type (it calls the class with the message alone).
+    def __init__(self, message: str, *, shard: str = "", key: str | None = None, view: str | None = None,
                  member: str | None = None):
         self.shard, self.key, self.view, self.member = shard, key, view, member
         self.message = message
         where = ", ".join(f"{k}={v}" for k, v in (("shard", shard), ("key", key), ("member", member), ("view", view)) if v)
-        super().__init__(f"{message} [{where}]")
+        super().__init__(f"{message} [{where}]" if where else message)
 
     def at(self, *, key: str | None = None, member: str | None = None) -> SampleError:
         """The same error naming the sample key it belongs to (where the parser could not know it)."""
