@@ -149,7 +149,6 @@ def long_name_first(path: str) -> str:
     """The first member of the first sample gets a name over 100 bytes (a GNU long-name
     record), whose header is then made to declare 1 GiB."""
     def mutate(samples):
-        key = next(iter(samples))
         members = members_of(samples)
         name, data = members[0]
         return [(name.replace(".", "." + "x" * 120 + "-", 1), data)] + members[1:]
