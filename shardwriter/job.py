@@ -30,37 +30,14 @@ from tqdm import tqdm
 from streaming.format import ERRORS_NAME, INDEX_NAME, Manifest, dumps
 
 from .assemble import order_samples, write_shards
-from .encode import EncodeSettings
+from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .errors import SourceError, WriterError
-from .source import scan_source
+from .source import check_source, scan_source
 from .store import is_remote, open_store
 from .task import VideoResult, VideoTask, run_video_task
 
 log = logging.getLogger("vidshard.write")
 WORK_DIR = ".vidshard-work"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WriteConfig:
-    """What decides the output bytes (workers does not)."""
-
-    max_video_frames: int | None
-    overlap: int = 0
-    views: tuple[str, ...] | None = None  # None: discovered from the files, sorted
-    shard_bytes: int = 1 << 30
-    encode: EncodeSettings = EncodeSettings()
-    seed: int = 0
-    on_error: str = "fail"  # "fail" | "skip"
-    truncate_views: bool = False
-
-    def __post_init__(self):
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,9 +108,10 @@ def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine
     store = open_store(output)
     if store.exists(INDEX_NAME):
         return _already_written(store, work, config)
+    listing = check_source(source, config.views)  # before job.json: a wrong SOURCE or --views records nothing
     _claim_output(store, output, work, config)
 
-    scan = scan_source(source, config.views, config.truncate_views)
+    scan = scan_source(source, config.views, config.truncate_views, config.encode.autorotate, listing)
     problems = list(scan.problems)
     if problems and config.on_error == "fail":
         _fail(problems)
