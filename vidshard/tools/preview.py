@@ -135,7 +135,7 @@ def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
             raise KeyError(f"no sample {key!r} in {source}")
         url, entry = found[0]
     stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
-    sample = next(read_run(stream, url, [entry.key]))
+    sample = next(read_run(stream, url, [entry]))
     return sample, url, manifest.labels
 
 

@@ -178,7 +178,7 @@ class Trainer:
         cfg = self.cfg
         accumulate = cfg.train.accumulate_grad_batches
         max_steps = max_steps or cfg.trainer.max_steps
-        history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0}
+        history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0, "items": []}  # items: [key, segment_id, padded] as delivered
         self.model.train()
         while self.epoch < cfg.trainer.max_epochs:
             self.train_ds.set_epoch(self.epoch)
@@ -192,6 +192,7 @@ class Trainer:
                     loss = self._loss(batch) / accumulate
                     self.scaler.scale(loss).backward()
                 history["batches"] += 1
+                history["items"] += [[m["key"], m.get("segment_id"), m["padded"]] for m in batch["meta"]]
                 if last_of_step:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
