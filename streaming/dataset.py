@@ -24,7 +24,7 @@ from .format import CLIP_EXT, KPT_EXT, label_ids, video_of
 from .items import Options, build_item, item_specs, sample_meta
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
 from .remote import StorageOptions, download, open_range, redact
-from .resume import STATE_KEY
+from .resume import STATE_KEY, check_same_run, fingerprint
 from .sampling import MODES
 from .shards import read_run, resolve_source
 from .tario import Limits
@@ -52,6 +52,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         shuffle: bool = True,
         seed: int = 0,
         shuffle_buffer: int | str = "256MB",
+        shuffle_block: int | str = "8MB",
         drop_last: bool = False,
         on_error: str = "raise",
         transform: Callable[[dict], dict] | None = None,
@@ -95,6 +96,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         )
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
+        self.block_bytes = None if shuffle_block == "shard" else max(1, parse_bytes(shuffle_block))
         self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
         self.limits = limits
         # A video subset (e.g. a train/val split by video) keeps the catalog's shape: samples
@@ -109,6 +111,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
+        self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("q", 0)
@@ -116,6 +119,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         # Resume: a merged global progress (any world shape), applied to its own epoch ...
         self._resume_from = Progress.from_json(resume_from) if resume_from else None
         if self._resume_from is not None:
+            check_same_run(self._resume_from.spec, self.spec(World()))
             self.set_epoch(self._resume_from.spec.epoch)
         # ... or one partition's own state from StatefulDataLoader, applied to the next epoch started.
         self._pending: dict | None = None
@@ -133,7 +137,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         """The plan of the current epoch for this world shape."""
         base = self._resume_from if self._resume_from and self._resume_from.spec.epoch == self.epoch else None
         return PlanSpec(epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, drop_last=self.drop_last,
-                        buffer_bytes=self.buffer_bytes, world_size=world.world_size, num_workers=world.num_workers, base=base)
+                        buffer_bytes=self.buffer_bytes, world_size=world.world_size, num_workers=world.num_workers,
+                        block_bytes=self.block_bytes, fingerprint=self.fingerprint, base=base)
 
     def __len__(self) -> int:
         """Items this rank yields this epoch (every rank yields the same number)."""
@@ -155,6 +160,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if pending is None:
             return self.spec(world), 0, 0
         spec = PlanSpec.from_json(pending["spec"])
+        check_same_run(spec, self.spec(world))
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), 0, 0
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
@@ -174,7 +180,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         spec, delivered, owed = self._start(world)
         order, windows = world_windows(self.catalog, spec, world)
         per_worker = plan_items(self.catalog, spec) // world.num_workers
-        if per_worker == 0:
+        if per_worker == 0 and spec.base is None:  # a resumed epoch's last few items may leave workers idle
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
                 f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
