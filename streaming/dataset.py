@@ -52,7 +52,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         shuffle: bool = True,
         seed: int = 0,
         shuffle_buffer: int | str = "256MB",
-        shuffle_block: int | str = "8MB",
+        shuffle_block: int | str = "4MB",
         drop_last: bool = False,
         on_error: str = "raise",
         transform: Callable[[dict], dict] | None = None,

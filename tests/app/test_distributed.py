@@ -50,7 +50,7 @@ def test_plan_for_64_ranks_8_workers_10000_uneven_shards_resumed_three_times():
                       sample_bytes=[rng.integers(500_000, 4_000_000, size=c) for c in counts])
     seen = np.zeros(catalog.total_items, dtype=np.int64)
     spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=64, num_workers=8,
-                    block_bytes=8 * 10**6)
+                    block_bytes=4 * 10**6)
     for level, shape in enumerate([(48, 4), (64, 8), (80, 6), None]):
         plan = epoch_plan(catalog, spec)
         per_rank, yielded = collections.Counter(), {}
@@ -68,7 +68,7 @@ def test_plan_for_64_ranks_8_workers_10000_uneven_shards_resumed_three_times():
         assert set(per_rank.values()) == {plan.items_per_rank}  # equal per rank, at every level
         if shape is not None:
             spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=shape[0],
-                            num_workers=shape[1], block_bytes=8 * 10**6, base=Progress(spec=spec, yielded=yielded))
+                            num_workers=shape[1], block_bytes=4 * 10**6, base=Progress(spec=spec, yielded=yielded))
     assert (seen == 1).all()  # exact coverage over the chain
 
 

@@ -196,7 +196,7 @@ def test_shuffle_quality_on_the_issue_configuration():
     shuffle, and a batch holds samples of at least 6 shards on average."""
     catalog = Catalog(sample_items=[np.ones(50, np.int64)] * 100, sample_bytes=[np.full(50, 20 * 10**6, np.int64)] * 100)
     kw = dict(world_size=2, num_workers=4, buffer_bytes=256 * 10**6, batch=8)
-    blocks_ = shuffle_quality(catalog, block_bytes=8 * 10**6, **kw)  # the default shuffle_block
+    blocks_ = shuffle_quality(catalog, block_bytes=4 * 10**6, **kw)  # the default shuffle_block
     assert blocks_["pair_repeat"] <= 3 * blocks_["global_pair_repeat"]
     assert blocks_["shards_per_batch"] >= 6
     shards = shuffle_quality(catalog, block_bytes=None, **kw)  # the scheme before blocks, as measured in the issue
