@@ -111,6 +111,12 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
+        dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
+        if self.cache is not None and self.block_bytes is not None and self.cache.limit < dataset_bytes:
+            # Blocks come from every shard: a cache that cannot hold them all downloads whole shards for a few MB each.
+            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block every window reads "
+                        "a few MB from many shards and the cache downloads each of them whole; use a cache that holds "
+                        "the dataset, no cache_dir, or shuffle_block='shard' (docs/streaming.md)", self.cache.limit, dataset_bytes)
         self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.

@@ -14,8 +14,9 @@ A resumed epoch (`PlanSpec.base`: the interrupted plan's spec plus how many item
 its (rank, worker) partitions had yielded) is a plan too: its sequence is the items the
 interrupted partitions had not yet yielded, partition by partition in their yield order,
 and steps 2-4 split it over the new world. Resumes chain (a resumed plan interrupted and
-resumed again); each level's sequence is computed once from the level below, so a chain of
-d resumes costs d times one plan of the whole epoch, whatever the world shapes.
+resumed again); each level's sequence is computed once from the level below (of each old
+partition, only the window it stopped in is permuted again), so a chain of d resumes costs
+about d times one plan of the whole epoch, whatever the world shapes.
 """
 
 from __future__ import annotations
