@@ -25,10 +25,19 @@ class Window:
     padded: np.ndarray  # bool, same length
 
     def samples(self, order: EpochOrder) -> list[tuple[int, int]]:
-        """(shard, sample) pairs to read, sorted by shard then sample, so that neighbours in
-        a shard come out as runs (one read each)."""
-        pairs = np.unique(np.stack([order.shard[self.positions], order.sample[self.positions]], axis=1), axis=0)
-        return [(int(s), int(i)) for s, i in pairs]
+        """(shard, sample) pairs to read: a shard's samples together in file order, so that
+        neighbours come out as runs (one read each); shards in the order the epoch's sequence
+        reaches them, so a node's cache does not see the same cyclic shard order every
+        window and every epoch (least-recently-used eviction's worst case)."""
+        pos = np.sort(self.positions)
+        shard, sample = order.shard[pos], order.sample[pos]
+        shards, first = np.unique(shard, return_index=True)
+        reached = first[np.searchsorted(shards, shard)]  # where the sequence first reaches each item's shard
+        keep = np.lexsort((sample, reached))
+        shard, sample = shard[keep], sample[keep]
+        new = np.ones(len(shard), dtype=bool)
+        new[1:] = (shard[1:] != shard[:-1]) | (sample[1:] != sample[:-1])
+        return list(zip(shard[new].tolist(), sample[new].tolist()))
 
 
 def _sample_runs(positions: np.ndarray, order: EpochOrder, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
