@@ -131,7 +131,7 @@ def test_epochs_differ_and_unshuffled_is_file_order_and_shard_scheme_keeps_shard
 def test_resume_chains_on_any_world_shapes_deliver_the_rest_once(catalog, shapes, drop_last, block, data):
     """Stop each partition anywhere, resume on another shape, again and again: together, one
     epoch exactly (with drop_last, at most R-1 items dropped per level), ranks equal at every
-    level, every window within the buffer."""
+    level, every window within the buffer, the same plan again from the state's JSON."""
     delivered, spec, dropped = [], spec_for(*shapes[0], epoch=2, seed=9, block=block, drop_last=drop_last), 0
     for level, shape in enumerate(shapes):
         plan = run_plan(catalog, spec)
@@ -139,6 +139,7 @@ def test_resume_chains_on_any_world_shapes_deliver_the_rest_once(catalog, shapes
         assert all(per_rank[r] == plan_items(catalog, spec) for r in range(spec.world_size))
         dropped += len(epoch_plan(catalog, spec).sequence) % spec.world_size if drop_last else 0
         if level == len(shapes) - 1:
+            assert run_plan(catalog, Progress.from_json(Progress(spec=spec, yielded={}).to_json()).spec) == plan  # repeats
             delivered += [x for v in plan.values() for x in v]
             break
         cut = {k: data.draw(st.integers(0, len(v))) for k, v in plan.items()}
