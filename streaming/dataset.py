@@ -30,7 +30,7 @@ from .npz import npz_bound
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
 from .reading import SampleReader
 from .remote import StorageOptions, redact
-from .resume import STATE_KEY
+from .resume import STATE_KEY, check_same_run, fingerprint
 from .sampling import MODES
 from .shards import resolve_source
 from .tario import Limits
@@ -58,6 +58,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         shuffle: bool = True,
         seed: int = 0,
         shuffle_buffer: int | str = "256MB",
+        shuffle_block: int | str = "4MB",
         drop_last: bool = False,
         on_error: str = "raise",
         transform: Callable[[dict], dict] | None = None,
@@ -103,6 +104,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         )
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
+        self.block_bytes = None if shuffle_block == "shard" else max(1, parse_bytes(shuffle_block))
         self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
         self.limits = limits
         # A video subset (e.g. a train/val split by video) keeps the catalog's shape: samples
@@ -117,6 +119,13 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
+        dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
+        if self.cache is not None and self.block_bytes is not None and self.cache.limit < dataset_bytes:
+            # Blocks come from every shard: a cache that cannot hold them all downloads whole shards for a few MB each.
+            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block every window reads "
+                        "a few MB from many shards and the cache downloads each of them whole; use a cache that holds "
+                        "the dataset, no cache_dir, or shuffle_block='shard' (docs/streaming.md)", self.cache.limit, dataset_bytes)
+        self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("q", 0)
@@ -124,6 +133,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         # Resume: a merged global progress (any world shape), applied to its own epoch ...
         self._resume_from = Progress.from_json(resume_from) if resume_from else None
         if self._resume_from is not None:
+            check_same_run(self._resume_from.spec, self.spec(World()))
             self.set_epoch(self._resume_from.spec.epoch)
         # ... or one partition's own state from StatefulDataLoader, applied to the next epoch started.
         self._pending: dict | None = None
@@ -142,7 +152,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         """The plan of the current epoch for this world shape."""
         base = self._resume_from if self._resume_from and self._resume_from.spec.epoch == self.epoch else None
         return PlanSpec(epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, drop_last=self.drop_last,
-                        buffer_bytes=self.buffer_bytes, world_size=world.world_size, num_workers=world.num_workers, base=base)
+                        buffer_bytes=self.buffer_bytes, world_size=world.world_size, num_workers=world.num_workers,
+                        block_bytes=self.block_bytes, fingerprint=self.fingerprint, base=base)
 
     def __len__(self) -> int:
         """Items this rank yields this epoch (every rank yields the same number)."""
@@ -166,6 +177,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if pending is None:
             return self.spec(world), Ledger()
         spec = PlanSpec.from_json(pending["spec"])
+        check_same_run(spec, self.spec(world))
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), Ledger()
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
@@ -184,7 +196,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         world = World.detect()
         spec, ledger = self._start(world)
         order, windows = world_windows(self.catalog, spec, world)
-        if plan_items(self.catalog, spec) // world.num_workers == 0:
+        if plan_items(self.catalog, spec) // world.num_workers == 0 and spec.base is None:
+            # (a resumed epoch's last few items may leave workers idle: allowed there)
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
                 f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"

@@ -1,17 +1,76 @@
-"""Carrying an epoch's progress into a loader of another shape.
+"""Carrying an epoch's progress into a loader of another shape, and refusing the wrong run.
 
 StatefulDataLoader restores a state only into a loader with the same num_workers, and each
 rank's state only describes its own partitions. `merge_loader_states` joins every rank's
 loader state into one global progress (the plan spec plus items delivered per partition),
 which `VideoShardDataset(..., resume_from=progress)` accepts on any number of ranks and
 workers: the rest of the epoch is split over the new world, each item delivered once.
+
+A state is the planner's inputs, so it only means something for the same catalog and
+settings: `fingerprint` digests what built the catalog (sample mode, the clip settings,
+the video filter, the manifest's shards and samples) and `check_same_run` compares a saved
+spec with the dataset's own, naming the first setting that differs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import Any
 
+from .plan import PlanSpec
+
 STATE_KEY = "vidshard_resume"
+
+# Spec fields that decide the order -> the dataset option a user would have changed.
+_ORDER_SETTINGS = {"seed": "seed", "shuffle": "shuffle", "block_bytes": "shuffle_block", "buffer_bytes": "shuffle_buffer",
+                   "drop_last": "drop_last"}
+
+
+class ResumeMismatch(ValueError):
+    """A resume state saved under other settings than the dataset loading it."""
+
+
+def fingerprint(manifest: Any, *, sample: str, num_frames: int | None, stride: int,
+                videos: Sequence[str] | None) -> dict[str, Any]:
+    """What the catalog and the items were built from, besides the spec's own fields.
+
+    num_frames and stride change the items only in clip mode (they set the span the seeded
+    window start is drawn over); elsewhere they pick frames inside the same items.
+    """
+    digest = hashlib.sha256()
+    for shard in manifest.shards:
+        digest.update(f"{shard.sha256}\n".encode())
+        digest.update("".join(f"{s.key}\t{s.size}\t{s.nsegments}\n" for s in shard.samples).encode())
+    clip = sample == "clip"
+    return {
+        "sample": sample,
+        "num_frames": num_frames if clip else None,
+        "stride": stride if clip else None,
+        "videos": None if videos is None else hashlib.sha256(json.dumps(sorted(set(videos))).encode()).hexdigest()[:16],
+        "manifest": digest.hexdigest()[:16],
+    }
+
+
+def check_same_run(saved: PlanSpec, current: PlanSpec) -> None:
+    """Raise ResumeMismatch naming the first order-deciding setting that differs."""
+    for field, option in _ORDER_SETTINGS.items():
+        if getattr(saved, field) != getattr(current, field):
+            raise ResumeMismatch(f"the resume state was saved with {option}={getattr(saved, field)!r}, this dataset has "
+                                 f"{option}={getattr(current, field)!r}: resume with the settings of the saved run")
+    if saved.fingerprint is None:
+        raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (saved by an older "
+                             "vidshard): it cannot be checked against this dataset, start the epoch afresh")
+    theirs, ours = saved.fingerprint, current.fingerprint or {}
+    for key in ("sample", "num_frames", "stride", "videos"):
+        if theirs.get(key) != ours.get(key):
+            what = "the video filter (videos=)" if key == "videos" else key
+            raise ResumeMismatch(f"the resume state was saved with another {what} ({theirs.get(key)!r}, now "
+                                 f"{ours.get(key)!r}): resume with the settings of the saved run")
+    if theirs.get("manifest") != ours.get("manifest"):
+        raise ResumeMismatch("the resume state was saved over another dataset: its shards or samples (keys, sizes, "
+                             "segments) differ from this index.json's")
 
 
 def dataset_states(loader_state: Any) -> list[dict]:

@@ -151,7 +151,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vidshard.bench.harness import run
 
-    run(args.quick, args.json, args.out_md, only_engines=args.engines)
+    run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle)
     return 0
 
 
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.add_argument("--out-md", default=None, help="write the markdown tables here")
     b.add_argument("--engines", action="store_true", help="only: writer throughput, local engine vs Ray, 1 and 2 CPUs")
+    b.add_argument("--shuffle", action="store_true",
+                   help="only: shuffle quality, resume planning and items/s of each shuffle scheme (local disk, local S3)")
     b.set_defaults(func=cmd_bench)
     return parser
 

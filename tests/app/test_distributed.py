@@ -1,5 +1,5 @@
 """torchrun with 2 ranks (gloo, CPU) x 2 DataLoader workers, a 64-rank x 8-worker plan
-simulated without files, and the training example's checkpoint/resume."""
+resumed three times, simulated without files, and the training example's checkpoint/resume."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from streaming.plan import Catalog, PlanSpec, epoch_order, plan_items, worker_windows
+from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan
 from vidshard.synth import synth_source
 
 from ..helpers import write
@@ -42,27 +41,35 @@ def test_torchrun_ranks_are_disjoint_complete_and_equal(small_dataset, tmp_path,
     assert sum((real[0] + real[1]).values()) == expected == len(real[0] + real[1])  # together: the epoch
 
 
-def test_plan_for_64_ranks_8_workers_10000_uneven_shards():
+def test_plan_for_64_ranks_8_workers_10000_uneven_shards_resumed_three_times():
+    """Fresh, then interrupted and resumed three times on other shapes: every item once over
+    the whole chain, every rank equal at every level. (`vidshard bench` times the planning.)"""
     rng = np.random.default_rng(0)
     counts = rng.integers(20, 200, size=10_000)
     catalog = Catalog(sample_items=[rng.integers(0, 6, size=c) for c in counts],  # segment mode: uneven items
-                      sample_bytes=[np.full(c, 2_000_000) for c in counts])
-    spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=64, num_workers=8)
-    start = time.perf_counter()
-    order = epoch_order(catalog, 0, 0, True)
-    one_worker = worker_windows(catalog, order, spec, 17, 3)
-    single = time.perf_counter() - start
-    seen = np.zeros(len(order), dtype=np.int64)
-    per_rank = collections.Counter()
-    for rank in range(64):
-        for worker in range(8):
-            for window in worker_windows(catalog, order, spec, rank, worker):
-                np.add.at(seen, window.positions[~window.padded], 1)
-                per_rank[rank] += len(window.positions)
-    assert (seen == 1).all()  # exact coverage
-    assert set(per_rank.values()) == {plan_items(catalog, spec)}  # equal per rank
-    assert one_worker
-    print(f"\nplan for one (rank, worker) of 64 x 8 over 10,000 shards / {len(order)} items: {single:.3f} s")
+                      sample_bytes=[rng.integers(500_000, 4_000_000, size=c) for c in counts])
+    seen = np.zeros(catalog.total_items, dtype=np.int64)
+    spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=64, num_workers=8,
+                    block_bytes=4 * 10**6)
+    for level, shape in enumerate([(48, 4), (64, 8), (80, 6), None]):
+        plan = epoch_plan(catalog, spec)
+        per_rank, yielded = collections.Counter(), {}
+        for rank in range(spec.world_size):
+            for worker in range(spec.num_workers):
+                windows = plan.windows(rank, worker)
+                n = sum(len(w.positions) for w in windows)
+                per_rank[rank] += n
+                yielded[rank, worker] = n if shape is None else int(rng.integers(0, n + 1) * 0.3)
+                left = yielded[rank, worker]
+                for w in windows:  # the items delivered before the interruption
+                    take = min(left, len(w.positions))
+                    np.add.at(seen, w.positions[:take][~w.padded[:take]], 1)
+                    left -= take
+        assert set(per_rank.values()) == {plan.items_per_rank}  # equal per rank, at every level
+        if shape is not None:
+            spec = PlanSpec(epoch=0, seed=0, shuffle=True, drop_last=False, buffer_bytes=256 * 10**6, world_size=shape[0],
+                            num_workers=shape[1], block_bytes=4 * 10**6, base=Progress(spec=spec, yielded=yielded))
+    assert (seen == 1).all()  # exact coverage over the chain
 
 
 @pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")

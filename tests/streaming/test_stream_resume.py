@@ -11,7 +11,10 @@ import sys
 
 import pytest
 
-from streaming.resume import merge_loader_states
+from streaming import VideoShardDataset
+from streaming.plan import Progress
+from streaming.resume import STATE_KEY, ResumeMismatch, merge_loader_states
+from streaming.world import World
 
 
 def child(args: dict, rank: int = 0, world: int = 1) -> dict:
@@ -90,3 +93,60 @@ def test_resume_with_skipped_items_continues_exactly(small_dataset, tmp_path):
         rest = run({**base, "load": state})
         assert first["items"] + rest["items"] == full["items"], steps  # same items, substitutes and order
         assert rest["skipped"] == full["skipped"]  # the skips are in the state: they survive the resume
+
+
+def fresh_progress(ds, yielded: int) -> dict:
+    """A merged progress of a 1 x 1 run of `ds` that delivered `yielded` items."""
+    return Progress(spec=ds.spec(World()), yielded={(0, 0): yielded}).to_json()
+
+
+@pytest.mark.parametrize("change, names", [
+    ({"seed": 1}, "seed=0"),
+    ({"shuffle": False}, "shuffle=True"),
+    ({"shuffle_buffer": "1MB"}, "shuffle_buffer"),
+    ({"shuffle_block": "shard"}, "shuffle_block"),
+    ({"drop_last": True}, "drop_last"),
+    ({"sample": "segment"}, "another sample"),
+    ({"videos": ["session_000"]}, "video filter"),
+])
+def test_resume_under_other_settings_is_refused_naming_the_setting(small_dataset, change, names):
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=state)  # the same settings: accepted
+    with pytest.raises(ResumeMismatch, match=names):
+        VideoShardDataset(small_dataset, **{"load_rgb": False, "load_kpt": True, **change}, resume_from=state)
+
+
+def test_resume_over_another_manifest_or_clip_length_is_refused(small_dataset):
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    first_shard = os.path.join(small_dataset, json.load(open(os.path.join(small_dataset, "index.json")))["shardlist"][0]["url"])
+    with pytest.raises(ResumeMismatch, match="another dataset"):
+        VideoShardDataset(first_shard, load_rgb=False, load_kpt=True, resume_from=state)
+    clip = fresh_progress(VideoShardDataset(small_dataset, sample="clip", num_frames=4, load_rgb=False, load_kpt=True), 2)
+    with pytest.raises(ResumeMismatch, match="num_frames"):
+        VideoShardDataset(small_dataset, sample="clip", num_frames=8, load_rgb=False, load_kpt=True, resume_from=clip)
+    # the StatefulDataLoader path: one partition's own state, checked when the epoch starts
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    ds.load_state_dict({STATE_KEY: 1, "spec": ds.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3})
+    other = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, seed=5)
+    other.load_state_dict({STATE_KEY: 1, "spec": ds.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3})
+    assert len(list(ds)) == 6
+    with pytest.raises(ResumeMismatch, match="seed=0"):
+        next(iter(other))
+
+
+def test_merged_resume_near_the_end_leaves_workers_idle_and_ranks_equal(small_dataset, monkeypatch):
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    everything = [i["meta"]["key"] for i in ds]
+    first = everything[:6]  # the run dies with 3 of 9 items left
+    state = fresh_progress(ds, 6)
+    resumed = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=state)
+    per_rank, rest = collections.Counter(), []
+    for rank in range(2):
+        for worker in range(3):  # 2 ranks x 3 workers = 6 partitions for 3 items
+            world = World(rank=rank, world_size=2, worker=worker, num_workers=3)
+            monkeypatch.setattr(World, "detect", classmethod(lambda cls, w=world: w))
+            items = list(resumed)
+            per_rank[rank] += len(items)
+            rest += [(i["meta"]["key"], i["meta"]["padded"]) for i in items]
+    assert per_rank == {0: len(resumed), 1: len(resumed)} and len(resumed) == 2  # ceil(3 / 2), equal
+    assert sorted(first + [k for k, padded in rest if not padded]) == sorted(everything)

@@ -5,7 +5,8 @@ first pinned to one core, then with every core.
 Cases: the original loader (re-implemented with PyAV) for whole videos, 1000 and 500-frame
 chunks; vidshard chunk mode, segment mode (16 frames), keypoints only; the FFmpeg CLI decoding
 the same clips to rgb24 and a raw read of the shard bytes (the limits); the writer against
-the FFmpeg CLI transcoding the same frames; a memory sweep over source lengths; a soak.
+the FFmpeg CLI transcoding the same frames; a memory sweep over source lengths; a soak; shuffle
+quality, resume planning and items/s per shuffle scheme (bench/shuffle.py).
 """
 
 from __future__ import annotations
@@ -131,13 +132,29 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
     return rows
 
 
-def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False) -> dict:
+def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
+        only_shuffle: bool = False) -> dict:
+    if only_shuffle:
+        from vidshard.bench.shuffle import markdown as shuffle_markdown
+        from vidshard.bench.shuffle import report as shuffle_report
+
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick, "shuffle": shuffle_report(quick)}
+        text = "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.", *shuffle_markdown(result["shuffle"])]) + "\n"
+        print(text)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(result, f, indent=1)
+        if md_out:
+            with open(md_out, "w") as f:
+                f.write(text)
+        return result
     if only_engines:
         rows = engines()
         for r in rows:
             print(f"{r['engine']:<6} {r['cpus']} CPU(s): {r['frames_per_s']:>8.1f} frames/s")
         return {"engines": rows}
     from vidshard.bench.reader import soak
+    from vidshard.bench.shuffle import report as shuffle_report
 
     from shardwriter.job import WriteConfig, write_dataset
 
@@ -174,6 +191,7 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         result["cases"] = cases
         result["memory_sweep"] = memory_sweep(s, tmp)
     result["soak"] = soak(s.soak_epochs)
+    result["shuffle"] = shuffle_report(quick)
     result["ratios"] = ratios(result, s)
     print(markdown(result))
     if json_out:
@@ -252,6 +270,10 @@ def markdown(result: dict) -> str:
               f"{result['soak']['rss_growth_mb_per_epoch']} MB/epoch, open fds constant: {result['soak']['fds_constant']}.", "",
               "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    if "shuffle" in result:
+        from vidshard.bench.shuffle import markdown as shuffle_markdown
+
+        lines += shuffle_markdown(result["shuffle"])
     return "\n".join(lines) + "\n"
 
 
