@@ -1,7 +1,7 @@
 """The writer's tasks on Ray (`vidshard write ... --engine ray`): the same task functions
 as the local process pool, behind the same Engine interface (engine.py).
 
-The code ships with the job: `runtime_env={"py_modules": [streaming, shardwriter]}` (Ray
+The code ships with the job: `runtime_env={"py_modules": [<streaming>, <shardwriter>]}` (Ray
 zips the two packages once and every worker imports them from its own copy), so nodes
 need Ray and the third-party dependencies, not this checkout at any path. Tasks read
 SOURCE and read/write OUTPUT's store themselves; only task values (a VideoSpec, a list of
@@ -12,6 +12,7 @@ raises is not retried: a source error goes to the --on-error policy.
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,15 +23,25 @@ def _call(fn: Callable, task):
     return fn(task)
 
 
-def code_modules() -> list[types.ModuleType]:
-    """The packages a worker needs to run the writer's tasks."""
+def code_paths(extra_modules: Iterable[types.ModuleType] = ()) -> list[str]:
+    """The package folders a worker needs to run the writer's tasks (and any extra ones)."""
     import shardwriter
     import streaming
 
-    return [streaming, shardwriter]
+    return [os.path.dirname(m.__file__) for m in (streaming, shardwriter, *extra_modules)]
+
+
+def job_runtime_env(extra_modules: Iterable[types.ModuleType] = ()) -> dict[str, Any]:
+    """The job's runtime_env: Ray zips these packages once and every worker imports them."""
+    return {"py_modules": code_paths(extra_modules), "excludes": ["__pycache__"]}
 
 
 class RayEngine:
+    """Joins (or starts) Ray with the code shipped as the job's runtime_env. Ray accepts local
+    folders for py_modules only at the job level, so a caller that initialises Ray itself
+    passes `runtime_env=job_runtime_env()`; under `ray job submit`, the submitted job's
+    runtime_env (`--working-dir` or `--runtime-env-json`) is the one used."""
+
     def __init__(
         self,
         address: str | None = None,
@@ -42,13 +53,13 @@ class RayEngine:
 
         self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a `ray job submit` driver: its env rules
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env=None if submitted else job_runtime_env(extra_modules))
         cpus = ray.cluster_resources().get("CPU", 1)
         self.parallelism = max(1, int(cpus // num_cpus_per_task))
-        runtime_env = {"py_modules": [*code_modules(), *extra_modules]}
-        self._remote = ray.remote(_call).options(
-            num_cpus=num_cpus_per_task, max_retries=max_retries, retry_exceptions=False, runtime_env=runtime_env
-        )
+        self._remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries,
+                                                 retry_exceptions=False)
         self._pending: set = set()
 
     def submit(self, fn, task):
