@@ -24,7 +24,6 @@ import errno
 import json
 import logging
 import os
-import resource
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from streaming.format import ERRORS_NAME, INDEX_NAME, Manifest, dumps
 
+from .driverio import DriverIO, measure, snapshot
 from .encode import EncodeSettings
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
@@ -69,15 +69,6 @@ class WriteConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DriverIO:
-    """The driver process's own I/O during the job (/proc/self/io), and its peak RSS."""
-
-    read_bytes: int  # rchar: every read(2)-like call, sockets and pipes included
-    written_bytes: int  # wchar
-    peak_rss_bytes: int
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class WriteReport:
     videos: int
     chunks: int
@@ -97,9 +88,9 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
     work_dir is where the plan and the spool live (default OUTPUT/.vidshard-work).
     """
-    before = _proc_io()
+    marks = [snapshot()]
     try:
-        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output))
+        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output), marks)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -107,30 +98,21 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
                 "free space and re-run the same command to resume"
             ) from None
         raise
-    after = _proc_io()
-    driver = DriverIO(read_bytes=after[0] - before[0], written_bytes=after[1] - before[1],
-                      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dataclasses.replace(report, driver=driver)
-
-
-def _proc_io() -> tuple[int, int]:
-    try:
-        with open("/proc/self/io") as f:
-            fields = dict(line.split(": ") for line in f.read().splitlines())
-        return int(fields["rchar"]), int(fields["wchar"])
-    except OSError:  # not Linux
-        return 0, 0
+    end = snapshot()
+    return dataclasses.replace(report, driver=measure(marks[0], marks[-1] if len(marks) > 1 else end, end))
 
 
 def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
-                   work_at: str) -> WriteReport:
+                   work_at: str, marks: list) -> WriteReport:
     # Settings are checked here, before OUTPUT is claimed, so a corrected command just runs.
     video_ids, views = _list_source(source, config.views)
     store, work = open_store(output), open_store(work_at)
+    engine = make_engine(workers)
     if store.exists(INDEX_NAME):
+        engine.close()
         return _already_written(store, work, config)
     _claim_output(store, work, output, config)
-    engine = make_engine(workers)
+    marks.append(snapshot())  # start-up done: the engine is up, both stores answered
     try:
         return _run(engine, source, output, work_at, store, work, config, video_ids, views)
     finally:

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from numpy.random import default_rng
 
 from streaming.format import Segment, sample_key
 
@@ -117,7 +117,7 @@ def interleave(keys: Sequence[str], seed: int, group: int = 0) -> list[str]:
     worker count produced the samples, the order is the same.
     """
     ordered = sorted(keys)
-    perm = np.random.default_rng([seed, _INTERLEAVE_STREAM, group]).permutation(len(ordered))
+    perm = default_rng([seed, _INTERLEAVE_STREAM, group]).permutation(len(ordered))
     return [ordered[i] for i in perm]
 
 
@@ -133,7 +133,7 @@ def sample_order(chunks_per_video: dict[str, int], seed: int, mix_videos: int) -
     if mix_videos < 1:
         raise ValueError(f"mix_videos must be >= 1, got {mix_videos}")
     videos = sorted(chunks_per_video)
-    videos = [videos[i] for i in np.random.default_rng([seed, _VIDEO_STREAM]).permutation(len(videos))]
+    videos = [videos[i] for i in default_rng([seed, _VIDEO_STREAM]).permutation(len(videos))]
     order: list[str] = []
     for g, first in enumerate(range(0, len(videos), mix_videos)):
         keys = [sample_key(v, c) for v in videos[first : first + mix_videos] for c in range(chunks_per_video[v])]

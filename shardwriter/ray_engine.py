@@ -23,6 +23,10 @@ def _call(fn: Callable, task):
     return fn(task)
 
 
+def _ping(_):
+    return None
+
+
 def code_paths(extra_modules: Iterable[types.ModuleType] = ()) -> list[str]:
     """The package folders a worker needs to run the writer's tasks (and any extra ones)."""
     import shardwriter
@@ -61,6 +65,7 @@ class RayEngine:
         self._remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries,
                                                  retry_exceptions=False)
         self._pending: set = set()
+        ray.get(self._remote.remote(_ping, None))  # up: the first call's lazy imports, the code shipped
 
     def submit(self, fn, task):
         ref = self._remote.remote(fn, task)

@@ -60,7 +60,9 @@ def cmd_write(args: argparse.Namespace) -> int:
           f"{args.output}" + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
     d = report.driver
     if d is not None:  # the driver plans; the tasks move the media
-        print(f"driver I/O: read {d.read_bytes} bytes, wrote {d.written_bytes} bytes; peak RSS {d.peak_rss_bytes} bytes")
+        print(f"driver I/O: read {d.read_bytes} bytes, wrote {d.written_bytes} bytes, sockets received "
+              f"{d.socket_received_bytes} and sent {d.socket_sent_bytes} bytes (start-up apart: read "
+              f"{d.startup_read_bytes}, wrote {d.startup_written_bytes}); peak RSS {d.peak_rss_bytes} bytes")
     return 0
 
 
