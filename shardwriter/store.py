@@ -125,6 +125,7 @@ class RemoteStore:
             yield f
         except BaseException:
             f.discard()  # S3: aborts the multipart upload; nothing appears under the name
+            f.closed = True  # nothing left to complete (its __del__ would try)
             raise
         f.close()
 
