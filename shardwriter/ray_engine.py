@@ -12,6 +12,7 @@ raises is not retried: a source error goes to the --on-error policy.
 
 from __future__ import annotations
 
+import json
 import os
 import types
 from collections.abc import Callable, Iterable
@@ -40,6 +41,16 @@ def job_runtime_env(extra_modules: Iterable[types.ModuleType] = ()) -> dict[str,
     return {"py_modules": code_paths(extra_modules), "excludes": ["__pycache__"]}
 
 
+def _submitted_with_code() -> bool:
+    """A `ray job submit` driver whose job already ships code (--working-dir or py_modules):
+    Ray merges ray.init's runtime_env into the job's and refuses the same field twice."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    env = (json.loads(raw).get("runtime_env") or {})
+    return bool(env.get("py_modules") or env.get("working_dir"))
+
+
 class RayEngine:
     """Joins (or starts) Ray with the code shipped as the job's runtime_env. Ray accepts local
     folders for py_modules only at the job level, so a caller that initialises Ray itself
@@ -57,9 +68,8 @@ class RayEngine:
 
         self._ray = ray
         if not ray.is_initialized():
-            submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a `ray job submit` driver: its env rules
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env=None if submitted else job_runtime_env(extra_modules))
+                     runtime_env=None if _submitted_with_code() else job_runtime_env(extra_modules))
         cpus = ray.cluster_resources().get("CPU", 1)
         self.parallelism = max(1, int(cpus // num_cpus_per_task))
         self._remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries,

@@ -60,3 +60,15 @@ def test_workers_killed_mid_task_are_retried(local_ray, small_source, small_data
     assert [n for n in killed if n.startswith("video")] == [f"video-session_{i:03d}" for i in range(3)]
     assert len([n for n in killed if n.startswith("shard")]) == report.shards >= 2  # every task died once, mid-way
     assert digests(out) == digests(small_dataset)
+
+
+def test_submitted_job_keeps_its_own_code(monkeypatch):
+    from shardwriter import ray_engine as engine
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert not engine._submitted_with_code()  # vidshard write: ships streaming + shardwriter itself
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
+    assert engine._submitted_with_code()  # ray job submit --working-dir .: the job's copy is used
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["av"]}}))
+    assert not engine._submitted_with_code()  # merged: the job's pip plus our py_modules
+    assert [os.path.basename(p) for p in engine.code_paths()] == ["streaming", "shardwriter"]
