@@ -88,7 +88,7 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
     work_dir is where the plan and the spool live (default OUTPUT/.vidshard-work).
     """
-    marks = [snapshot()]
+    marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
         report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output), marks)
     except OSError as exc:
@@ -98,8 +98,8 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
                 "free space and re-run the same command to resume"
             ) from None
         raise
-    end = snapshot()
-    return dataclasses.replace(report, driver=measure(marks[0], marks[-1] if len(marks) > 1 else end, end))
+    start, ready, end = marks[0], marks[1] if len(marks) > 2 else marks[0], marks[-1]
+    return dataclasses.replace(report, driver=measure(start, ready, end))
 
 
 def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
@@ -108,14 +108,15 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
     video_ids, views = _list_source(source, config.views)
     store, work = open_store(output), open_store(work_at)
     engine = make_engine(workers)
-    if store.exists(INDEX_NAME):
-        engine.close()
-        return _already_written(store, work, config)
-    _claim_output(store, work, output, config)
-    marks.append(snapshot())  # start-up done: the engine is up, both stores answered
     try:
+        if store.exists(INDEX_NAME):
+            return _already_written(store, work, config)
+        _claim_output(store, work, output, config)
+        marks.append(snapshot())  # start-up done: the engine is up, both stores answered
         return _run(engine, source, output, work_at, store, work, config, video_ids, views)
     finally:
+        # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
+        marks.append(snapshot())
         engine.close()
 
 

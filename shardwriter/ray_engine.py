@@ -12,6 +12,7 @@ raises is not retried: a source error goes to the --on-error policy.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import types
@@ -29,11 +30,10 @@ def _ping(_):
 
 
 def code_paths(extra_modules: Iterable[types.ModuleType] = ()) -> list[str]:
-    """The package folders a worker needs to run the writer's tasks (and any extra ones)."""
-    import shardwriter
-    import streaming
-
-    return [os.path.dirname(m.__file__) for m in (streaming, shardwriter, *extra_modules)]
+    """The package folders a worker needs to run the writer's tasks (and any extra ones);
+    found, not imported: of the reader, the tasks import `streaming.format` only."""
+    found = [importlib.util.find_spec(name).submodule_search_locations[0] for name in ("streaming", "shardwriter")]
+    return found + [os.path.dirname(m.__file__) for m in extra_modules]
 
 
 def job_runtime_env(extra_modules: Iterable[types.ModuleType] = ()) -> dict[str, Any]:
