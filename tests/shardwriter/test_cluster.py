@@ -161,3 +161,28 @@ def test_driver_killed_mid_run_resumes_to_the_same_bytes(cluster, sources, tmp_p
     driver(sources["small"], "s3://vidshard/killed", cluster.address, tmp_path, "again")
     assert s3_digests("killed") == local_digests(local)
     shutil.rmtree(local)
+
+
+def test_workers_import_the_shipped_code(cluster, tmp_path, monkeypatch):
+    """No PYTHONPATH on the nodes and none from the driver: the workers' `shardwriter` is the
+    copy Ray unpacked from the job's runtime_env, not a checkout or an installed copy. (Ray
+    also puts the driver's working folder on the workers' path: an empty one here, as for
+    the CLI driver above.)"""
+    from shardwriter.ray_engine import job_runtime_env
+
+    def where() -> dict:  # defined here: sent by value, the tests are not shipped
+        import shardwriter
+        import streaming
+
+        return {"shardwriter": shardwriter.__file__, "streaming": streaming.__file__,
+                "pythonpath": os.environ.get("PYTHONPATH")}
+
+    monkeypatch.chdir(tmp_path)
+    ray.init(address=cluster.address, runtime_env=job_runtime_env(), include_dashboard=False, log_to_driver=False)
+    try:
+        found = ray.get(ray.remote(where).remote())
+    finally:
+        ray.shutdown()
+    assert found["pythonpath"] is None or ROOT not in found["pythonpath"]
+    for name in ("shardwriter", "streaming"):
+        assert "runtime_resources" in found[name] and not found[name].startswith(ROOT), found
