@@ -60,9 +60,10 @@ def cmd_write(args: argparse.Namespace) -> int:
           f"{args.output}" + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
     d = report.driver
     if d is not None:  # the driver plans; the tasks move the media
-        print(f"driver I/O: read {d.read_bytes} bytes, wrote {d.written_bytes} bytes, sockets received "
-              f"{d.socket_received_bytes} and sent {d.socket_sent_bytes} bytes (start-up apart: read "
-              f"{d.startup_read_bytes}, wrote {d.startup_written_bytes}); peak RSS {d.peak_rss_bytes} bytes")
+        print(f"driver I/O during the job: {d.total_bytes} bytes (files and pipes: read {d.read_bytes}, wrote "
+              f"{d.written_bytes}; TCP: received {d.socket_received_bytes}, sent {d.socket_sent_bytes}; object store: "
+              f"read {d.store_read_bytes}, wrote {d.store_written_bytes}); start-up apart: read {d.startup_read_bytes}, "
+              f"wrote {d.startup_written_bytes}; peak RSS {d.peak_rss_bytes} bytes")
     return 0
 
 

@@ -104,11 +104,10 @@ def local_digests(out: str) -> dict[str, str]:
 
 
 def driver_io(stdout: str) -> dict[str, int]:
-    m = re.search(r"\((\d+) bytes\) under .*\ndriver I/O: read (\d+) bytes, wrote (\d+) bytes, sockets received (\d+) "
-                  r"and sent (\d+) bytes .*; peak RSS (\d+) bytes", stdout)
+    m = re.search(r"\((\d+) bytes\) under .*\ndriver I/O during the job: (\d+) bytes .*; peak RSS (\d+) bytes", stdout)
     assert m, stdout
-    dataset, read, wrote, received, sent, rss = map(int, m.groups())
-    return {"dataset": dataset, "io": read + wrote + received + sent, "rss": rss}
+    dataset, io, rss = map(int, m.groups())
+    return {"dataset": dataset, "io": io, "rss": rss}
 
 
 def test_two_nodes_on_s3_driver_only_plans(cluster, sources, tmp_path):
