@@ -1,6 +1,9 @@
 """vidshard's writer library: a source dataset -> chunk samples in tar shards + index.json.
 
+    config.py    the job's settings (WriteConfig), checked when made
     source.py    the SOURCE layout read into validated VideoSpecs (probing each view)
+    display.py   how a view is meant to be shown: display matrix and colour (pure)
+    stray.py     file names in source folders that are never data (.DS_Store, backups)
     plan.py      pure planning: chunk ranges, timeline clipping, sample order, shard packing
     encode.py    frame-exact clip encoding (PyAV / libx264)
     keypoints.py per-frame keypoint files -> one stacked npz per chunk and view

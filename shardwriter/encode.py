@@ -18,10 +18,16 @@ from fractions import Fraction
 import av
 from av.video.frame import PictureType
 
+from .display import Colour, Filters, Matrix, clip_colour, orientation_filters, transposed
 from .errors import SourceError
+from .source import ViewSource
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
+SWS_CS_ITU601 = 5  # swscale's name for the BT.601 matrix (PyAV's reformat takes swscale's codes)
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,6 +38,20 @@ class EncodeSettings:
     preset: str = "fast"
     gop: int = 16  # keyframe interval: the most frames a reader decodes to reach any frame
     resize: tuple[int, int] | None = None  # (width, height) of every clip; None keeps the source size
+    autorotate: bool = True  # apply each view's display matrix (False: --no-autorotate)
+
+    def __post_init__(self):
+        # Checked here, so a bad setting stops the CLI before OUTPUT is touched.
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"--crf must be 0..51 (libx264, 8-bit), got {self.crf}")
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}")
+        if self.gop < 1:
+            raise ValueError(f"--gop must be >= 1 (frames between keyframes), got {self.gop}")
+        if self.resize is not None:
+            w, h = self.resize
+            if w < 2 or h < 2 or w % 2 or h % 2:
+                raise ValueError(f"--resize needs an even width and height of at least 2 (yuv420p), got {w}x{h}")
 
     def codec_options(self) -> dict[str, str]:
         # sc_threshold 0: keyframes only every `gop` frames, never at scene cuts, so the
@@ -60,22 +80,46 @@ class EncodeSettings:
             "gop": self.gop,
             "bframes": 0,
             "resize": list(self.resize) if self.resize else None,
+            "autorotate": self.autorotate,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
             "pyav": av.__version__,
         }
 
 
-def output_size(settings: EncodeSettings, width: int, height: int) -> tuple[int, int]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViewEncode:
+    """How one view's decoded frames become clip frames."""
+
+    path: str  # the source file
+    size: tuple[int, int]  # (width, height) of the clips, as displayed unless --no-autorotate
+    filters: Filters  # orientation filters, applied after scaling (lossless pixel moves)
+    colour: Colour  # the clips' colour tags; the source's range is kept (no requantisation)
+    display_matrix: Matrix | None  # written into the clips under --no-autorotate, so players still turn them
+
+
+def view_encode(path: str, source: ViewSource, settings: EncodeSettings) -> ViewEncode:
+    """Raises ValueError for a size yuv420p cannot hold or a rotation that is not a multiple of 90."""
+    filters = orientation_filters(source.matrix) if settings.autorotate else ()
+    width, height = (source.height, source.width) if transposed(filters) else (source.width, source.height)
     w, h = settings.resize or (width, height)
     if w % 2 or h % 2:
         raise ValueError(f"yuv420p H.264 needs an even width and height, got {w}x{h}: pass --resize WxH")
-    return w, h
+    return ViewEncode(
+        path=path,
+        size=(w, h),
+        filters=filters,
+        colour=clip_colour(source.colour, source.yuv),
+        display_matrix=None if settings.autorotate else source.matrix,
+    )
 
 
 class ClipEncoder:
     """One view of one chunk: an H.264 mp4 written to `path`."""
 
-    def __init__(self, path: str, fps: Fraction, size: tuple[int, int], settings: EncodeSettings):
+    def __init__(
+        self, path: str, fps: Fraction, size: tuple[int, int], settings: EncodeSettings, *,
+        colour: Colour = Colour(), display_matrix: Matrix | None = None,
+    ):
         self.path = path
         self.time_base = 1 / fps
         self.count = 0
@@ -85,7 +129,14 @@ class ClipEncoder:
         self.stream = self.container.add_stream(CODEC, rate=fps, options=settings.codec_options())
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = PIX_FMT
-        self.stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        context = self.stream.codec_context
+        context.flags |= av.codec.context.Flags.bitexact
+        # The source's colour, tagged in the H.264 VUI and the mp4 colr box: every decoder
+        # (the reader, ffprobe, players) converts the clip to RGB as the source was meant.
+        context.color_range, context.colorspace = colour.range, colour.matrix
+        context.color_primaries, context.color_trc = colour.primaries, colour.transfer
+        if display_matrix is not None:
+            self.stream.set_display_matrix(list(display_matrix))
 
     def write(self, frame: av.VideoFrame) -> None:
         frame.pts = self.count
@@ -110,54 +161,91 @@ class ClipEncoder:
             os.remove(self.path)
 
 
-def decode_frames(video_id: str, path: str, size: tuple[int, int], resize: bool) -> Iterator[av.VideoFrame]:
-    """Every frame of the file's first video stream, converted to yuv420p at `size`."""
-    width, height = size
+def _orientation_graph(filters: Filters, frame: av.VideoFrame) -> av.filter.Graph:
+    """buffer -> the orientation filters -> buffersink, for frames shaped like `frame`."""
+    graph = av.filter.Graph()
+    nodes = [
+        graph.add(
+            "buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=PIX_FMT, time_base="1/1",
+            pixel_aspect="1/1", colorspace=str(frame.colorspace), range=str(frame.color_range),
+        )
+    ]
+    nodes += [graph.add(name, args) for name, args in filters]
+    nodes.append(graph.add("buffersink"))
+    graph.link_nodes(*nodes).configure()
+    return graph
+
+
+def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.VideoFrame]:
+    """Every frame of the file's first video stream as a clip frame: yuv420p at view.size,
+    turned upright by view.filters, carrying view.colour.
+
+    Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
+    or chroma resolution), then the orientation filters move pixels without resampling.
+    """
+    width, height = view.size
+    if transposed(view.filters):
+        width, height = height, width  # scale in the stored orientation
     interpolation = "AREA" if resize else None  # area averaging: the right filter for downscaling
+    colour = view.colour
+    graph = None
     count = 0
     try:
-        with av.open(path) as container:
+        with av.open(view.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                yield frame.reformat(width=width, height=height, format=PIX_FMT, interpolation=interpolation)
+                rgb = frame.format.is_rgb
+                out = frame.reformat(
+                    width=width, height=height, format=PIX_FMT, interpolation=interpolation,
+                    # YUV keeps its range and matrix; RGB is converted with the clip's (BT.601 limited).
+                    src_color_range=None if rgb else colour.range, dst_color_range=colour.range,
+                    dst_colorspace=SWS_CS_ITU601 if rgb else None,
+                )
+                out.color_range, out.colorspace = colour.range, colour.matrix
+                out.color_primaries, out.color_trc = colour.primaries, colour.transfer
+                if view.filters:
+                    graph = graph or _orientation_graph(view.filters, out)
+                    graph.push(out)
+                    out = graph.pull()
+                yield out
                 count += 1
     except av.FFmpegError as exc:
-        raise SourceError(video_id, path, f"corrupt video: decoding failed after frame {count} ({exc})") from None
+        raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {count} ({exc})") from None
 
 
 def encode_chunks(
     video_id: str,
-    paths: tuple[str, ...],
+    views: list[ViewEncode],
     num_frames: int,
     fps: Fraction,
-    sizes: list[tuple[int, int]],
     resize: bool,
     chunks: list[tuple[int, int]],
     clip_paths: list[list[str]],
     settings: EncodeSettings,
     strict_length: bool = True,
 ) -> None:
-    """Encode clip_paths[c][v] = frames chunks[c] of view v (at sizes[v]), decoding each view once.
+    """Encode clip_paths[c][v] = frames chunks[c] of view v, decoding each view once.
 
     Frames are read from all views in lockstep, so at most the chunks overlapping the
     current frame have encoders open: memory does not grow with the video's length.
     `strict_length` False accepts views longer than num_frames (--truncate-views).
     """
-    decoders = [decode_frames(video_id, p, size, resize) for p, size in zip(paths, sizes)]
+    decoders = [decode_frames(video_id, view, resize) for view in views]
     open_clips: dict[int, list[ClipEncoder]] = {}
     next_chunk = 0
     try:
         for f in range(num_frames):
             frames = []
-            for path, dec in zip(paths, decoders):
+            for view, dec in zip(views, decoders):
                 frame = next(dec, None)
                 if frame is None:
-                    raise SourceError(video_id, path, f"decoded only {f} frames, but demuxing counted {num_frames}")
+                    raise SourceError(video_id, view.path, f"decoded only {f} frames, but demuxing counted {num_frames}")
                 frames.append(frame)
             while next_chunk < len(chunks) and chunks[next_chunk][0] == f:
                 open_clips[next_chunk] = [
-                    ClipEncoder(p, fps, size, settings) for p, size in zip(clip_paths[next_chunk], sizes)
+                    ClipEncoder(p, fps, view.size, settings, colour=view.colour, display_matrix=view.display_matrix)
+                    for p, view in zip(clip_paths[next_chunk], views)
                 ]
                 next_chunk += 1
             for c, encoders in list(open_clips.items()):
@@ -167,9 +255,9 @@ def encode_chunks(
                     for enc in open_clips.pop(c):
                         enc.close()
         if strict_length:
-            for path, dec in zip(paths, decoders):
+            for view, dec in zip(views, decoders):
                 if next(dec, None) is not None:
-                    raise SourceError(video_id, path, f"decodes to more frames than the {num_frames} demuxing counted")
+                    raise SourceError(video_id, view.path, f"decodes to more frames than the {num_frames} demuxing counted")
     except BaseException:
         for encoders in open_clips.values():
             for enc in encoders:

@@ -33,39 +33,15 @@ from tqdm import tqdm
 from streaming.format import ERRORS_NAME, INDEX_NAME, Manifest, dumps
 
 from .driverio import DriverIO, measure, snapshot
-from .encode import EncodeSettings
+from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
-from .source import check_view_names, discover_views
+from .source import check_source
 from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url
 
 log = logging.getLogger("vidshard.write")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class WriteConfig:
-    """What decides the output bytes (workers, the engine and the node count do not)."""
-
-    max_video_frames: int | None
-    overlap: int = 0
-    views: tuple[str, ...] | None = None  # None: discovered from the files, sorted
-    shard_bytes: int = 1 << 30
-    encode: EncodeSettings = EncodeSettings()
-    seed: int = 0
-    on_error: str = "fail"  # "fail" | "skip"
-    truncate_views: bool = False
-    mix_videos: int = 64  # a shard mixes the chunks of up to this many videos (plan.sample_order)
-
-    def __post_init__(self):
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,8 +80,9 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
 
 def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
                    work_at: str, marks: list) -> WriteReport:
-    # Settings are checked here, before OUTPUT is claimed, so a corrected command just runs.
-    video_ids, views = _list_source(source, config.views)
+    # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
+    listing = check_source(source, config.views)
+    video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
     store, work = open_store(output), open_store(work_at)
     engine = make_engine(workers)
     try:
@@ -120,24 +97,11 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
         engine.close()
 
 
-def _list_source(source: str, views: tuple[str, ...] | None) -> tuple[list[str], tuple[str, ...]]:
-    """Video ids and view names: directory listings only (the probe tasks open the files)."""
-    videos_dir = os.path.join(source, "videos")
-    if not os.path.isdir(videos_dir):
-        raise WriterError(f"{videos_dir}: no such directory (expected SOURCE/videos/<video_id>/<view>.mp4)")
-    video_ids = sorted(e.name for e in os.scandir(videos_dir) if e.is_dir())
-    if not video_ids:
-        raise WriterError(f"{videos_dir}: no video folders")
-    views = tuple(views) if views else discover_views(videos_dir, video_ids)
-    check_view_names(views)
-    return video_ids, views
-
-
 def _run(engine: Engine, source: str, output: str, work_at: str, store, work, config: WriteConfig,
          video_ids: list[str], views: tuple[str, ...]) -> WriteReport:
     probes, problems = [], []
     tasks = [ProbeTask(source=source, video_id=v, views=views, truncate_views=config.truncate_views, encode=config.encode)
-             for v in video_ids]
+             for v in video_ids]  # (the listing is the driver's; every file is opened by a task)
     with tqdm(total=len(tasks), desc="probe", unit="video", disable=None) as bar:
         for task, outcome in run_all(engine, run_probe_task, tasks):
             bar.update(1)
@@ -155,6 +119,9 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
         _discard(store, work, [])
         _fail(problems or [WriterError("no videos to write")])
     probes.sort(key=lambda p: p.spec.video_id)
+    for probe in probes:
+        for note in probe.spec.warnings:
+            log.warning("%s", note)
     schema, origin = _merge_schemas(probes)
     plan = make_plan(probes, problems, config, schema)
     check_plan(work, plan, output)

@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 
 from .errors import SourceError
+from .stray import is_stray
 
 KPT_FILE = re.compile(r"(\d{6,})_([A-Za-z0-9][A-Za-z0-9_-]*)\.npz")
 # (shape without the frame axis, dtype string) per "<kind>.<array>"
@@ -26,13 +27,23 @@ def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, 
     """frame -> {kind: path} for one view; rejects stray names and frames past the video."""
     files: dict[int, dict[str, str]] = {}
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if is_stray(entry.name):
+            continue  # .DS_Store and the like: reported by the source scan
         match = KPT_FILE.fullmatch(entry.name)
         if match is None or not entry.is_file():
             raise SourceError(video_id, entry.path, "not a keypoint file named <frame:06d>_<name>.npz")
         frame = int(match.group(1))
         if frame >= num_frames:
             raise SourceError(video_id, entry.path, f"keypoints for frame {frame}, but the video has {num_frames} frames")
-        files.setdefault(frame, {})[match.group(2)] = entry.path
+        kinds = files.setdefault(frame, {})
+        kind = match.group(2)
+        if kind in kinds:  # `000123_x.npz` and `0000123_x.npz`: neither may silently win
+            raise SourceError(
+                video_id, entry.path,
+                f"two keypoint files for frame {frame} and kind {kind!r}: {kinds[kind]} and {entry.path} "
+                "(names that differ only in zero padding)",
+            )
+        kinds[kind] = entry.path
     return files
 
 

@@ -19,7 +19,7 @@ import tempfile
 
 from streaming.format import clip_suffix
 
-from .encode import EncodeSettings, encode_chunks, output_size
+from .encode import EncodeSettings, encode_chunks, view_encode
 from .errors import SourceError
 from .keypoints import Schema
 from .source import VideoSpec, keypoint_schema, load_video
@@ -45,7 +45,8 @@ class ProbeResult:
 
 
 def run_probe_task(task: ProbeTask) -> ProbeResult:
-    spec = load_video(task.source, task.video_id, task.views, task.truncate_views)
+    spec = load_video(task.source, task.video_id, task.views, task.truncate_views, task.encode.autorotate,
+                      resize=task.encode.resize is not None)
     schema, origin = keypoint_schema([spec])
     frames, sizes = _pilot(spec, task.encode)
     return ProbeResult(spec=spec, schema=schema, origin=origin, fingerprint=fingerprint(task.source, spec),
@@ -66,14 +67,14 @@ def fingerprint(root: str, spec: VideoSpec) -> str:
 
 def _pilot(spec: VideoSpec, settings: EncodeSettings) -> tuple[int, tuple[int, ...]]:
     frames = min(settings.gop, spec.num_frames)
-    sizes = []
-    for path, (w, h) in zip(spec.paths, spec.sizes):
+    views = []
+    for path, source in zip(spec.paths, spec.sources):
         try:
-            sizes.append(output_size(settings, w, h))
+            views.append(view_encode(path, source, settings))
         except ValueError as exc:
             raise SourceError(spec.video_id, path, str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="vidshard-pilot-") as tmp:
         clips = [os.path.join(tmp, clip_suffix(v)) for v in spec.views]
-        encode_chunks(spec.video_id, spec.paths, frames, spec.fps, sizes, settings.resize is not None,
+        encode_chunks(spec.video_id, views, frames, spec.fps, settings.resize is not None,
                       [(0, frames)], [clips], settings, strict_length=False)
         return frames, tuple(os.path.getsize(c) for c in clips)

@@ -13,29 +13,111 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 
 from streaming.format import RESERVED_VIEWS, SAFE_NAME
 
+from .display import HDR_TRANSFERS, Colour, Matrix, display_rotation, mirrored, orientation_filters
 from .errors import SourceError, WriterError
 from .keypoints import Schema, frame_schema, list_keypoints
 from .plan import SourceSegment, check_timeline
+from .stray import is_stray
 
 log = logging.getLogger("vidshard.write")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceListing:
+    """SOURCE/videos as listed, before any file is opened."""
+
+    video_ids: tuple[str, ...]  # the folders under videos/, sorted
+    views: tuple[str, ...]  # every `<view>` found as `<view>.<ext>`, sorted
+    stray: tuple[str, ...]  # paths of files skipped by is_stray, sorted
+
+
+def list_source(root: str) -> SourceListing:
+    videos_dir = os.path.join(root, "videos")
+    if not os.path.isdir(videos_dir):
+        raise WriterError(f"{videos_dir}: no such directory (expected SOURCE/videos/<video_id>/<view>.mp4)")
+    names, stray, video_ids = set(), [], []
+    for entry in sorted(os.scandir(videos_dir), key=lambda e: e.name):
+        if is_stray(entry.name):
+            stray.append(entry.path)
+        elif entry.is_dir():
+            video_ids.append(entry.name)
+    if not video_ids:
+        raise WriterError(f"{videos_dir}: no video folders")
+    for vid in video_ids:
+        for entry in os.scandir(os.path.join(videos_dir, vid)):
+            if not entry.is_file():
+                continue
+            if is_stray(entry.name):
+                stray.append(entry.path)
+            else:
+                names.add(entry.name.partition(".")[0])
+    return SourceListing(video_ids=tuple(video_ids), views=tuple(sorted(names)), stray=tuple(sorted(stray)))
+
+
+def check_source(root: str, views: tuple[str, ...] | None) -> SourceListing:
+    """The cheap checks of SOURCE that need no video opened, run before OUTPUT is touched:
+    the layout exists, every `--views` name is a view of some video, every discovered view
+    can name a tar member. Warns once about stray files (which are then skipped)."""
+    listing = list_source(root)
+    if listing.stray:
+        shown = ", ".join(listing.stray[:10]) + (f" and {len(listing.stray) - 10} more" if len(listing.stray) > 10 else "")
+        log.warning("skipping %d file(s) that are not views (system, hidden or editor backup files): %s",
+                    len(listing.stray), shown)
+    if views:
+        unknown = [v for v in views if v not in listing.views]
+        if unknown:
+            raise WriterError(
+                f"--views names {', '.join(map(repr, unknown))}, which no video in {os.path.join(root, 'videos')} has "
+                f"(views found: {', '.join(listing.views) or 'none'})"
+            )
+    else:
+        check_view_names(listing.views)
+    return listing
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViewSource:
+    """How one view's file is stored and how it is meant to be shown."""
+
+    codec: str
+    pix_fmt: str  # of the decoded frames
+    bit_depth: int  # bits per component of the decoded frames
+    width: int  # as stored (before the display matrix)
+    height: int
+    matrix: Matrix | None  # the display matrix, None where the file has none
+    colour: Colour  # as the decoder reports it for the first frame
+    yuv: bool
+
+    def describe(self) -> dict[str, Any]:
+        rotation = display_rotation(self.matrix)
+        return {
+            "codec": self.codec,
+            "pix_fmt": self.pix_fmt,
+            "width": self.width,
+            "height": self.height,
+            # counter-clockwise, in [0, 360): ffprobe prints 270 as -90
+            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,
+            "mirrored": mirrored(self.matrix),
+            "colour": self.colour.describe(),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ViewProbe:
     path: str
-    num_frames: int  # video packets counted by demuxing (checked again when decoding)
+    num_frames: int  # frames the decoder outputs (probe_view: not the packets it discards or cannot decode)
     fps: Fraction
-    width: int
-    height: int
-    codec: str
+    source: ViewSource
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,10 +130,11 @@ class VideoSpec:
     num_frames: int  # frames written (the shortest view's count under truncate_views)
     view_frames: tuple[int, ...]  # each view's own frame count
     fps: Fraction
-    sizes: tuple[tuple[int, int], ...]  # (width, height) per view, as stored in the source
+    sources: tuple[ViewSource, ...]  # per view: stored size, orientation, colour
     timeline: tuple[SourceSegment, ...]
     annotation: dict[str, Any]  # the annotation's keys other than "timeline"
     keypoint_dirs: tuple[str | None, ...]  # per view; None where the view has none
+    warnings: tuple[str, ...] = ()  # for the driver to log once (HDR, 10-bit, truncated views)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,33 +146,67 @@ class ScanResult:
     keypoint_origin: dict[str, str]  # kind -> the file its schema was taken from
 
 
+def _frame_source(stream, frame) -> ViewSource:
+    desc = frame.format
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    return ViewSource(
+        codec=stream.codec_context.name,
+        pix_fmt=desc.name,
+        bit_depth=max(c.bits for c in desc.components),
+        width=frame.width,
+        height=frame.height,
+        matrix=tuple(int(v) for v in np.frombuffer(bytes(matrix), "<i4")) if matrix is not None else None,
+        colour=Colour(range=frame.color_range, matrix=frame.colorspace, primaries=frame.color_primaries,
+                      transfer=frame.color_trc),
+        yuv=not desc.is_rgb and len(desc.components) >= 3,
+    )
+
+
 def probe_view(video_id: str, path: str) -> ViewProbe:
-    """Open one view file and count its frames without decoding them."""
+    """Open one view file, count its frames by demuxing, and decode its first frame (for its
+    display matrix and colour).
+
+    A frame counts when the decoder outputs it: a packet the demuxer flags to discard (the
+    part of an MP4/MOV edit list before its start or after its end) does not, and neither
+    does a leading packet the decoder drops without a flag: a recording cut in mid-GOP (a
+    split MPEG-TS segment, a capture joined mid-stream) starts with frames that refer to
+    frames before the cut, which decoders do not output. Those are the packets fed before
+    the first frame came out whose timestamp is earlier than that frame's: decoders output
+    in presentation order. The encode pass checks the count again while decoding.
+    """
+    first = None
+    leading: list[int | None] = []  # pts of the counted packets fed until the first frame came out
+    count = 0  # counted packets after those
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise SourceError(video_id, path, "no video stream in the file")
             stream = container.streams.video[0]
             fps = stream.average_rate or stream.guessed_rate
-            width, height, codec = stream.codec_context.width, stream.codec_context.height, stream.codec_context.name
-            count = sum(1 for packet in container.demux(stream) if packet.size)
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                if first is None:
+                    if not packet.is_discard:
+                        leading.append(packet.pts)
+                    first = next(iter(packet.decode()), None)
+                else:
+                    count += not packet.is_discard
+            if first is None and leading:
+                first = next(iter(stream.codec_context.decode(None)), None)  # a decoder that delays its output
     except av.FFmpegError as exc:
         raise SourceError(video_id, path, f"unreadable or corrupt video ({exc})") from None
+    if first is not None and first.pts is not None:
+        count += sum(1 for pts in leading if pts is None or pts >= first.pts)
+    else:
+        count += len(leading)
     if count == 0:
         raise SourceError(video_id, path, "zero-frame video")
+    if first is None:
+        raise SourceError(video_id, path, "no frame decodes from the video stream")
     if not fps:
         raise SourceError(video_id, path, "the video stream has no frame rate")
-    return ViewProbe(path=path, num_frames=count, fps=Fraction(fps), width=width, height=height, codec=codec)
-
-
-def discover_views(videos_dir: str, video_ids: list[str]) -> tuple[str, ...]:
-    """Every view name that occurs as `<view>.<ext>` in some video folder, sorted."""
-    names = set()
-    for vid in video_ids:
-        for entry in os.scandir(os.path.join(videos_dir, vid)):
-            if entry.is_file():
-                names.add(entry.name.partition(".")[0])
-    return tuple(sorted(names))
+    return ViewProbe(path=path, num_frames=count, fps=Fraction(fps), source=_frame_source(stream, first))
 
 
 def check_view_names(views: tuple[str, ...]) -> None:
@@ -104,12 +221,27 @@ def check_view_names(views: tuple[str, ...]) -> None:
 
 
 def _view_file(video_id: str, folder: str, view: str) -> str:
-    matches = sorted(e.path for e in os.scandir(folder) if e.is_file() and e.name.partition(".")[0] == view)
+    matches = sorted(
+        e.path for e in os.scandir(folder) if e.is_file() and not is_stray(e.name) and e.name.partition(".")[0] == view
+    )
     if not matches:
         raise SourceError(video_id, os.path.join(folder, f"{view}.*"), f"missing view file for view {view!r}")
     if len(matches) > 1:
         raise SourceError(video_id, matches[1], f"more than one file for view {view!r}: {matches}")
     return matches[0]
+
+
+def _view_warnings(video_id: str, view: str, path: str, source: ViewSource) -> list[str]:
+    where = f"video {video_id!r} view {view!r} ({path})"
+    notes = []
+    if source.bit_depth > 8:
+        notes.append(f"{where}: {source.bit_depth}-bit source ({source.pix_fmt}); clips are 8-bit yuv420p")
+    if source.colour.transfer in HDR_TRANSFERS:
+        notes.append(
+            f"{where}: HDR {HDR_TRANSFERS[source.colour.transfer]} transfer; frames are delivered as the "
+            "HDR-coded signal converted with its matrix, not tone-mapped (what `ffmpeg -pix_fmt rgb24` shows too)"
+        )
+    return notes
 
 
 def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
@@ -125,8 +257,12 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
     return obj["timeline"], {k: v for k, v in obj.items() if k != "timeline"}
 
 
-def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views: bool) -> VideoSpec:
-    """Validate one video; raises SourceError naming the file and the reason."""
+def load_video(
+    root: str, video_id: str, views: tuple[str, ...], truncate_views: bool, autorotate: bool = True,
+    resize: bool = False,
+) -> VideoSpec:
+    """Validate one video; raises SourceError naming the file and the reason. `resize`: the
+    clips get --resize's size, so the views' own sizes need not suit yuv420p."""
     folder = os.path.join(root, "videos", video_id)
     if not SAFE_NAME.fullmatch(video_id):
         raise SourceError(
@@ -141,10 +277,22 @@ def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views:
     if len(rates) > 1:
         detail = ", ".join(f"{v}={p.fps}" for v, p in zip(views, probes))
         raise SourceError(video_id, folder, f"views have different frame rates ({detail})")
+    warnings = []
+    for view, probe in zip(views, probes):
+        if autorotate:
+            try:
+                orientation_filters(probe.source.matrix)
+            except ValueError as exc:
+                raise SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation") from None
+        width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
+        if not resize and (width % 2 or height % 2):
+            raise SourceError(video_id, probe.path,
+                              f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH")
+        warnings += _view_warnings(video_id, view, probe.path, probe.source)
     num_frames = min(counts)
     if len(set(counts)) > 1:
-        log.warning("video %r: views have %s frames; --truncate-views writes the first %d",
-                    video_id, dict(zip(views, counts)), num_frames)
+        warnings.append(f"video {video_id!r}: views have {dict(zip(views, counts))} frames; "
+                        f"--truncate-views writes the first {num_frames}")
     ann_path = os.path.join(root, "annotations", f"{video_id}.json")
     raw_timeline, annotation = _annotation(video_id, ann_path)
     try:
@@ -160,6 +308,10 @@ def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views:
         kdir = os.path.join(root, "keypoints", video_id, view)
         if os.path.isdir(kdir):
             list_keypoints(video_id, kdir, view_frames)  # names and frame range, checked here once
+            stray = sorted(name for name in os.listdir(kdir) if is_stray(name))
+            if stray:
+                warnings.append(f"video {video_id!r}: skipping {len(stray)} file(s) in {kdir} that are not "
+                                f"keypoint files (system, hidden or editor backup files): {', '.join(stray[:5])}")
             kpt_dirs.append(kdir)
         else:
             kpt_dirs.append(None)
@@ -170,10 +322,11 @@ def load_video(root: str, video_id: str, views: tuple[str, ...], truncate_views:
         num_frames=num_frames,
         view_frames=tuple(counts),
         fps=probes[0].fps,
-        sizes=tuple((p.width, p.height) for p in probes),
+        sources=tuple(p.source for p in probes),
         timeline=tuple(timeline),
         annotation=annotation,
         keypoint_dirs=tuple(kpt_dirs),
+        warnings=tuple(warnings),
     )
 
 
@@ -197,22 +350,28 @@ def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
     return schema, origin
 
 
-def scan_source(root: str, views: tuple[str, ...] | None = None, truncate_views: bool = False) -> ScanResult:
-    """List and validate every video of SOURCE; problems are collected, not raised."""
-    videos_dir = os.path.join(root, "videos")
-    if not os.path.isdir(videos_dir):
-        raise WriterError(f"{videos_dir}: no such directory (expected SOURCE/videos/<video_id>/<view>.mp4)")
-    video_ids = sorted(e.name for e in os.scandir(videos_dir) if e.is_dir())
-    if not video_ids:
-        raise WriterError(f"{videos_dir}: no video folders")
-    views = tuple(views) if views else discover_views(videos_dir, video_ids)
+def scan_source(
+    root: str,
+    views: tuple[str, ...] | None = None,
+    truncate_views: bool = False,
+    autorotate: bool = True,
+    listing: SourceListing | None = None,
+    resize: bool = False,
+) -> ScanResult:
+    """Validate every video of SOURCE; problems are collected, not raised. `listing` is
+    check_source's (taken again, silently, when not given)."""
+    listing = listing or list_source(root)
+    views = tuple(views) if views else listing.views
     check_view_names(views)
     good, problems = [], []
-    for vid in video_ids:
+    for vid in listing.video_ids:
         try:
-            good.append(load_video(root, vid, views, truncate_views))
+            good.append(load_video(root, vid, views, truncate_views, autorotate, resize))
         except SourceError as exc:
             problems.append(exc)
+    for spec in good:
+        for note in spec.warnings:
+            log.warning("%s", note)
     schema, origin = ({}, {})
     if good:
         schema, origin = keypoint_schema(good)

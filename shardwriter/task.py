@@ -18,7 +18,7 @@ from typing import Any
 
 from streaming.format import META, TIMELINE, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
 
-from .encode import EncodeSettings, encode_chunks, output_size
+from .encode import EncodeSettings, encode_chunks, view_encode
 from .errors import SourceError
 from .keypoints import Schema, list_keypoints, stack_chunk
 from .plan import chunk_plan, clip_timeline
@@ -84,19 +84,18 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
     spec = task.spec
     chunks = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)
     keys = [sample_key(spec.video_id, i) for i in range(len(chunks))]
-    sizes = []
-    for view, path, (w, h) in zip(spec.views, spec.paths, spec.sizes):
+    views = []
+    for path, source in zip(spec.paths, spec.sources):
         try:
-            sizes.append(output_size(task.encode, w, h))
+            views.append(view_encode(path, source, task.encode))
         except ValueError as exc:
             raise SourceError(spec.video_id, path, str(exc)) from None
     clip_paths = [[os.path.join(tmp, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
     encode_chunks(
         spec.video_id,
-        spec.paths,
+        views,
         spec.num_frames,
         spec.fps,
-        sizes,
         task.encode.resize is not None,
         chunks,
         clip_paths,
@@ -116,7 +115,7 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                 members[kpt_suffix(view)], coverage[view] = stack_chunk(
                     spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
                 )
-        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, sizes, coverage))
+        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, views, coverage))
         for view, path in zip(spec.views, clip_paths[index]):
             members[clip_suffix(view)] = path
         with work.create(fragment_name(key)) as f:
@@ -134,7 +133,7 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
     )
 
 
-def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, sizes: list, coverage: dict) -> dict:
+def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, views: list, coverage: dict) -> dict:
     spec = task.spec
     meta = {
         "key": key,
@@ -148,7 +147,10 @@ def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, en
         "fps": float(spec.fps),
         "fps_rational": f"{spec.fps.numerator}/{spec.fps.denominator}",
         "views": list(spec.views),
-        "view_sizes": {v: {"width": w, "height": h} for v, (w, h) in zip(spec.views, sizes)},
+        "view_sizes": {v: {"width": e.size[0], "height": e.size[1]} for v, e in zip(spec.views, views)},
+        "view_colour": {v: e.colour.describe() for v, e in zip(spec.views, views)},
+        "view_source": {v: s.describe() for v, s in zip(spec.views, spec.sources)},
+        "autorotate": task.encode.autorotate,
         "gop": task.encode.gop,
         "keypoints": sorted({n.partition(".")[0] for n in task.keypoint_schema}),
         "keypoint_frames": coverage,  # per view: frames of the chunk that have keypoints

@@ -6,20 +6,30 @@
     <cache_dir>/<sha256>.lock       flock: one download per shard at a time
     <cache_dir>/.cache.lock         flock: eviction and reservations, one process at a time
 
-Bytes in the folder never exceed `limit`: a download first reserves its full size, evicting
-least-recently-used complete shards (mtime, refreshed on every use) under the cache lock. A
-reservation whose owner died (its shard lock is free) is reclaimed. Downloads are written to
-`.partial` and renamed when complete (and, with verify, when their sha256 matches).
+The files in the folder never add up to more than `limit` bytes: a download first reserves
+its full size, evicting least-recently-used complete shards (mtime, refreshed on every use)
+under the cache lock. A download that does not fit beside the others (many workers
+starting at once, a limit below their demand) is not an error: `open` returns None and the
+caller reads the shard by range, uncached. A reservation whose owner died (its shard lock
+is free) is reclaimed.
+
+Readers get an open file, never a path: a shard evicted by another process after it was
+opened stays readable through that handle (its blocks are freed when the handle closes).
+Downloads are hashed while they are written; one whose sha256 or size differs from
+index.json is never cached (the caller reads that shard by range, where every sample is
+still checked on its own).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
-from .format import sha256_of
+log = logging.getLogger("vidshard.cache")
 
 
 @contextlib.contextmanager
@@ -37,65 +47,99 @@ def _flock(path: str, blocking: bool = True) -> Iterator[bool]:
 
 
 class ShardCache:
-    def __init__(self, directory: str, limit: int, verify: bool = False):
+    def __init__(self, directory: str, limit: int, verify: bool = True):
         self.dir, self.limit, self.verify = directory, limit, verify
+        self._rejected: set[str] = set()  # shards whose download did not match index.json (this process)
         os.makedirs(directory, exist_ok=True)
 
     def _path(self, name: str, ext: str) -> str:
+        # `name` is index.json's sha256, checked to be 64 hex digits when the manifest was loaded.
         return os.path.join(self.dir, f"{name}.{ext}")
 
     def usage(self) -> int:
         """Bytes counted against the limit: complete shards plus reservations."""
         total = 0
         for entry in os.scandir(self.dir):
-            if entry.name.endswith(".tar"):
-                total += entry.stat().st_size
-            elif entry.name.endswith(".reserve"):
-                with contextlib.suppress(OSError, ValueError):
-                    total += int(open(entry.path).read() or 0)
+            with contextlib.suppress(OSError, ValueError):
+                if entry.name.endswith(".tar"):
+                    total += entry.stat().st_size
+                elif entry.name.endswith(".reserve"):
+                    with open(entry.path) as f:
+                        total += int(f.read() or 0)
         return total
 
-    def get(self, sha256: str, size: int, download: Callable[[str], None], stats) -> str | None:
-        """Local path of the shard, downloading it with `download(partial_path)` if needed.
-        None when the shard is larger than the whole cache (the caller streams it instead)."""
+    def open(self, sha256: str, size: int, download: Callable[[BinaryIO], str], stats) -> BinaryIO | None:
+        """An open file of the complete shard, downloaded first with `download(file) -> sha256`
+        when missing. None: the caller reads the shard by range instead (larger than the
+        cache, no room beside other downloads now, or its download did not match)."""
         final = self._path(sha256, "tar")
-        if os.path.exists(final):
-            os.utime(final)  # LRU: most recently used
-            stats["cache_hits"] += 1
-            return final
-        if size > self.limit:
+        hit = self._open_complete(final, stats)
+        if hit is not None:
+            return hit
+        if size > self.limit or sha256 in self._rejected:
+            stats["cache_bypassed"] += 1
             return None
         with _flock(self._path(sha256, "lock")):  # one download of this shard at a time
-            if os.path.exists(final):  # another worker fetched it while we waited
-                os.utime(final)
-                stats["cache_hits"] += 1
-                return final
-            self._reserve(sha256, size)
+            hit = self._open_complete(final, stats)  # another worker fetched it while we waited
+            if hit is not None:
+                return hit
+            if not self._reserve(sha256, size):
+                stats["cache_bypassed"] += 1
+                return None
             partial = self._path(sha256, "partial")
             try:
-                download(partial)
-                if self.verify and _file_sha256(partial) != sha256:
-                    raise OSError(f"downloaded shard does not match index.json's sha256 {sha256[:16]}...")
+                with open(partial, "wb") as dst:
+                    digest = download(dst)
+                got = os.path.getsize(partial)
+                if got != size or (self.verify and digest != sha256):
+                    self._rejected.add(sha256)
+                    stats["cache_rejected"] += 1
+                    log.warning("shard %s...: the download (%d bytes, sha256 %s...) does not match index.json (%d bytes); "
+                                "not cached, read by range", sha256[:16], got, digest[:16], size)
+                    return None
+                f = open(partial, "rb")  # noqa: SIM115 (the caller's); opened before the rename, so never lost to eviction
                 os.replace(partial, final)
             finally:
                 for ext in ("partial", "reserve"):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(self._path(sha256, ext))
             stats["cache_downloads"] += 1
-            return final
+            return f
 
-    def _reserve(self, name: str, size: int) -> None:
+    @staticmethod
+    def _open_complete(final: str, stats) -> BinaryIO | None:
+        try:
+            f = open(final, "rb")  # noqa: SIM115 (the caller's)
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(f.fileno())  # LRU: most recently used
+        stats["cache_hits"] += 1
+        return f
+
+    def _reserve(self, name: str, size: int) -> bool:
+        """Reserve `size` bytes, evicting least recently used shards; False if they do not fit
+        beside the other downloads in progress."""
         with _flock(os.path.join(self.dir, ".cache.lock")):
             self._reclaim_stale()
-            complete = sorted((e for e in os.scandir(self.dir) if e.name.endswith(".tar")), key=lambda e: e.stat().st_mtime)
-            while self.usage() + size > self.limit and complete:
-                victim = complete.pop(0)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(victim.path)  # an open reader keeps its file; the name is gone
-            if self.usage() + size > self.limit:
-                raise OSError(f"cache {self.dir}: {size} bytes do not fit beside other downloads under {self.limit}")
+            used = self.usage()
+            if used + size > self.limit:
+                complete = []
+                for e in os.scandir(self.dir):
+                    if e.name.endswith(".tar"):
+                        with contextlib.suppress(FileNotFoundError):
+                            complete.append((e.stat().st_mtime, e.stat().st_size, e.path))
+                for _, victim_size, victim in sorted(complete):
+                    if used + size <= self.limit:
+                        break
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(victim)  # an open reader keeps its file; the name is gone
+                        used -= victim_size
+            if used + size > self.limit:
+                return False
             with open(self._path(name, "reserve"), "w") as f:
                 f.write(str(size))
+            return True
 
     def _reclaim_stale(self) -> None:
         for entry in os.scandir(self.dir):
@@ -106,9 +150,3 @@ class ShardCache:
                         for ext in ("partial", "reserve"):
                             with contextlib.suppress(FileNotFoundError):
                                 os.remove(self._path(name, ext))
-
-
-
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return sha256_of(f)[1]

@@ -1,9 +1,12 @@
 """VideoShardDataset: a torch IterableDataset over vidshard shards.
 
 Per epoch, each (rank, worker) computes its part of the epoch plan (`plan.py`) from the
-manifest alone, then for each window: reads the window's samples (encoded bytes, bounded by
-`shuffle_buffer`), and yields its items in the window's permuted order, decoding only the
-frames each item needs. Nothing is decoded before it is about to be yielded.
+manifest alone, then for each window: lets the previous window go, reads the window's
+samples (encoded bytes, bounded by `shuffle_buffer`; `reading.py`), and yields its items in
+the window's permuted order, decoding only the frames each item needs. Nothing is decoded
+before it is about to be yielded. Every failure, reading included, is one item's: the
+`on_error` policy decides, and `ledger.py` keeps the partition's count (skips are replaced,
+so every rank yields len(ds) items) as its resume state.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ import torch
 from .cache import ShardCache
 from .decode import ClipDecoder
 from .errors import SampleError
-from .format import CLIP_EXT, KPT_EXT, label_ids, video_of
-from .items import Options, build_item, item_specs, sample_meta
+from .format import KPT_EXT, META, TIMELINE, clip_suffix, kpt_suffix, label_ids, video_of
+from .items import Options, SampleInfo, build_item, parse_sample
+from .ledger import Ledger, NothingToPad, Planned, deliver
+from .npz import npz_bound
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
-from .remote import StorageOptions, download, open_range, redact
+from .reading import SampleReader
+from .remote import StorageOptions, redact
 from .resume import STATE_KEY
 from .sampling import MODES
-from .shards import read_run, resolve_source
+from .shards import resolve_source
 from .tario import Limits
 from .units import parse_bytes
 from .world import World
@@ -62,7 +68,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         storage: StorageOptions | None = None,
         cache_dir: str | None = None,
         cache_limit: int | str = "50GB",
-        verify_cache: bool = False,
+        verify_cache: bool = True,
     ):
         super().__init__()
         if sample not in MODES:
@@ -75,6 +81,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise ValueError("nothing to load: set load_rgb and/or load_kpt")
         self.storage = storage or StorageOptions()
         self.manifest, self.urls = resolve_source(source, self.storage)
+        _check_counts(self.manifest, limits)
         self.cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
         views = tuple(views) if views is not None else tuple(self.manifest.views)
         unknown = [v for v in views if v not in self.manifest.views]
@@ -92,6 +99,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             load_kpt=load_kpt,
             label_ids=label_ids(self.manifest.labels),
             limits=limits,
+            keypoint_schema=self.manifest.keypoints,
         )
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
@@ -119,7 +127,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             self.set_epoch(self._resume_from.spec.epoch)
         # ... or one partition's own state from StatefulDataLoader, applied to the next epoch started.
         self._pending: dict | None = None
-        self._state: dict | None = None  # the running epoch: plan spec, partition, items yielded
+        self._running: tuple[dict, World] | None = None  # the running epoch's plan spec (JSON) and partition
+        self._ledger = Ledger()  # ... and where the partition stands in it
 
     # -- epoch -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -141,22 +150,24 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     # -- resume (torchdata StatefulDataLoader calls these in each worker) ---------------
     def state_dict(self) -> dict[str, Any]:
-        return {STATE_KEY: 1, **(self._state or {"spec": None})}
+        if self._running is None:
+            return {STATE_KEY: 1, "spec": None}
+        spec, world = self._running
+        return {STATE_KEY: 1, "spec": spec, "rank": world.rank, "worker": world.worker, **self._ledger.to_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get(STATE_KEY) != 1:
             raise ValueError("not a VideoShardDataset state")
         self._pending = state if state.get("spec") else None
 
-    def _start(self, world: World) -> tuple[PlanSpec, int, int]:
-        """This epoch's plan, how many of this partition's items were consumed already, and
-        how many skipped items it still owes a substitute for."""
+    def _start(self, world: World) -> tuple[PlanSpec, Ledger]:
+        """This epoch's plan and where this partition stands in it."""
         pending, self._pending = self._pending, None
         if pending is None:
-            return self.spec(world), 0, 0
+            return self.spec(world), Ledger()
         spec = PlanSpec.from_json(pending["spec"])
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
-            return self.spec(world), 0, 0
+            return self.spec(world), Ledger()
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):
@@ -166,101 +177,117 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
                 f"{world.worker}/{world.num_workers}: to resume on another shape, merge every rank's loader "
                 "state with streaming.resume.merge_loader_states() and pass it as resume_from="
             )
-        return spec, int(pending["yielded"]), int(pending.get("owed", 0))
+        return spec, Ledger.from_state(pending)
 
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
-        spec, delivered, owed = self._start(world)
+        spec, ledger = self._start(world)
         order, windows = world_windows(self.catalog, spec, world)
-        per_worker = plan_items(self.catalog, spec) // world.num_workers
-        if per_worker == 0:
+        if plan_items(self.catalog, spec) // world.num_workers == 0:
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
                 f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
             )
-        self._state = {"spec": spec.to_json(), "rank": world.rank, "worker": world.worker, "yielded": delivered, "owed": owed}
+        self._running, self._ledger = (spec.to_json(), world), ledger
+        held = _Held(self._reader(), order)
         decoder = ClipDecoder(threads=self.decode_threads)
-        last_good = None  # (sample, sub, shard, index): encoded bytes of the last delivered item
-        for window in skip_items(windows, delivered):
-            samples = self._read_window(window, order)
-            for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
-                shard, index, sub = int(order.shard[position]), int(order.sample[position]), int(order.sub[position])
-                self._state["yielded"] += 1  # counted when consumed: delivered or skipped
-                try:
-                    item = self._item(samples[shard, index], sub, shard, index, spec.epoch, decoder)
-                except SampleError as exc:
-                    if self.on_error == "raise":
-                        raise
-                    self.stats[f"skipped_{exc.reason}"] += 1
-                    log.warning("skipping item: %s", exc)
-                    self._state["owed"] += 1
-                    continue
-                item["meta"]["padded"] = padded
+        logged: set[tuple] = set()
+
+        def on_skip(exc: SampleError) -> None:
+            if self.on_error == "raise":
+                raise exc
+            self.stats[f"skipped_{exc.reason}"] += 1
+            if (exc.shard, exc.key, exc.reason) not in logged:  # once per sample, not per segment item
+                logged.add((exc.shard, exc.key, exc.reason))
+                log.warning("skipping %s item(s) (%s): %s", exc.key or "the", exc.reason, exc)
+
+        def build(position: int) -> dict[str, Any]:
+            return self._item(held, position, spec.epoch, decoder)
+
+        try:
+            for delivery in deliver(held.planned(skip_items(windows, ledger.consumed)), build, ledger, on_skip):
+                self._ledger = delivery.ledger
+                item = delivery.item
+                item["meta"]["padded"] = delivery.padded
                 self.stats["items"] += 1
+                self.stats["substituted"] += delivery.substitute
+                del delivery
                 yield self.transform(item) if self.transform else item
                 del item  # hold no decoded item while building the next one
-                last_good = (samples[shard, index], sub, shard, index)
-                yield from self._substitutes(last_good, spec.epoch, decoder)
-        if self._state["owed"]:
-            if last_good is None:
-                raise SampleError(f"every item of rank {world.rank}, worker {world.worker} failed: nothing to pad with",
-                                  shard=redact(self.urls[0]))
-            yield from self._substitutes(last_good, spec.epoch, decoder)
+        except NothingToPad as exc:
+            raise SampleError(f"rank {world.rank}, worker {world.worker}: {exc}", shard=redact(self.urls[0])) from None
 
-    def _substitutes(self, good: tuple, epoch: int, decoder: ClipDecoder) -> Iterator[dict[str, Any]]:
-        """Repeat a good item for each skipped one, so this rank still yields len(ds) items
-        (a short rank would leave the others waiting in their next collective)."""
-        while self._state["owed"]:
-            self._state["owed"] -= 1
-            item = self._item(*good, epoch, decoder)
-            item["meta"]["padded"] = True
-            self.stats["substituted"] += 1
-            yield self.transform(item) if self.transform else item
+    def _reader(self) -> SampleReader:
+        opts = self.options
+        wanted = {META, TIMELINE} | {clip_suffix(v) for v in opts.views if opts.load_rgb} | \
+            {kpt_suffix(v) for v in opts.views if opts.load_kpt}
+        schema = self.manifest.keypoints
 
-    def _read_window(self, window: Window, order: EpochOrder) -> dict[tuple[int, int], dict]:
-        """The window's samples, read in runs of consecutive samples per shard."""
-        rgb, kpt = self.options.load_rgb, self.options.load_kpt
+        def member_limit(entry, suffix: str) -> int | None:  # a kpt.npz holds what the schema says, for its frames
+            return npz_bound(schema, entry.nframes) if suffix.endswith(KPT_EXT) and schema else None
 
-        def want(suffix: str) -> bool:
-            return not (suffix.endswith(f".{CLIP_EXT}") and not rgb or suffix.endswith(f".{KPT_EXT}") and not kpt)
+        return SampleReader(manifest=self.manifest, urls=self.urls, storage=self.storage, cache=self.cache, limits=self.limits,
+                            want=wanted.__contains__, member_limit=member_limit, stats=self.stats)
 
-        samples: dict[tuple[int, int], dict] = {}
-        pairs = window.samples(order)
-        i = 0
-        while i < len(pairs):
-            shard, first = pairs[i]
-            j = i + 1
-            while j < len(pairs) and pairs[j] == (shard, first + (j - i)):
-                j += 1
-            entries = self.manifest.shards[shard].samples[first : first + (j - i)]
-            length = sum(e.size for e in entries)
-            keys = [e.key for e in entries]
-            stream = self._open(shard, entries[0].offset, length)
-            for k, sample in enumerate(read_run(stream, redact(self.urls[shard]), keys, want, self.limits)):
-                samples[shard, first + k] = sample
-                self.stats["bytes_read"] += sum(len(v) for name, v in sample.items() if not name.startswith("__"))
-            i = j
-        return samples
-
-    def _open(self, shard: int, offset: int, length: int):
-        """A stream over [offset, offset + length) of a shard: from the local cache when one
-        is configured (downloading the whole shard once), else straight from its URL."""
-        url, entry = self.urls[shard], self.manifest.shards[shard]
-        if self.cache is not None:
-            local = self.cache.get(entry.sha256, entry.filesize,
-                                   lambda path: download(url, entry.filesize, path, self.storage, self.stats), self.stats)
-            if local is not None:
-                return open_range(local, offset, length, self.storage, self.stats)
-        return open_range(url, offset, length, self.storage, self.stats)
-
-    def _item(self, sample: dict, sub: int, shard: int, index: int, epoch: int, decoder: ClipDecoder) -> dict:
+    def _item(self, held: _Held, position: int, epoch: int, decoder: ClipDecoder) -> dict:
+        shard, index, sub = held.coordinates(position)
         url = redact(self.urls[shard])
-        if "__parsed__" not in sample:  # once per sample: segment mode builds several items from it
-            meta, timeline = sample_meta(sample, url)
-            rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
-            sample["__parsed__"] = meta, timeline, item_specs(meta, timeline, self.options, rng)
-        meta, timeline, specs = sample["__parsed__"]
-        if sub >= len(specs):
-            raise SampleError(f"index.json lists more items than the sample has ({len(specs)})", shard=url, key=sample["__key__"])
-        return build_item(sample, meta, timeline, specs[sub], self.options, decoder, url)
+        sample, info = held.get(shard, index, lambda s: self._parse(s, shard, index, epoch))
+        if sub >= len(info.specs):
+            raise SampleError(f"index.json lists more items than the sample has ({len(info.specs)})", shard=url, key=sample["__key__"])
+        return build_item(sample, info, info.specs[sub], self.options, decoder, url)
+
+    def _parse(self, sample: dict, shard: int, index: int, epoch: int) -> SampleInfo:
+        entry = self.manifest.shards[shard].samples[index]
+        rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
+        return parse_sample(sample, entry.nframes, entry.nsegments, self.options, rng, redact(self.urls[shard]))
+
+
+class _Held:
+    """The samples of the window being yielded (bytes and parsed metadata, or their errors):
+    one window at a time, released before the next is read."""
+
+    def __init__(self, reader: SampleReader, order: EpochOrder):
+        self.reader, self.order = reader, order
+        self.samples: dict[tuple[int, int], dict | SampleError] = {}
+        self.infos: dict[tuple[int, int], SampleInfo | SampleError] = {}
+
+    def planned(self, windows: list[Window]) -> Iterator[Planned]:
+        for window in windows:
+            self.samples, self.infos = {}, {}  # window k is let go before window k+1 is read
+            self.samples = self.reader.read(window.samples(self.order))
+            for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
+                yield Planned(position=position, padded=padded)
+        self.samples, self.infos = {}, {}
+
+    def coordinates(self, position: int) -> tuple[int, int, int]:
+        return int(self.order.shard[position]), int(self.order.sample[position]), int(self.order.sub[position])
+
+    def get(self, shard: int, index: int, parse) -> tuple[dict, SampleInfo]:
+        """A sample and its parsed metadata; raises its SampleError. A sample of a window
+        already released (the item a substitute repeats at the end) is read again alone."""
+        if (shard, index) not in self.samples:
+            self.samples.update(self.reader.read([(shard, index)]))
+        sample = self.samples[shard, index]
+        if isinstance(sample, SampleError):
+            raise sample.at()
+        info = self.infos.get((shard, index))
+        if info is None:
+            try:
+                info = self.infos[shard, index] = parse(sample)
+            except SampleError as exc:
+                info = self.infos[shard, index] = exc
+        if isinstance(info, SampleError):
+            raise info.at()
+        return sample, info
+
+
+def _check_counts(manifest, limits: Limits) -> None:
+    """index.json's counts size the epoch plan's arrays: bounded before any is built."""
+    for shard in manifest.shards:
+        for s in shard.samples:
+            if s.nframes > limits.max_chunk_frames or s.nsegments > limits.max_segments:
+                raise ValueError(f"index.json lists {s.nframes} frames / {s.nsegments} segments for sample {s.key!r} of "
+                                 f"{shard.url!r}, over the limits of {limits.max_chunk_frames} / {limits.max_segments} "
+                                 "(streaming.tario.Limits)")

@@ -3,8 +3,8 @@
 Clips are written with a keyframe every `gop` frames and pts = index / fps (docs/format.md),
 so the keyframe before frame f is f - f % gop: the decoder seeks there whenever that skips
 frames, decodes forward, converts only the wanted frames to RGB (resizing in the same
-swscale call) and stops after the last one. No float copy, no full-resolution copy when
-resizing, no frames beyond the last wanted one.
+swscale call, with the clip's colour matrix and range) and stops after the last one. No
+float copy, no full-resolution copy when resizing, no frames beyond the last wanted one.
 """
 
 from __future__ import annotations
@@ -15,10 +15,33 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 
 _GBRP_TO_RGB = (1, 2, 0)  # gbrp planes are G, B, R: their channel in RGB order
+
+# A clip's colour matrix (FFmpeg's AVCOL_SPC_* code, as the stream declares it) -> the
+# swscale matrix that converts it to RGB. A clip that declares none is BT.601, as the FFmpeg
+# CLI reads it; vidshard's writer tags every clip (docs/format.md).
+_SWS_MATRIX = {
+    1: Colorspace.ITU709,  # bt709
+    4: Colorspace.FCC,  # fcc
+    5: Colorspace.ITU601,  # bt470bg
+    6: Colorspace.SMPTE170M,  # smpte170m (= BT.601)
+    7: Colorspace.SMPTE240M,  # smpte240m
+    9: Colorspace.BT2020,  # bt2020nc
+    10: Colorspace.BT2020,  # bt2020c (swscale has the non-constant-luminance matrix only)
+}
+_RANGE_PC = 2  # AVCOL_RANGE_JPEG: full range; anything else is limited (tv) range
+
+
+def rgb_conversion(colorspace: int, color_range: int) -> dict:
+    """reformat() arguments that convert a YUV clip with this matrix and range to full-range RGB."""
+    return {
+        "src_colorspace": _SWS_MATRIX.get(colorspace, Colorspace.ITU601),
+        "src_color_range": ColorRange.JPEG if color_range == _RANGE_PC else ColorRange.MPEG,
+        "dst_color_range": ColorRange.JPEG,
+    }
 
 
 class ClipDecoder:
@@ -28,6 +51,7 @@ class ClipDecoder:
         self.threads = threads
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
         self._spare: np.ndarray | None = None
+        self._planar_ok: dict[tuple, bool] = {}  # (width, height, colour) -> gbrp proven right here
 
     def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for the next item's frames.
@@ -65,6 +89,9 @@ class ClipDecoder:
             frames_per_tick = float(fps * stream.time_base)  # exact enough: pts < 2**53
             height, width = size if size else (stream.codec_context.height, stream.codec_context.width)
             interpolation = Interpolation.AREA if size else None
+            # The clip's own matrix and range (meta.json's view_colour says the same), not
+            # swscale's guess; without this a full-range or BT.709 clip comes out shifted.
+            colour = rgb_conversion(stream.codec_context.colorspace, stream.codec_context.color_range)
             next_frame, frames = -1, None  # index the decoder will produce next
             for i, target in enumerate(wanted.tolist()):
                 keyframe = target - target % gop
@@ -81,10 +108,46 @@ class ClipDecoder:
                         break
                     if index > target:
                         raise EOFError(f"frame {target} missing: decoder jumped to {index}")
-                # Planar RGB straight from swscale, copied row-contiguously into [3, H, W]:
-                # packed rgb24 + a HWC->CHW transpose was 3.7x slower (docs/performance.md).
-                planes = self.reformatter.reformat(frame, format="gbrp", width=width, height=height,
-                                                   interpolation=interpolation).planes
-                for channel, plane in zip(_GBRP_TO_RGB, planes):
-                    out[i, channel] = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
+                planar = size is not None and size != (frame.height, frame.width)
+                if not planar:
+                    planar = self._unscaled_planar_ok(width, height, interpolation, colour)
+                self._convert(frame, width, height, interpolation, colour, planar, out[i])
+
+    def _convert(self, frame, width, height, interpolation, colour: dict, planar: bool, out: np.ndarray) -> None:
+        if planar:
+            # Planar RGB straight from swscale, copied row-contiguously into [3, H, W]:
+            # packed rgb24 + a HWC->CHW transpose was 3.7x slower (docs/performance.md).
+            planes = self.reformatter.reformat(frame, format="gbrp", width=width, height=height,
+                                               interpolation=interpolation, **colour).planes
+            for channel, plane in zip(_GBRP_TO_RGB, planes):
+                out[channel] = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
+        else:
+            plane = self.reformatter.reformat(frame, format="rgb24", width=width, height=height,
+                                              interpolation=interpolation, **colour).planes[0]
+            packed = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, : 3 * width]
+            np.copyto(out, packed.reshape(height, width, 3).transpose(2, 0, 1))
+
+    def _unscaled_planar_ok(self, width: int, height: int, interpolation, colour: dict) -> bool:
+        """Whether swscale's unscaled yuv420p -> gbrp conversion is right at this size here.
+
+        PyAV 18.1's FFmpeg (libswscale 9.5) leaves the last `width % 16` columns unwritten
+        for `width % 16` in 2..8 (88 px wide: columns 80-87 hold garbage), while its rgb24
+        conversion, bit-identical elsewhere, is right. The SIMD width differs between CPUs,
+        so a noise frame is converted both ways once per size and the planar path is kept
+        only where the two agree exactly.
+        """
+        key = (width, height, interpolation, tuple(sorted((k, int(v)) for k, v in colour.items())))
+        if key not in self._planar_ok:
+            noise = np.random.default_rng([width, height]).integers(0, 256, (height * 3 // 2, width), dtype=np.uint8)
+            test = av.VideoFrame.from_ndarray(noise, format="yuv420p")
+            planar, packed = np.empty((3, height, width), np.uint8), np.empty((3, height, width), np.uint8)
+            check = VideoReformatter()
+            for flag, dst in ((True, planar), (False, packed)):
+                saved, self.reformatter = self.reformatter, check
+                try:
+                    self._convert(test, width, height, interpolation, colour, flag, dst)
+                finally:
+                    self.reformatter = saved
+            self._planar_ok[key] = bool(np.array_equal(planar, packed))
+        return self._planar_ok[key]
 

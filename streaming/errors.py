@@ -1,4 +1,11 @@
-"""Typed reader errors. Each carries the shard, the sample key and (when known) the view."""
+"""Typed reader errors.
+
+`SampleError` and its subclasses are about one sample (or the samples of one byte range):
+each carries the shard, the sample key and, when known, the member and the view, and
+`on_error="skip"` turns them into counted, logged skips. `StorageError` is about the storage
+itself (a server that cannot serve byte ranges): no sample of it can be read, so it stops
+the job whatever the policy.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,25 @@ class SampleError(Exception):
 
     reason = "bad sample"
 
-    def __init__(self, message: str, *, shard: str, key: str | None = None, view: str | None = None):
-        self.shard, self.key, self.view = shard, key, view
-        where = ", ".join(f"{k}={v}" for k, v in (("shard", shard), ("key", key), ("view", view)) if v)
-        super().__init__(f"{message} [{where}]")
+    # `shard` has a default only so that torch's DataLoader can re-raise a worker's error in
+    # the main process as this same type (it calls the class with the message alone).
+    def __init__(self, message: str, *, shard: str = "", key: str | None = None, view: str | None = None,
+                 member: str | None = None):
+        self.shard, self.key, self.view, self.member = shard, key, view, member
+        self.message = message
+        where = ", ".join(f"{k}={v}" for k, v in (("shard", shard), ("key", key), ("member", member), ("view", view)) if v)
+        super().__init__(f"{message} [{where}]" if where else message)
 
-    def __reduce__(self):
-        return _rebuild, (type(self), self.args[0].rsplit(" [", 1)[0], self.shard, self.key, self.view)
+    def at(self, *, key: str | None = None, member: str | None = None) -> SampleError:
+        """The same error naming the sample key it belongs to (where the parser could not know it)."""
+        return type(self)(self.message, shard=self.shard, key=self.key or key, view=self.view, member=self.member or member)
+
+    def __reduce__(self):  # DataLoader workers send errors to the main process pickled
+        return _rebuild, (type(self), self.message, self.shard, self.key, self.view, self.member)
 
 
-def _rebuild(cls, message, shard, key, view):
-    return cls(message, shard=shard, key=key, view=view)
+def _rebuild(cls, message, shard, key, view, member):
+    return cls(message, shard=shard, key=key, view=view, member=member)
 
 
 class ShardFormatError(SampleError):
@@ -27,7 +42,28 @@ class ShardFormatError(SampleError):
     reason = "format"
 
 
+class KeypointError(ShardFormatError):
+    """A keypoint archive (.kpt.npz) that is damaged, hostile, or disagrees with index.json."""
+
+    reason = "keypoints"
+
+
 class DecodeError(SampleError):
     """A clip does not decode to the frames its meta.json promises."""
 
     reason = "decode"
+
+
+class ShardReadError(SampleError):
+    """A shard's bytes could not be read (after retries, or a permanent error such as a
+    missing or forbidden object), or a download does not match index.json."""
+
+    reason = "read"
+
+
+class StorageError(OSError):
+    """The storage cannot serve this dataset at all; not a per-sample error."""
+
+
+class RangeNotSupportedError(StorageError):
+    """An HTTP server answered a ranged GET with the whole file (status 200)."""

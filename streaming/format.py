@@ -161,7 +161,63 @@ class Manifest:
             samples = [_typed(SampleEntry, x) for x in _typed_list(s, "samples")]
             shards.append(_typed(ShardEntry, {**s, "samples": samples}))
         fields = {f.name for f in dataclasses.fields(cls)} - {"shards"}
-        return cls(**{k: obj[k] for k in fields}, shards=shards)
+        missing = sorted(f for f in fields if f not in obj)
+        if missing:
+            raise ValueError(f"index.json lacks the field(s) {missing}")
+        manifest = cls(**{k: obj[k] for k in fields}, shards=shards)
+        check_manifest(manifest)
+        return manifest
+
+
+# index.json is untrusted input (docs/security.md): its shard URLs become paths and URLs,
+# its digests cache file names, its counts array sizes. Everything is checked on load.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A relative path inside the dataset's folder: segments never start with '.', so no '..'.
+SHARD_URL = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}/){0,8}[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}\.tar")
+SAMPLE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
+# Array names are only compared with zip entry names, never used as paths: any short printable name.
+KPT_ARRAY = re.compile(r"[^\x00-\x1f/]{1,255}")
+KPT_DTYPE = re.compile(r"[<>|=][biufcSUV][1-9][0-9]{0,5}")  # fixed-size numpy types: never "O" (pickled objects)
+
+
+def check_manifest(m: Manifest) -> None:
+    """ValueError naming the field (and shard and sample) of anything index.json may not say."""
+    _check(isinstance(m.views, list) and m.views and len(set(m.views)) == len(m.views)
+           and all(isinstance(v, str) and SAFE_NAME.fullmatch(v) and v not in RESERVED_VIEWS for v in m.views),
+           "views", m.views, "a list of distinct view names ([A-Za-z0-9_-], not reserved)")
+    _check(isinstance(m.labels, list) and all(isinstance(x, str) for x in m.labels), "labels", m.labels, "a list of strings")
+    _check(isinstance(m.keypoints, dict), "keypoints", m.keypoints, "an object")
+    for name, info in m.keypoints.items():
+        ok = isinstance(info, dict) and isinstance(info.get("shape"), list) and isinstance(info.get("dtype"), str)
+        ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in info["shape"])
+        _check(ok and KPT_ARRAY.fullmatch(name) is not None and name != "mask" and KPT_DTYPE.fullmatch(info["dtype"]) is not None,
+               f"keypoints[{name!r}]", info, 'an array name with {"shape": [non-negative ints], "dtype": a fixed-size numpy type}')
+    for field in ("totals", "encoder", "config"):
+        _check(isinstance(getattr(m, field), dict), field, getattr(m, field), "an object")
+    for i, s in enumerate(m.shards):
+        where = f"shardlist[{i}]"
+        _check(SHARD_URL.fullmatch(s.url) is not None, f"{where}.url", s.url,
+               "a relative path to a .tar inside the dataset's folder (no '..', no leading '/', no scheme)")
+        _check(SHA256_HEX.fullmatch(s.sha256) is not None, f"{where}.sha256", s.sha256, "64 lowercase hex digits")
+        _check(s.filesize >= 0 and s.nsamples == len(s.samples), f"{where}.nsamples", s.nsamples,
+               f"the number of samples listed ({len(s.samples)})")
+        _check(s.nframes == sum(e.nframes for e in s.samples) and s.nsegments == sum(e.nsegments for e in s.samples),
+               f"{where}.nframes/nsegments", (s.nframes, s.nsegments), "the sums over its samples")
+        end, keys = 0, set()
+        for j, e in enumerate(s.samples):
+            at = f"{where}.samples[{j}]"
+            _check(SAMPLE_KEY.fullmatch(e.key) is not None and e.key not in keys, f"{at}.key", e.key, "a distinct sample key")
+            keys.add(e.key)
+            _check(end <= e.offset and 0 < e.size and e.offset + e.size <= s.filesize, f"{at}.offset/size", (e.offset, e.size),
+                   f"a byte range after the previous sample's (ending at {end}) and inside the shard's {s.filesize} bytes")
+            _check(e.nframes >= 1 and e.nsegments >= 0, f"{at}.nframes/nsegments", (e.nframes, e.nsegments), "nframes >= 1, nsegments >= 0")
+            end = e.offset + e.size
+
+
+def _check(ok: Any, field: str, value: Any, want: str) -> None:
+    if not ok:
+        shown = repr(value)
+        raise ValueError(f"index.json field {field} is {shown[:200]}, expected {want}")
 
 
 def sha256_of(f: IO[bytes]) -> tuple[int, str]:

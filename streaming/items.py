@@ -7,7 +7,6 @@ JSON members); `build_item` decodes exactly those frames of every view and the k
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import struct
 import zipfile
@@ -20,14 +19,15 @@ import numpy as np
 import torch
 
 from .decode import ClipDecoder
-from .errors import DecodeError, ShardFormatError
+from .errors import DecodeError, KeypointError, ShardFormatError
 from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
+from .npz import read_keypoints
 from .sampling import clip_window, frame_labels, uniform
 from .tario import Limits
 
 
 # What np.load/zipfile raise on a damaged or hostile npz (the .npy header is parsed with
-# ast.literal_eval, hence SyntaxError).
+# ast.literal_eval, hence SyntaxError). The reader uses streaming.npz; `vidshard verify` this.
 NPZ_ERRORS = (ValueError, OSError, IndexError, KeyError, EOFError, SyntaxError, NotImplementedError,
               zipfile.BadZipFile, zlib.error, struct.error)
 
@@ -51,39 +51,73 @@ class Options:
     load_kpt: bool
     label_ids: dict[str, int]
     limits: Limits
+    keypoint_schema: dict = dataclasses.field(default_factory=dict)  # index.json's: what each kpt.npz must hold
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleInfo:
+    """A sample's parsed JSON members and the items it yields: a value of its own, kept
+    beside the sample's bytes (parsed once, whatever the number of items)."""
+
+    meta: dict
+    timeline: list[Segment]
+    specs: list[ItemSpec]
+    nframes: int  # frames of the chunk, as meta.json and index.json agree
 
 
 def parse_json(sample: dict, suffix: str, shard: str) -> Any:
     key = sample["__key__"]
     if suffix not in sample:
-        raise ShardFormatError(f"sample has no {suffix} member", shard=shard, key=key)
+        raise ShardFormatError(f"sample has no {suffix} member", shard=shard, key=key, member=f"{key}.{suffix}")
     try:
         return json.loads(sample[suffix])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ShardFormatError(f"{suffix} is not valid JSON ({exc})", shard=shard, key=key) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting a thousand deep
+        raise ShardFormatError(f"{suffix} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})", shard=shard, key=key,
+                               member=f"{key}.{suffix}") from None
 
 
 def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     meta = parse_json(sample, META, shard)
     key = sample["__key__"]
     if not isinstance(meta, dict):
-        raise ShardFormatError("meta.json is not an object", shard=shard, key=key)
+        raise ShardFormatError("meta.json is not an object", shard=shard, key=key, member=f"{key}.{META}")
     for field, kind in (("start_frame", int), ("end_frame", int), ("gop", int), ("fps_rational", str), ("views", list),
                         ("view_sizes", dict), ("video_id", str), ("chunk_index", int), ("fps", (int, float))):
         if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
-            raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key)
+            raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key,
+                                   member=f"{key}.{META}")
     if not 0 <= meta["start_frame"] < meta["end_frame"] or meta["gop"] < 1:
-        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key)
+        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key, member=f"{key}.{META}")
     try:
         if Fraction(meta["fps_rational"]) <= 0:
             raise ValueError
     except (ValueError, ZeroDivisionError):
-        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key) from None
+        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key,
+                               member=f"{key}.{META}") from None
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:
-        raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key) from None
+        raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key, member=f"{key}.{TIMELINE}") from None
     return meta, timeline
+
+
+def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str) -> SampleInfo:
+    """The sample's metadata, checked against what index.json says of it (`nframes`,
+    `nsegments`) before any array is sized from it, and the items it yields."""
+    key = sample["__key__"]
+    if nframes > opts.limits.max_chunk_frames or nsegments > opts.limits.max_segments:
+        raise ShardFormatError(f"index.json lists {nframes} frames / {nsegments} segments, over the limits of "
+                               f"{opts.limits.max_chunk_frames} / {opts.limits.max_segments}", shard=shard, key=key)
+    meta, timeline = sample_meta(sample, shard)
+    frames = meta["end_frame"] - meta["start_frame"]
+    if frames != nframes or len(timeline) != nsegments:
+        raise ShardFormatError(f"meta.json/timeline.json give {frames} frames / {len(timeline)} segments, "
+                               f"index.json says {nframes} / {nsegments}", shard=shard, key=key, member=f"{key}.{META}")
+    for s in timeline:
+        if not 0 <= s.start < s.end <= frames:
+            raise ShardFormatError(f"timeline segment {s.segment_id} [{s.start}, {s.end}) is not inside the chunk's "
+                                   f"[0, {frames})", shard=shard, key=key, member=f"{key}.{TIMELINE}")
+    return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames)
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
@@ -96,10 +130,9 @@ def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.rando
     return [ItemSpec(frames=uniform(s.start, s.end, opts.num_frames), segment=s) for s in timeline]
 
 
-def build_item(
-    sample: dict, meta: dict, timeline: list[Segment], spec: ItemSpec, opts: Options, decoder: ClipDecoder, shard: str
-) -> dict[str, Any]:
+def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, decoder: ClipDecoder, shard: str) -> dict[str, Any]:
     key = sample["__key__"]
+    meta, timeline = info.meta, info.timeline
     frames = spec.frames
     item: dict[str, Any] = {
         "frame_index": torch.from_numpy(frames + meta["start_frame"]),
@@ -110,7 +143,7 @@ def build_item(
     if opts.load_rgb:
         item["video"] = torch.from_numpy(_decode_views(sample, meta, frames, opts, decoder, shard))
     if opts.load_kpt:
-        item["keypoints"], item["keypoints_mask"] = _keypoints(sample, frames, opts.views, shard)
+        item["keypoints"], item["keypoints_mask"] = _keypoints(sample, frames, info.nframes, opts, shard)
     info = {
         "key": key,
         "shard": shard,
@@ -139,7 +172,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
     for v, view in enumerate(opts.views):
         data = sample.get(clip_suffix(view))
         if data is None:
-            raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view)
+            raise ShardFormatError(f"sample has no {clip_suffix(view)} member", shard=shard, key=key, view=view,
+                                   member=f"{key}.{clip_suffix(view)}")
         stored = _stored_size(meta, view, shard, key)
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
@@ -153,7 +187,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
         except (EOFError, OSError, ValueError, av.FFmpegError) as exc:
-            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view) from None
+            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
+                              member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
         return decoded
     return decoded[:, inverse]  # repeated indices: expand once, after decoding each frame once
@@ -177,25 +212,17 @@ def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]
         raise ShardFormatError(f"meta.json has no view_sizes for {view!r}", shard=shard, key=key, view=view) from None
 
 
-def _keypoints(sample: dict, frames: np.ndarray, views: tuple[str, ...], shard: str):
+def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, shard: str):
     key = sample["__key__"]
     per_view, masks = [], []
-    for view in views:
+    for view in opts.views:
         data = sample.get(kpt_suffix(view))
         if data is None:
-            raise ShardFormatError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view)
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                arrays = {name: npz[name][frames] for name in npz.files}
-        except NPZ_ERRORS as exc:
-            raise ShardFormatError(f"{view}.{KPT_EXT} unreadable ({type(exc).__name__}: {exc})", shard=shard, key=key, view=view) from None
-        if "mask" not in arrays:
-            raise ShardFormatError(f"{view}.{KPT_EXT} has no mask", shard=shard, key=key, view=view)
-        masks.append(arrays.pop("mask").astype(bool))
+            raise KeypointError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view,
+                                member=f"{key}.{kpt_suffix(view)}")
+        arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, shard=shard, key=key, view=view)
+        masks.append(mask)
         per_view.append(arrays)
-    names = sorted(per_view[0])
-    try:
-        keypoints = {name: torch.from_numpy(np.stack([a[name] for a in per_view])) for name in names}
-        return keypoints, torch.from_numpy(np.stack(masks))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ShardFormatError(f"keypoint arrays differ between views ({exc})", shard=shard, key=key) from None
+    # Every view's arrays have the schema's shapes and dtypes (checked): they stack.
+    keypoints = {name: torch.from_numpy(np.stack([a[name] for a in per_view])) for name in sorted(per_view[0])}
+    return keypoints, torch.from_numpy(np.stack(masks))

@@ -2,8 +2,8 @@
 
 A run is consecutive samples of one shard: the reader seeks to the first sample's byte
 offset (from index.json) and reads exactly the run's bytes, so nothing outside the planned
-samples is fetched. Members are parsed as untrusted data (`tario.py`) and the keys found
-are checked against the manifest's.
+samples is fetched. Members are parsed as untrusted data (`tario.py`), each sample from its
+own byte range, and the keys found are checked against the manifest's.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import posixpath
 from collections.abc import Iterator, Sequence
 
 import braceexpand
-from .errors import ShardFormatError
-from .format import INDEX_NAME, Manifest
+
+from .format import INDEX_NAME, Manifest, SampleEntry
 from .remote import StorageOptions, read_bytes, redact
-from .tario import Limits, iter_samples
+from .tario import Limits, Span, read_sample
 
 
 def _join(base: str, name: str) -> str:
@@ -63,16 +63,13 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions()) -> Manif
         raise ValueError(f"{redact(url)}: {exc}") from None
 
 
-def read_run(stream, url: str, keys: list[str], want=lambda suffix: True, limits: Limits = Limits()) -> Iterator[dict]:
-    """The samples `keys`, in order, from a stream positioned at the first one's header
-    and ending after the last one (open_range). Only members `want` accepts are read."""
+def read_run(stream, url: str, entries: Sequence[SampleEntry], want=lambda suffix: True,
+             limits: Limits = Limits()) -> Iterator[dict]:
+    """The samples `entries` (consecutive in their shard), in order, from a stream positioned
+    at the first one's header (open_range); each is parsed from exactly its own byte range.
+    Only members `want` accepts are read; the first bad sample raises its ShardFormatError."""
     with stream:
-        expected = iter(keys)
-        for sample in iter_samples(stream, url, limits, want):
-            key = next(expected, None)
-            if sample["__key__"] != key:
-                raise ShardFormatError(f"found sample {sample['__key__']!r} where index.json lists {key!r}", shard=url, key=key)
-            yield sample
-        left = next(expected, None)
-        if left is not None:
-            raise ShardFormatError("shard ends before a sample index.json lists", shard=url, key=left)
+        for entry in entries:
+            span = Span(stream, entry.size, url)
+            yield read_sample(span, url, entry.key, limits, want)
+            span.drain()

@@ -6,21 +6,30 @@ file named `<key>.<suffix>` with a safe key (no '/', no '..', no absolute path),
 `max_member_bytes` long (checked from the header, before reading); a sample's members must
 be adjacent and not repeated. Anything else is a ShardFormatError naming shard and member.
 Member names are only ever compared, never used as file paths.
+
+Every read tarfile makes goes through a `Span`, which bounds it: a header read (long names,
+pax records) may ask for at most `HEADER_READ_BYTES`, a member's data at most the size its
+checked header declared, so no declared size allocates memory before a limit has passed it.
+Members are read with one allocation each (tarfile's seekable mode over the span; its
+stream mode joins 10 KiB records and holds a member twice).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
-from .errors import ShardFormatError
+from .errors import SampleError, ShardFormatError
 
 SAFE_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+")
 # Suffixes the reader understands; anything else (e.g. .pyd, .pickle, .pth) is never read.
 KNOWN_SUFFIX = re.compile(r"(meta\.json|timeline\.json|[A-Za-z0-9_-]+\.(mp4|kpt\.npz))")
+HEADER_READ_BYTES = 1 << 20  # one tar header record (a GNU long name, a pax header): far above any real one
+_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,49 +40,152 @@ class Limits:
     max_json_bytes: int = 16 * 1024**2  # meta.json / timeline.json
     max_frame_pixels: int = 8192 * 8192  # width x height of one decoded frame
     max_item_bytes: int = 32 * 1024**3  # V x T x 3 x H x W of one decoded item
+    max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
+    max_segments: int = 100_000  # timeline segments of one chunk
 
 
-def check_member(info: tarfile.TarInfo, url: str, limits: Limits) -> tuple[str, str]:
-    """(key, suffix) of a member that may be read; ShardFormatError otherwise."""
+def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:
+    """(key, suffix) of a member that may be read; ShardFormatError otherwise. `limit`
+    overrides the byte limit of the member's kind (the caller may know a tighter one)."""
     name = info.name
-    if not info.isreg():
+    if not info.isreg() or info.type not in _REGULAR or info.sparse is not None:
         kind = "symlink" if info.issym() else "hardlink" if info.islnk() else "device file" if info.isdev() else \
-            "directory" if info.isdir() else f"type {info.type!r}"
-        raise ShardFormatError(f"member {name!r} is a {kind}, not a regular file", shard=url)
+            "directory" if info.isdir() else "sparse file" if info.sparse is not None else f"type {info.type!r}"
+        raise ShardFormatError(f"member is a {kind}, not a regular file", shard=url, member=name)
     if not SAFE_MEMBER.fullmatch(name) or ".." in name:
-        raise ShardFormatError(f"member name {name!r} is not <key>.<suffix> (paths, '..' and odd characters are refused)", shard=url)
+        raise ShardFormatError("member name is not <key>.<suffix> (paths, '..' and odd characters are refused)",
+                               shard=url, member=name)
     key, _, suffix = name.partition(".")
-    limit = limits.max_json_bytes if suffix.endswith(".json") else limits.max_member_bytes
+    if limit is None:
+        limit = limits.max_json_bytes if suffix.endswith(".json") else limits.max_member_bytes
     if info.size > limit:
-        raise ShardFormatError(f"member {name!r} declares {info.size} bytes, over the limit of {limit}", shard=url, key=key)
+        raise ShardFormatError(f"member declares {info.size} bytes, over the limit of {limit}", shard=url, key=key, member=name)
     return key, suffix
 
 
+class Span:
+    """[0, length) of a forward-only byte stream as the seekable file tarfile wants.
+
+    Seeks only go forward (skipped bytes are read and dropped, or seeked over when the
+    stream can seek); `allow(n)` sets how much one read may ask for.
+    """
+
+    def __init__(self, src: IO[bytes], length: int, url: str):
+        self.src, self.length, self.url = src, length, url
+        self.pos = 0
+        self.max_read = HEADER_READ_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def allow(self, n: int) -> None:
+        self.max_read = max(n, HEADER_READ_BYTES)
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self.length - self.pos
+        if n is None or n < 0:
+            n = left
+        if n > self.max_read:  # what the record declares, however little of it the range holds
+            raise ShardFormatError(f"a tar record asks to read {n} bytes at once, over the limit of {self.max_read}", shard=self.url)
+        data = self.src.read(min(n, left))
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self.pos + offset if whence == io.SEEK_CUR else self.length + offset
+        if target < self.pos:
+            raise ShardFormatError(f"tar record points backwards (to byte {target} from {self.pos})", shard=self.url)
+        self.skip(min(target, self.length) - self.pos)
+        return self.pos
+
+    def skip(self, n: int) -> None:
+        if n > 0 and self.src.seekable():
+            self.src.seek(n, io.SEEK_CUR)
+            self.pos += n
+            return
+        while n > 0:
+            block = self.src.read(min(n, 1 << 20))
+            if not block:
+                return
+            self.pos += len(block)
+            n -= len(block)
+
+    def drain(self) -> None:
+        """Move to the end of the span: the source stands at the next span's first byte."""
+        self.skip(self.length - self.pos)
+
+    def close(self) -> None:
+        pass
+
+
 def iter_samples(
-    fileobj: IO[bytes], url: str, limits: Limits, want: Callable[[str], bool] = lambda suffix: True
+    fileobj: IO[bytes], url: str, limits: Limits, want: Callable[[str], bool] = lambda suffix: True,
+    limit: Callable[[str], int | None] = lambda suffix: None,
 ) -> Iterator[dict]:
-    """Samples ({"__key__", suffix: bytes}) of a tar stream; only wanted known suffixes are read."""
+    """Samples ({"__key__", suffix: bytes}) of a tar file; only wanted known suffixes are read.
+
+    `fileobj` must be seekable forward (a local or fsspec file, or a `Span`). `limit(suffix)`
+    may give a member kind a tighter byte limit than `limits`.
+    """
+    span = fileobj if isinstance(fileobj, Span) else None
     key = None
     data: dict[str, bytes] = {}
     seen: set[str] = set()  # suffixes of the current sample, read or passed over
     finished: set[str] = set()
+    member = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
             for info in tar:
-                member_key, suffix = check_member(info, url, limits)
+                member = info.name
+                member_key, suffix = check_member(info, url, limits, limit(info.name.partition(".")[2]))
                 if member_key != key:
                     if key is not None:
                         finished.add(key)
                         yield {"__key__": key, **data}
                     if member_key in finished:
-                        raise ShardFormatError(f"members of {member_key!r} are not adjacent in the shard", shard=url, key=member_key)
+                        raise ShardFormatError(f"members of {member_key!r} are not adjacent in the shard", shard=url,
+                                               key=member_key, member=member)
                     key, data, seen = member_key, {}, set()
                 if suffix in seen:
-                    raise ShardFormatError(f"duplicate member {info.name!r} in one sample", shard=url, key=key)
+                    raise ShardFormatError("duplicate member in one sample", shard=url, key=key, member=member)
                 seen.add(suffix)
                 if KNOWN_SUFFIX.fullmatch(suffix) and want(suffix):
+                    if span is not None:
+                        span.allow(info.size)
                     data[suffix] = tar.extractfile(info).read()
-    except tarfile.TarError as exc:
-        raise ShardFormatError(f"not a readable tar ({exc})", shard=url, key=key) from None
+                    if span is not None:
+                        span.allow(0)
+                member = None
+    except SampleError as exc:
+        raise exc.at(key=key) from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise ShardFormatError(f"not a readable tar ({exc})", shard=url, key=key, member=member) from None
     if key is not None:
         yield {"__key__": key, **data}
+
+
+def read_sample(span: Span, url: str, key: str, limits: Limits, want: Callable[[str], bool] = lambda suffix: True,
+                limit: Callable[[str], int | None] = lambda suffix: None) -> dict:
+    """The one sample `key` whose tar records fill `span` (its byte range from index.json).
+
+    Errors name `key` even where the bytes do not say which sample they belong to. The
+    caller drains the span (`span.drain()`) to read the next sample from the same stream.
+    """
+    try:
+        found = None
+        for sample in iter_samples(span, url, limits, want, limit):
+            if sample["__key__"] != key or found is not None:
+                raise ShardFormatError(f"found sample {sample['__key__']!r} in the byte range index.json gives {key!r}",
+                                       shard=url, key=key)
+            found = sample
+        if found is None:
+            raise ShardFormatError("no member in the byte range index.json gives the sample", shard=url, key=key)
+        return found
+    except SampleError as exc:
+        raise exc.at(key=key) from None

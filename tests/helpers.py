@@ -52,9 +52,10 @@ def write(src: str, out: str, **kw) -> object:
     return write_dataset(src, out, WriteConfig(**kw), workers=workers, engine=engine)
 
 
-def rebuild_shard(out: str, mutate, shard_index: int = 0) -> None:
+def rebuild_shard(out: str, mutate, shard_index: int = 0, tar_format: int = tarfile.USTAR_FORMAT, patch=None) -> None:
     """Rewrite one shard with `mutate(samples)` applied ({key: {suffix: bytes}}, in order),
-    and update index.json (offsets, sizes, sha256), as a hostile or buggy writer would."""
+    and update index.json (offsets, sizes, sha256), as a hostile or buggy writer would.
+    `patch(raw) -> raw` edits the tar's bytes in place afterwards (same length)."""
     import hashlib
     import io
 
@@ -65,14 +66,12 @@ def rebuild_shard(out: str, mutate, shard_index: int = 0) -> None:
     samples = read_shard(path)
     members = mutate(samples)  # -> list of (name, bytes) or tarfile.TarInfo with data
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tar_format) as tar:
         for name, data in members:
             info = name if isinstance(name, tarfile.TarInfo) else tarfile.TarInfo(name)
             info.size = len(data) if info.isreg() else 0
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
     raw = buf.getvalue()
-    with open(path, "wb") as f:
-        f.write(raw)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         firsts: dict[str, int] = {}
         ends: dict[str, int] = {}
@@ -80,6 +79,10 @@ def rebuild_shard(out: str, mutate, shard_index: int = 0) -> None:
             key = m.name.partition(".")[0]
             firsts.setdefault(key, m.offset)
             ends[key] = m.offset_data + -(-m.size // 512) * 512
+    if patch is not None:
+        raw = patch(raw)
+    with open(path, "wb") as f:
+        f.write(raw)
     for s in entry["samples"]:
         if s["key"] in firsts:
             s["offset"], s["size"] = firsts[s["key"]], ends[s["key"]] - firsts[s["key"]]

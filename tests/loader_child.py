@@ -16,6 +16,7 @@ import sys
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streaming import VideoShardDataset, collate
+from streaming.resume import dataset_states
 
 
 def main(args: dict) -> dict:
@@ -25,7 +26,8 @@ def main(args: dict) -> dict:
         dist.init_process_group("gloo")  # World.detect() then reads rank/world from torch.distributed
     resume_from = json.load(open(args["resume_from"])) if args.get("resume_from") else None
     ds = VideoShardDataset(args["source"], sample=args.get("sample", "chunk"), load_rgb=False, load_kpt=True,
-                           resume_from=resume_from, shuffle_buffer="40KB", num_frames=args.get("num_frames"))
+                           resume_from=resume_from, shuffle_buffer="40KB", num_frames=args.get("num_frames"),
+                           on_error=args.get("on_error", "raise"))
     ds.set_epoch(args.get("epoch", 0))
     loader = StatefulDataLoader(ds, batch_size=args["batch"], num_workers=args["workers"], collate_fn=collate)
     if args.get("load"):
@@ -36,10 +38,15 @@ def main(args: dict) -> dict:
         batches += 1
         if args.get("steps") is not None and batches == args["steps"]:
             break
+    state = loader.state_dict()
     if args.get("save"):
         with open(args["save"], "w") as f:
-            json.dump(loader.state_dict(), f)
-    return {"items": items, "batches": batches, "len": len(ds)}
+            json.dump(state, f)
+    skipped: dict[str, int] = {}
+    for s in dataset_states(state):
+        for reason, n in (s.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    return {"items": items, "batches": batches, "len": len(ds), "skipped": skipped}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -19,7 +20,10 @@ def free_port() -> int:
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
-    """Serves a folder; honours `Range: bytes=a-b` with 206 Partial Content."""
+    """Serves a folder; honours `Range: bytes=a-b` with 206 Partial Content. `chunk_delay`
+    seconds pass between 64 KiB chunks (a slow link, so transfers overlap in time)."""
+
+    chunk_delay = 0.0
 
     def log_message(self, *args):  # quiet
         pass
@@ -56,11 +60,14 @@ class RangeHandler(SimpleHTTPRequestHandler):
                 break
             outputfile.write(chunk)
             remaining -= len(chunk)
+            if self.chunk_delay:
+                time.sleep(self.chunk_delay)
 
 
 class HTTPFileServer:
-    def __init__(self, root: str):
-        handler = lambda *a, **kw: RangeHandler(*a, directory=root, **kw)  # noqa: E731
+    def __init__(self, root: str, chunk_delay: float = 0.0):
+        handler_class = type("Handler", (RangeHandler,), {"chunk_delay": chunk_delay})
+        handler = lambda *a, **kw: handler_class(*a, directory=root, **kw)  # noqa: E731
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -29,6 +29,27 @@ def _views(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _quirk(text: str) -> tuple[str, object]:
+    """VIEW:KEY=VALUE[,KEY=VALUE...] -> (view, ViewQuirks), e.g. left:rotate=90,hflip=1."""
+    import dataclasses
+
+    from vidshard.synth import ViewQuirks
+
+    view, _, spec = text.partition(":")
+    fields = {f.name: f.type for f in dataclasses.fields(ViewQuirks)}
+    values = {}
+    try:
+        for item in filter(None, spec.split(",")):
+            key, _, value = item.partition("=")
+            if key not in fields:
+                raise ValueError(f"unknown quirk {key!r} (one of {', '.join(fields)})")
+            kind = {"int": int, "bool": lambda v: v.lower() in ("1", "true", "yes"), "str": str}[fields[key]]
+            values[key] = kind(value)
+        return view, ViewQuirks(**values)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--quirk {text!r}: {exc}") from None
+
+
 def _bytes(text: str) -> int:
     try:
         return parse_bytes(text)
@@ -44,7 +65,8 @@ def cmd_write(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         views=args.views,
         shard_bytes=args.shard_size,
-        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize),
+        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize,
+                              autorotate=not args.no_autorotate),
         seed=args.seed,
         on_error=args.on_error,
         truncate_views=args.truncate_views,
@@ -71,7 +93,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from vidshard.synth import synth_source
 
     ids = synth_source(args.out, videos=args.videos, frames=args.frames, views=args.views, size=args.size,
-                       fps=Fraction(args.fps), seed=args.seed, keypoints=not args.no_keypoints)
+                       fps=Fraction(args.fps), seed=args.seed, keypoints=not args.no_keypoints,
+                       quirks=dict(args.quirk))
     print(f"wrote {len(ids)} videos x {len(args.views)} views x {args.frames} frames to {args.out}")
     return 0
 
@@ -157,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")
     w.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 constant rate factor")
     w.add_argument("--preset", default=EncodeSettings.preset, help="x264 preset")
+    w.add_argument("--no-autorotate", action="store_true",
+                   help="keep each view's stored orientation (default: turn it as its display matrix says)")
     w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
     w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
     w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
@@ -177,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", default="30", help="frame rate, e.g. 30 or 30000/1001")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-keypoints", action="store_true")
+    s.add_argument("--quirk", type=_quirk, action="append", default=[], metavar="VIEW:KEY=VALUE,...",
+                   help="give a view a real recording's quirk: rotate=90, hflip=1, full_range=1, lead_in=5, "
+                        "vfr=1, codec=libvpx-vp9 (repeatable)")
     s.set_defaults(func=cmd_synth)
 
     d = sub.add_parser("demo", help="synthetic source -> shards -> one streamed epoch")

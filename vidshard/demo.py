@@ -1,5 +1,5 @@
-"""`vidshard demo`: synthetic multi-view source -> shards -> one streamed epoch -> a few
-training steps of the chunked-loading example.
+"""`vidshard demo`: synthetic multi-view source -> shards -> one streamed epoch -> a short
+training run of the chunked-loading example (loss and validation accuracy per epoch).
 
 Everything lives under the config's work_dir; a second run reuses the source and shards.
 """
@@ -51,7 +51,7 @@ def run_demo(config_path: str | None) -> dict:
     baseline = peak_rss_mb()
     shards = prepare_shards(cfg)
     # The streamed epoch shows chunk mode as the original used it: every frame of each chunk.
-    ds = make_dataset(cfg, shards, num_frames=None if cfg.data.sample == "chunk" else cfg.data.num_frames)
+    ds = make_dataset(cfg, shards, num_frames=None if cfg.data.sample == "chunk" else cfg.data.num_frames, img_size=None)
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate,
                         persistent_workers=cfg.data.num_workers > 0)
     start = time.perf_counter()
@@ -75,12 +75,19 @@ def run_demo(config_path: str | None) -> dict:
           f"(all views), first batch after {first:.2f} s")
     print("peak RSS per DataLoader worker: " + ", ".join(f"{r:.0f} MB" for r in result["worker_peak_rss_mb"])
           + f" (torch and PyAV alone: {baseline:.0f} MB in the main process, shared after fork)")
-    if cfg.trainer.max_steps:
+    if cfg.trainer.max_epochs:
         from vidshard.train.trainer import Trainer
 
+        start = time.perf_counter()
+        logging.getLogger("vidshard.train").setLevel(logging.WARNING)  # the table below says it once
         trainer = Trainer(cfg, shards)
         history = trainer.fit(os.path.join(cfg.work_dir, "checkpoint.pt"), max_steps=cfg.trainer.max_steps)
-        result["losses"] = history["losses"]
-        print(f"training ({cfg.model.backbone}, {cfg.model.view_fusion} fusion, segment items): {trainer.step} optimizer steps, "
-              f"loss {history['losses'][0]:.3f} -> {history['losses'][-1]:.3f}; checkpoint in {cfg.work_dir}/checkpoint.pt")
+        result.update(losses=history["losses"], epoch_loss=history["epoch_loss"], val_acc=history["val_acc"])
+        chance = 1 / len(m.labels)
+        print(f"training the example ({cfg.model.backbone} backbone, {cfg.model.view_fusion} fusion) to classify timeline "
+              f"segments ({cfg.data.num_frames} frames each) into {len(m.labels)} labels; "
+              f"{len(trainer.val_ids)} of {m.totals['videos']} videos held out for validation:")
+        for epoch, (loss, acc) in enumerate(zip(history["epoch_loss"], history["val_acc"])):
+            print(f"  epoch {epoch + 1}: mean loss {loss:.3f}, validation accuracy {acc:.0%} (chance {chance:.0%})")
+        print(f"{trainer.step} optimizer steps in {time.perf_counter() - start:.0f} s; checkpoint in {cfg.work_dir}/checkpoint.pt")
     return result

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vidshard.synth import MAX_FRAMES, barcode_image, read_barcode, synth_source
+from vidshard.synth import MAX_FRAMES, ViewQuirks, barcode_image, read_barcode, synth_source
 
 from ..helpers import ffmpeg_frames
 
@@ -47,3 +47,42 @@ def test_synth_source_layout_and_pixels(tmp_path):
     assert ann["timeline"] and all(s["end"] <= 20 for s in ann["timeline"])
     kpts = sorted(os.listdir(tmp_path / "keypoints/session_000/front"))
     assert kpts[0] == "000000_sam3d_body.npz" and 0 < len(kpts) < 20  # some frames have none
+
+
+def test_frames_are_tinted_with_their_label_and_barcodes_still_read(tmp_path):
+    from vidshard.synth import LABELS, label_tint
+
+    synth_source(str(tmp_path), videos=1, frames=60, views=("front",), size=(32, 32), seed=5)
+    timeline = json.loads((tmp_path / "annotations/session_000.json").read_text())["timeline"]
+    frames = ffmpeg_frames(str(tmp_path / "videos/session_000/front.mp4"), 32, 32)
+    assert [read_barcode(f) for f in frames] == [(i, 0) for i in range(60)]
+    labelled = {f: seg["label"] for seg in timeline for f in range(seg["start"], seg["end"])}
+    assert len(set(labelled.values())) > 1 and len(labelled) < 60  # several labels, and a gap
+    tints = {LABELS.index(label): np.array(label_tint(LABELS.index(label))) - 128 for label in LABELS}
+    for f, rgb in enumerate(frames.astype(np.float32)):
+        r, g, b = rgb.reshape(-1, 3).mean(axis=0)
+        v_dir, u_dir = r - g, b - g  # grey: both ~0; a tint pushes them along its (U, V) direction
+        if f not in labelled:
+            assert abs(v_dir) < 6 and abs(u_dir) < 6, f
+            continue
+        u, v = tints[LABELS.index(labelled[f])]
+        closest = min(tints, key=lambda i: (tints[i][0] * 2.0 - u_dir) ** 2 + (tints[i][1] * 2.0 - v_dir) ** 2)
+        assert closest == LABELS.index(labelled[f]), (f, labelled[f])
+
+
+def test_synth_cli_gives_views_real_recording_quirks(tmp_path):
+    import subprocess
+
+    from vidshard.cli import main
+
+    out = str(tmp_path / "src")
+    assert main(["synth", out, "--videos", "1", "--frames", "12", "--no-keypoints", "--size", "64x48",
+                 "--quirk", "left:rotate=90,hflip=1", "--quirk", "right:full_range=1,lead_in=3,vfr=1"]) == 0
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height,color_range:stream_side_data=rotation",
+                            "-of", "compact", os.path.join(out, "videos", "session_000", "left.mp4")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "width=48|height=64" in probe and "rotation=90" in probe
+    with pytest.raises(SystemExit):
+        main(["synth", out, "--quirk", "left:spin=3"])
+    with pytest.raises(ValueError, match="not among"):
+        synth_source(out, videos=1, frames=4, views=("front",), quirks={"back": ViewQuirks(rotate=90)})

@@ -5,16 +5,18 @@ from __future__ import annotations
 import collections
 import json
 import os
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image
 
 from vidshard.cli import main
-from vidshard.synth import keypoint_missing, read_barcode
+from vidshard.synth import ViewQuirks, keypoint_missing, read_barcode, synth_source, write_video
 from vidshard.tools.preview import layout, show
 from vidshard.tools.survey import survey
 
-from ..helpers import VIEWS, read_dataset
+from ..helpers import VIEWS, read_dataset, write
+from ..recordings import display_frames, psnr
 
 
 def test_inspect_matches_manifest_and_source(small_dataset, small_source, capsys):
@@ -58,7 +60,7 @@ def test_show_tiles_hold_the_stamped_frames(small_dataset, tmp_path):
     out = str(tmp_path / "p.png")
     key = show(small_dataset, "session_002_00001", out, columns=5, keypoints=False)
     image = np.asarray(Image.open(out).convert("RGB"))
-    lay = layout(3, 5, 64, 48)
+    lay = layout(5, [(64, 48)] * 3)
     assert key == "session_002_00001" and image.shape[:2] == (lay.size[1], lay.size[0])
     shown = np.unique(np.linspace(0, 29, 5).round().astype(int)) + 24  # chunk [24, 54)
     for v in range(3):
@@ -67,11 +69,37 @@ def test_show_tiles_hold_the_stamped_frames(small_dataset, tmp_path):
             assert read_barcode(image[y0:y1, x0:x1]) == (frame, v)
 
 
+def test_show_keeps_each_views_shape(tmp_path):
+    """A phone held upright among landscape views: its tiles are portrait and hold the frames
+    as the FFmpeg CLI displays the source, not squashed to the first view's size."""
+    src = str(tmp_path / "src")
+    synth_source(src, videos=1, frames=12, views=("front", "phone"), size=(64, 48), keypoints=False)
+    folder = os.path.join(src, "videos", "session_000")
+    # Stored 64x48 sideways with a display matrix, shown 48x64: what a phone writes.
+    write_video(os.path.join(folder, "phone.mp4"), 1, 12, (48, 64), Fraction(30), quirks=ViewQuirks(rotate=90))
+    out = str(tmp_path / "out")
+    write(src, out, max_video_frames=12)
+    png = str(tmp_path / "s.png")
+    show(out, "session_000_00000", png, columns=4, keypoints=False)
+    image = np.asarray(Image.open(png).convert("RGB"))
+    lay = layout(4, [(64, 48), (48, 64)])
+    assert image.shape[:2] == (lay.size[1], lay.size[0])
+    shown = np.unique(np.linspace(0, 11, 4).round().astype(int))
+    for v, view in enumerate(("front", "phone")):
+        reference = display_frames(os.path.join(folder, f"{view}.mp4"))
+        for c, frame in enumerate(shown):
+            x0, y0, x1, y1 = lay.box(v, c)
+            tile = image[y0:y1, x0:x1]
+            assert read_barcode(tile) == (frame, v)
+            want = reference[frame].repeat(lay.scale, axis=0).repeat(lay.scale, axis=1)
+            assert psnr(tile, want) > 30, (view, frame, psnr(tile, want))
+
+
 def test_show_draws_keypoints_where_present(small_dataset, tmp_path):
     out = str(tmp_path / "k.png")
     show(small_dataset, "session_000_00000", out, columns=30)  # every frame of chunk [0, 30)
     image = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    lay = layout(3, 30, 64, 48)
+    lay = layout(30, [(64, 48)] * 3)
     for v in range(3):
         for frame in range(30):
             x0, y0, x1, y1 = lay.box(v, frame)

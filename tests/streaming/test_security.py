@@ -15,7 +15,7 @@ import pytest
 
 from vidshard.cli import main
 from streaming import VideoShardDataset
-from streaming.errors import DecodeError, ShardFormatError
+from streaming.errors import DecodeError, KeypointError, ShardFormatError
 from streaming.tario import Limits, iter_samples
 
 from ..helpers import members_of, rebuild_shard
@@ -115,7 +115,10 @@ def mutate_first(change):
         (lambda s: s.__setitem__("meta.json", json.dumps({"start_frame": "0"}).encode()), ShardFormatError, "wrong type"),
         (lambda s: s.__setitem__("meta.json", b"\xff not json"), ShardFormatError, "not valid JSON"),
         (lambda s: s.__setitem__("timeline.json", json.dumps({"segments": [{"label": 3}]}).encode()), ShardFormatError, "timeline.json"),
-        (lambda s: s.__setitem__("meta.json", _meta_with(s, end_frame=lambda m: m["end_frame"] + 5)), DecodeError, "clip declares"),
+        (lambda s: s.__setitem__("meta.json", _meta_with(s, end_frame=lambda m: m["end_frame"] + 5)), ShardFormatError,
+         "give 35 frames / 5 segments, index.json says 30 / 5"),
+        (lambda s: s.__setitem__("meta.json", _meta_with(s, view_sizes=lambda m: {v: {"width": 80, "height": 48} for v in m["views"]})),
+         DecodeError, "clip declares"),
         (lambda s: s.__setitem__("meta.json", _meta_with(s, view_sizes=lambda m: {v: {"width": 100000, "height": 100000} for v in m["views"]})),
          ShardFormatError, "outside the limit"),
     ],
@@ -134,16 +137,21 @@ def _meta_with(sample, **changes):
     return json.dumps(meta).encode()
 
 
-def test_npz_with_object_arrays_is_refused(copy):
+@pytest.mark.parametrize("arrays, reason", [
+    ({"evil": np.array([{"a": 1}], dtype=object)}, r"arrays \['evil.npy', 'mask.npy'\] differ from index.json's schema"),
+    ({"sam3d_body.frame": np.array([{"a": 1}] * 30, dtype=object), "sam3d_body.joints_2d": np.zeros((30, 17, 2), "<f4")},
+     "holds Python objects"),
+])
+def test_npz_with_object_arrays_is_refused(copy, arrays, reason):
     def change(sample):
         buf = io.BytesIO()
-        np.savez(buf, mask=np.ones(30, bool), evil=np.array([{"a": 1}], dtype=object))
+        np.savez(buf, mask=np.ones(30, bool), **arrays)
         sample["front.kpt.npz"] = buf.getvalue()
 
     rebuild_shard(copy, mutate_first(change))
-    with pytest.raises(ShardFormatError, match="unreadable .*allow_pickle") as info:
+    with pytest.raises(KeypointError, match=reason) as info:
         list(VideoShardDataset(copy, shuffle=False, load_rgb=False, load_kpt=True))
-    assert info.value.view == "front"
+    assert info.value.view == "front" and info.value.key and info.value.member.endswith(".front.kpt.npz")
 
 
 class _Payload:

@@ -123,3 +123,159 @@ def test_credentials_never_appear_in_logs_or_errors(small_dataset, s3_server, ca
     text = caplog.text + "\n".join(messages) + cli.stdout + cli.stderr
     assert messages and "all checks hold" in cli.stdout
     assert SECRET not in text and "AKIAVIDSHARDTEST" not in text
+
+
+def serve_with_python_http_server(root: str) -> tuple[subprocess.Popen, int]:
+    """`python -m http.server` over a folder: the quickest server there is, and one that
+    ignores Range headers (every GET answers 200 with the whole file)."""
+    import socket
+
+    from ..servers import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", root],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("python -m http.server did not start")
+
+
+@pytest.fixture
+def plain_http(small_dataset):
+    server, port = serve_with_python_http_server(small_dataset)
+    yield f"http://127.0.0.1:{port}"
+    server.kill()
+    server.wait()
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_server_ignoring_range_stops_at_once_naming_it(plain_http, policy):
+    from streaming.errors import RangeNotSupportedError
+
+    ds = VideoShardDataset(plain_http, storage=FAST, on_error=policy, load_rgb=False, load_kpt=True)
+    start = time.monotonic()
+    with pytest.raises(RangeNotSupportedError, match="the server ignores HTTP Range requests .*answered 200") as info:
+        next(iter(ds))
+    assert time.monotonic() - start < 10 and "cache_dir=" in str(info.value)
+    assert ds.stats["retries"] == 0  # not taken for a transient fault
+
+
+def test_server_ignoring_range_streams_an_epoch_through_the_cache(plain_http, small_dataset, tmp_path):
+    ds = VideoShardDataset(plain_http, storage=FAST, cache_dir=str(tmp_path / "cache"), load_kpt=True, img_size=(16, 16))
+    keys = epoch_keys(ds)
+    assert len(keys) == 9 and set(keys.values()) == {1}
+    shards = len(json.load(open(os.path.join(small_dataset, "index.json")))["shardlist"])
+    assert ds.stats["whole_downloads"] == ds.stats["cache_downloads"] == shards and ds.stats["cache_rejected"] == 0
+
+
+def test_errors_are_classified_by_type_not_by_name():
+    import aiohttp
+    import botocore.exceptions as boto
+
+    from streaming.remote import is_transient
+
+    class TimeoutConnectionPayloadClientError(Exception):
+        """Named like every transient error of the libraries, but not one of them."""
+
+    def client_error(status):
+        return boto.ClientError({"Error": {"Code": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    def response_error(status):
+        return aiohttp.ClientResponseError(request_info=None, history=(), status=status)
+
+    transient = [aiohttp.ClientPayloadError("cut"), aiohttp.ServerDisconnectedError(), response_error(503), response_error(429),
+                 boto.ReadTimeoutError(endpoint_url="x"), boto.ResponseStreamingError(error="x"), client_error(500),
+                 ConnectionResetError(), TimeoutError(), EOFError("cut")]
+    permanent = [response_error(404), response_error(403), client_error(403), FileNotFoundError("x"), PermissionError("x"),
+                 ValueError("x"), TimeoutConnectionPayloadClientError()]
+    assert [is_transient(e) for e in transient] == [True] * len(transient)
+    assert [is_transient(e) for e in permanent] == [False] * len(permanent)
+
+
+def test_backoff_waits_are_jittered(monkeypatch):
+    import socket
+
+    import streaming.remote as remote
+
+    waits = []
+    monkeypatch.setattr(remote.time, "sleep", waits.append)
+    with socket.socket() as s:  # a port nobody listens on: every connect is refused (transient)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = StorageOptions(retries=6, backoff_s=0.1, max_backoff_s=0.4, timeout_s=1)
+    reader = remote.RangeReader(f"http://127.0.0.1:{port}/x.tar", 0, 100, options, collections.Counter())
+    with pytest.raises(ShardReadError, match="failed after 7 attempt"):
+        reader._fetch(0, 100)
+    nominal = [0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
+    assert len(waits) == 6 and all(w / 2 <= got <= w for got, w in zip(waits, nominal))
+    assert len(set(waits)) == 6  # drawn, not the nominal sequence
+
+
+def test_gcs_requests_get_our_timeouts():
+    import aiohttp
+
+    from streaming.remote import fs_kwargs
+
+    kwargs = fs_kwargs("gs", StorageOptions(timeout_s=7))
+    for timeout in (kwargs["requests_timeout"], kwargs["session_kwargs"]["timeout"]):
+        assert isinstance(timeout, aiohttp.ClientTimeout) and timeout.sock_connect == timeout.sock_read == 7
+
+
+def test_verify_never_prints_credentials(small_dataset, tmp_path, capsys):
+    import shutil
+
+    from vidshard.cli import main
+
+    broken = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, broken)
+    os.remove(os.path.join(broken, "shard-000001.tar"))
+    with HTTPFileServer(broken) as http:
+        assert main(["verify", f"http://user:{SECRET}@127.0.0.1:{http.port}/"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL http://***@127.0.0.1" in out and SECRET not in out
+
+
+def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
+    """A shard whose server fails after its first block (503 for every later range): the
+    sample being read fails after its retries, the run's later samples are never read, and
+    each of them is one logged, counted, replaced skip naming its own key."""
+    import re as regex
+    from http.server import ThreadingHTTPServer
+
+    from ..servers import RangeHandler, free_port
+
+    class FailsAfterFirstBlock(RangeHandler):
+        def send_head(self):
+            start = regex.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            if self.path.endswith("shard-000001.tar") and start and int(start.group(1)) > 0:
+                self.send_error(503)
+                return None
+            return super().send_head()
+
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    lost = [s["key"] for s in index["shardlist"][1]["samples"]]
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), lambda *a, **k: FailsAfterFirstBlock(*a, directory=small_dataset, **k))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        options = StorageOptions(block_bytes=16 * 1024, backoff_s=0.01, max_backoff_s=0.02, retries=2, timeout_s=2)
+        with pytest.raises(ShardReadError, match="failed after 3 attempt") as info:
+            list(VideoShardDataset(url, storage=options, shuffle=False, load_rgb=False, load_kpt=True))
+        assert info.value.shard.endswith("shard-000001.tar") and info.value.key in lost
+        caplog.set_level(logging.WARNING, logger="vidshard")
+        ds = VideoShardDataset(url, storage=options, load_rgb=False, load_kpt=True, on_error="skip")
+        items = list(ds)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(items) == len(ds) == 9 and not {i["meta"]["key"] for i in items} & set(lost)
+    assert ds.state_dict()["skipped"] == {"read": len(lost)} and ds.stats["substituted"] == len(lost)
+    for key in lost:
+        assert any(key in r.getMessage() and "shard-000001.tar" in r.getMessage() for r in caplog.records), key
+    assert any("not read: an earlier sample of its run failed" in r.getMessage() for r in caplog.records)

@@ -213,3 +213,14 @@ def test_decoder_channel_order(tmp_path):
     ClipDecoder().decode(open(path, "rb").read(), np.arange(3), Fraction(30), 4, (16, 16), out, expect=(3, 32, 32))
     for frame, rgb in zip(out, colours):
         assert np.abs(frame.reshape(3, -1).mean(1) - np.array(rgb)).max() < 12
+
+
+def test_a_worker_error_reaches_the_main_process_typed(small_dataset, tmp_path):
+    import shutil
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(small_dataset, broken)
+    corrupt_clips(broken)
+    loader = DataLoader(VideoShardDataset(broken, img_size=(16, 16)), batch_size=None, num_workers=1)
+    with pytest.raises(DecodeError, match="clip does not decode .*key=session_"):
+        list(loader)

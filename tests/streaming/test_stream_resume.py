@@ -57,3 +57,36 @@ def test_other_world_shape_resumes_from_merged_progress(small_dataset, tmp_path)
     assert len({r["batches"] for r in resumed}) == 1  # still equal ranks after the change of shape
     total = real(delivered + [i for r in resumed for i in r["items"]])
     assert total == everything and max(total.values()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+def test_resume_with_skipped_items_continues_exactly(small_dataset, tmp_path):
+    """A sample that fails under on_error="skip" is replaced by a repeat; a run interrupted
+    anywhere (before, between or after the skip and its substitute) and resumed yields exactly
+    the items, substitutes and order of the uninterrupted run, and its state keeps the skips."""
+    import shutil
+    import tarfile
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(small_dataset, broken)
+    for name in sorted(os.listdir(broken)):
+        if name.endswith(".tar"):
+            path = os.path.join(broken, name)
+            with tarfile.open(path) as tar:
+                spans = [(m.offset_data, m.size) for m in tar if m.name.endswith(".front.kpt.npz")][:1]
+            with open(path, "r+b") as f:  # the shard's first keypoint archive: same size, garbage
+                for offset, size in spans:
+                    f.seek(offset)
+                    f.write(b"\xff" * size)
+            break
+    from tests.loader_child import main as run  # in this process: a fresh dataset and loader per run, state via JSON
+
+    base = {"source": broken, "workers": 2, "batch": 2, "sample": "segment", "epoch": 1, "on_error": "skip"}
+    full = run(base)
+    assert full["skipped"] == {"keypoints": 5} and sum(p for _, _, p in full["items"]) == 5  # 5 segments, each replaced
+    for steps in (1, 2, 4):
+        state = str(tmp_path / f"state{steps}.json")
+        first = run({**base, "steps": steps, "save": state})
+        rest = run({**base, "load": state})
+        assert first["items"] + rest["items"] == full["items"], steps  # same items, substitutes and order
+        assert rest["skipped"] == full["skipped"]  # the skips are in the state: they survive the resume

@@ -29,21 +29,25 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 class Layout:
     size: tuple[int, int]  # (width, height) of the PNG
     scale: int  # integer upscaling of each frame (nearest neighbour)
-    tile: tuple[int, int]  # (width, height) of one scaled frame
+    tiles: tuple[tuple[int, int], ...]  # per view: (width, height) of one scaled frame
+    column: int  # width of a column: the widest tile
     bar_y: int  # top of the timeline bar
 
     def box(self, view: int, column: int) -> tuple[int, int, int, int]:
-        x = LEFT + column * (self.tile[0] + PAD)
-        y = PAD + view * (self.tile[1] + STAMP_H + PAD)
-        return x, y, x + self.tile[0], y + self.tile[1]
+        x = LEFT + column * (self.column + PAD)
+        y = PAD + sum(h + STAMP_H + PAD for _, h in self.tiles[:view])
+        return x, y, x + self.tiles[view][0], y + self.tiles[view][1]
 
 
-def layout(views: int, columns: int, width: int, height: int) -> Layout:
-    scale = max(1, math.ceil(MIN_TILE_H / height))
-    tile = (width * scale, height * scale)
-    rows_h = PAD + views * (tile[1] + STAMP_H + PAD)
-    size = (LEFT + columns * (tile[0] + PAD), rows_h + BAR_H + BAR_LABEL_H + PAD)
-    return Layout(size=size, scale=scale, tile=tile, bar_y=rows_h)
+def layout(columns: int, sizes: list[tuple[int, int]]) -> Layout:
+    """Rows of views at their own (width, height): a portrait view among landscape ones (a
+    phone turned upright) keeps its shape, one integer scale for all."""
+    scale = max(1, math.ceil(MIN_TILE_H / min(h for _, h in sizes)))
+    tiles = tuple((w * scale, h * scale) for w, h in sizes)
+    column = max(w for w, _ in tiles)
+    rows_h = PAD + sum(h + STAMP_H + PAD for _, h in tiles)
+    size = (LEFT + columns * (column + PAD), rows_h + BAR_H + BAR_LABEL_H + PAD)
+    return Layout(size=size, scale=scale, tiles=tiles, column=column, bar_y=rows_h)
 
 
 def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6, keypoints: bool = True) -> Image.Image:
@@ -52,20 +56,20 @@ def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6,
     views = meta["views"]
     length = meta["end_frame"] - meta["start_frame"]
     frames = np.unique(uniform(0, length, min(columns, length)))
-    w, h = meta["view_sizes"][views[0]]["width"], meta["view_sizes"][views[0]]["height"]
-    lay = layout(len(views), len(frames), w, h)
+    sizes = [(meta["view_sizes"][view]["width"], meta["view_sizes"][view]["height"]) for view in views]
+    lay = layout(len(frames), sizes)
     sheet = Image.new("RGB", lay.size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     decoder = ClipDecoder()
-    for v, view in enumerate(views):
-        draw.text((PAD, lay.box(v, 0)[1] + lay.tile[1] // 2 - 6), view, fill=(0, 0, 0), font=font)
+    for v, (view, (w, h)) in enumerate(zip(views, sizes)):
+        draw.text((PAD, lay.box(v, 0)[1] + lay.tiles[v][1] // 2 - 6), view, fill=(0, 0, 0), font=font)
         pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
         decoder.decode(sample[clip_suffix(view)], frames, Fraction(meta["fps_rational"]), meta["gop"], (h, w), pixels)
         points = _points(sample.get(kpt_suffix(view)), frames) if keypoints else None
         for c, frame in enumerate(frames.tolist()):
             x0, y0, x1, y1 = lay.box(v, c)
-            tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tile, Image.NEAREST)
+            tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tiles[v], Image.NEAREST)
             sheet.paste(tile, (x0, y0))
             if points is not None:
                 for px, py in points[c]:
@@ -131,7 +135,7 @@ def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
             raise KeyError(f"no sample {key!r} in {source}")
         url, entry = found[0]
     stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
-    sample = next(read_run(stream, url, [entry.key]))
+    sample = next(read_run(stream, url, [entry]))
     return sample, url, manifest.labels
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from streaming.errors import SampleError
 from streaming.format import clip_suffix, kpt_suffix, sha256_of
 from streaming.items import NPZ_ERRORS, sample_meta
+from streaming.remote import redact
 from streaming.shards import resolve_source
 from streaming.tario import Limits, iter_samples
 
@@ -32,9 +33,10 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
     problems: list[str] = []
     counts = {"shards": 0, "samples": 0, "clips_decoded": 0}
     schema = manifest.keypoints
-    for shard, url in tqdm(list(zip(manifest.shards, urls)), desc="verify", unit="shard", disable=None):
+    for shard, full_url in tqdm(list(zip(manifest.shards, urls)), desc="verify", unit="shard", disable=None):
         counts["shards"] += 1
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(full_url)
+        url = redact(full_url)  # every message below names the shard without user:password@ or signatures
         if not fs.exists(path):
             problems.append(f"{url}: missing")
             continue

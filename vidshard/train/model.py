@@ -19,10 +19,32 @@ MEAN = torch.tensor([0.43216, 0.394666, 0.37645]).view(1, 3, 1, 1, 1)
 STD = torch.tensor([0.22803, 0.22145, 0.216989]).view(1, 3, 1, 1, 1)
 
 
+class TinyVideoNet(nn.Module):
+    """Three strided 3D convolutions (about 70k weights): `model.backbone: tiny`, for the demo
+    and CPU tests, where a torchvision video ResNet (33M weights) takes minutes per step.
+    Strides rather than pooling: CPU 3D convolutions are slow, so each layer shrinks its input."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+
+        def block(cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> list[nn.Module]:
+            padding = tuple(k // 2 for k in kernel)
+            return [nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(*block(3, 16, (1, 3, 3), (1, 2, 2)), *block(16, 32, (3, 3, 3), (1, 2, 2)),
+                                      *block(32, 64, (3, 3, 3), (2, 2, 2)), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W]
+        return self.fc(self.features(x))
+
+
 def video_backbone(name: str, num_classes: int) -> nn.Module:
+    if name == "tiny":
+        return TinyVideoNet(num_classes)
     names = torchvision.models.list_models(module=torchvision.models.video)
     if name not in names:
-        raise ValueError(f"model.backbone {name!r} is not a torchvision video model; choose one of {names}")
+        raise ValueError(f"model.backbone {name!r} is neither 'tiny' nor a torchvision video model; choose one of {names}")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from .config import Config, ConfigError, load_config
 from .model import VideoClassifier, keypoint_dim, keypoint_features
 
 log = logging.getLogger("vidshard.train")
+# torchdata's StatefulDataLoader calls torch.set_vital, which this torch deprecates with a
+# UserWarning on every loader: a library's notice to itself, not something a user can act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -174,12 +178,13 @@ class Trainer:
         cfg = self.cfg
         accumulate = cfg.train.accumulate_grad_batches
         max_steps = max_steps or cfg.trainer.max_steps
-        history = {"losses": [], "val_acc": [], "batches": 0}
+        history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0, "items": []}  # items: [key, segment_id, padded] as delivered
         self.model.train()
         while self.epoch < cfg.trainer.max_epochs:
             self.train_ds.set_epoch(self.epoch)
             per_epoch = len(self.train_ds)  # this epoch's batches on every rank (equal by construction)
             check_every = max(1, int(per_epoch / cfg.data.batch_size * cfg.trainer.val_check_interval))
+            first_step = len(history["losses"])
             for i, batch in enumerate(self.loader):
                 last_of_step = (i + 1) % accumulate == 0
                 sync = contextlib.nullcontext() if last_of_step or self.world == 1 else self.model.no_sync()
@@ -187,6 +192,7 @@ class Trainer:
                     loss = self._loss(batch) / accumulate
                     self.scaler.scale(loss).backward()
                 history["batches"] += 1
+                history["items"] += [[m["key"], m.get("segment_id"), m["padded"]] for m in batch["meta"]]
                 if last_of_step:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -199,10 +205,13 @@ class Trainer:
                 if (i + 1) % check_every == 0 and cfg.trainer.val_check_interval < 1.0:
                     history["val_acc"].append(self.validate())
             self.epoch += 1
+            done = history["losses"][first_step:]
+            history["epoch_loss"].append(sum(done) / len(done) if done else None)
             history["val_acc"].append(self.validate())
             self.save(checkpoint)
             if self.rank == 0:
-                log.info("epoch %d done: step %d, val accuracy %s", self.epoch, self.step, history["val_acc"][-1])
+                log.info("epoch %d done: step %d, mean loss %s, val accuracy %s", self.epoch, self.step,
+                         history["epoch_loss"][-1], history["val_acc"][-1])
         return history
 
 

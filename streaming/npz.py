@@ -1,0 +1,93 @@
+"""Keypoint archives (`<view>.kpt.npz`) read as untrusted data.
+
+`np.load` allocates whatever an `.npy` header declares and decompresses whatever a zip
+entry holds: a 200-byte archive can ask for terabytes, a deflate bomb expands a thousand
+times. Here every size is checked against what index.json implies before anything is
+allocated: the member's bytes against `npz_bound` (the arrays of `nframes` frames of the
+schema, plus zip overhead), each entry's declared uncompressed size and each `.npy` header's
+shape and dtype against the schema, and the data is read with a bound (zipfile never
+returns more than an entry declares). Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+
+from .errors import KeypointError
+
+MASK = "mask"
+_ENTRY_OVERHEAD = 4096  # zip local + central headers (zip64 extras) and the .npy header of one array
+# What zipfile and the .npy header parser raise on damaged bytes (the header is a Python
+# literal read with ast.literal_eval, hence SyntaxError).
+_ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, SyntaxError, NotImplementedError, TypeError,
+           RecursionError, zipfile.BadZipFile, zlib.error, struct.error)
+
+
+def expected_arrays(schema: dict, nframes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Entry name -> (shape, dtype) of a chunk of `nframes` frames, from index.json's schema."""
+    arrays = {f"{name}.npy": ((nframes, *info["shape"]), np.dtype(info["dtype"])) for name, info in schema.items()}
+    arrays[f"{MASK}.npy"] = ((nframes,), np.dtype(bool))
+    return arrays
+
+
+def npz_bound(schema: dict, nframes: int) -> int:
+    """The most bytes a valid archive of these arrays takes (stored, or deflated: deflate
+    adds at most 5 bytes per 16 KiB block to data it cannot compress)."""
+    data = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected_arrays(schema, nframes).values())
+    return data + data // 1024 + _ENTRY_OVERHEAD * (len(schema) + 2)
+
+
+def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray, *, shard: str, key: str,
+                   view: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({array name: values at `frames`}, mask at `frames`) of one view's archive."""
+    member = f"{key}.{view}.kpt.npz"
+
+    def refuse(why: str) -> KeypointError:
+        return KeypointError(why, shard=shard, key=key, view=view, member=member)
+
+    bound = npz_bound(schema, nframes)
+    if len(data) > bound:
+        raise refuse(f"{len(data)} bytes, more than the {bound} that index.json's keypoint schema allows for {nframes} frames")
+    expected = expected_arrays(schema, nframes)
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+            if sorted(names) != sorted(expected):
+                raise refuse(f"arrays {sorted(names)} differ from index.json's schema {sorted(expected)}")
+            for name, (shape, dtype) in expected.items():
+                out[name[: -len(".npy")]] = _read_entry(zf, name, shape, dtype, refuse)[frames]
+    except KeypointError:
+        raise
+    except _ERRORS as exc:
+        raise refuse(f"unreadable ({type(exc).__name__}: {exc})") from None
+    return out, out.pop(MASK)
+
+
+def _read_entry(zf: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: np.dtype, refuse) -> np.ndarray:
+    nbytes = math.prod(shape) * dtype.itemsize
+    info = zf.getinfo(name)
+    if info.file_size > nbytes + _ENTRY_OVERHEAD:
+        raise refuse(f"{name} declares {info.file_size} bytes uncompressed; {shape} {dtype.str} takes {nbytes}")
+    with zf.open(info) as f:  # zipfile stops at the declared size, whatever the deflate stream holds
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            declared, fortran, declared_dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_ENTRY_OVERHEAD)
+        elif version == (2, 0):
+            declared, fortran, declared_dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_ENTRY_OVERHEAD)
+        else:
+            raise refuse(f"{name}: .npy format version {version} is not read")
+        if declared_dtype.hasobject:
+            raise refuse(f"{name} holds Python objects (pickled data is never loaded)")
+        if tuple(declared) != shape or declared_dtype != dtype:
+            raise refuse(f"{name} declares shape {tuple(declared)} {declared_dtype.str}; index.json implies {shape} {dtype.str}")
+        raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise refuse(f"{name} ends after {len(raw)} of its {nbytes} bytes")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")

@@ -1,0 +1,158 @@
+"""The node-local shard cache under real contention: 8 processes (8 ranks of one job) share
+one cache folder whose limit is below their combined demand, over a slow HTTP link so their
+downloads overlap; and the cache's single-process promises (open handles survive eviction,
+corrupt downloads are never cached)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from streaming import VideoShardDataset
+from streaming.cache import ShardCache
+from streaming.remote import StorageOptions
+from vidshard.synth import synth_source
+
+from ..helpers import write
+from ..servers import HTTPFileServer
+
+FAST = StorageOptions(block_bytes=32 * 1024, backoff_s=0.01, max_backoff_s=0.05, retries=10, timeout_s=5)
+RANKS, EPOCHS = 8, 3
+
+
+@pytest.fixture(scope="module")
+def many_shards(tmp_path_factory):
+    """16 shards of about 60 KB (keypoints and clips of 8 short videos)."""
+    root = tmp_path_factory.mktemp("many")
+    synth_source(str(root / "src"), videos=8, frames=40, views=("front", "left"), size=(32, 32), seed=5)
+    write(str(root / "src"), str(root / "ds"), max_video_frames=10, shard_bytes=60_000)
+    return str(root / "ds")
+
+
+def rank_epochs(url: str, cache: str, limit: int, rank: int, start, conn) -> None:
+    """One rank of the job (a forked process): EPOCHS epochs of its share, keys per epoch."""
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(RANKS))
+        ds = VideoShardDataset(url, storage=FAST, cache_dir=cache, cache_limit=limit, load_rgb=False, load_kpt=True,
+                               shuffle_buffer="40KB")
+        start.wait(60)  # every rank begins at once: the first windows collide
+        epochs = []
+        for epoch in range(EPOCHS):
+            ds.set_epoch(epoch)
+            epochs.append([[item["meta"]["key"], item["meta"]["padded"]] for item in ds])
+        conn.send({"epochs": epochs, "stats": dict(ds.stats)})
+    except BaseException as exc:  # noqa: BLE001 (the parent fails the test with it)
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        os._exit(0)
+
+
+def test_eight_processes_share_a_cache_smaller_than_their_demand(many_shards, tmp_path):
+    index = json.load(open(os.path.join(many_shards, "index.json")))
+    sizes = [s["filesize"] for s in index["shardlist"]]
+    keys = sorted(s["key"] for shard in index["shardlist"] for s in shard["samples"])
+    limit = 3 * max(sizes)  # 8 ranks each want a shard at once: at most 3 fit
+    cache = str(tmp_path / "cache")
+    os.makedirs(cache)
+    peak, samples, stop = [0], [0], threading.Event()
+
+    def watch():  # what the folder holds, sampled as fast as the listing allows
+        while not stop.is_set():
+            used = 0
+            for e in os.scandir(cache):
+                if e.name.endswith((".tar", ".partial")):
+                    try:
+                        used += e.stat().st_size
+                    except FileNotFoundError:
+                        pass
+            peak[0], samples[0] = max(peak[0], used), samples[0] + 1
+
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(RANKS)
+    with HTTPFileServer(many_shards, chunk_delay=0.002) as http:  # a slow link: downloads overlap
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        pipes, procs = [], []
+        for rank in range(RANKS):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=rank_epochs, args=(f"http://127.0.0.1:{http.port}", cache, limit, rank, start, send))
+            proc.start()
+            send.close()
+            pipes.append(receive)
+            procs.append(proc)
+        results = []
+        deadline = time.monotonic() + 240
+        for proc, receive in zip(procs, pipes):
+            ready = receive.poll(max(0.0, deadline - time.monotonic()))
+            results.append(receive.recv() if ready else {"error": "hung: killed"})
+            proc.kill() if not ready else None
+            proc.join()
+        stop.set()
+        watcher.join()
+    errors = [r["error"] for r in results if "error" in r]
+    assert not errors, errors
+    for epoch in range(EPOCHS):
+        lengths = {len(r["epochs"][epoch]) for r in results}
+        assert len(lengths) == 1  # every rank yields len(ds)
+        real = collections.Counter(k for r in results for k, padded in r["epochs"][epoch] if not padded)
+        assert sorted(real) == keys and set(real.values()) == {1}  # every item once per epoch
+    stats = collections.Counter()
+    for r in results:
+        stats.update(r["stats"])
+    assert 0 < peak[0] <= limit and samples[0] > 100
+    assert stats["cache_bypassed"] > 0 and stats["cache_downloads"] > 0  # the limit really was contended
+    assert stats["cache_rejected"] == 0 and stats["failed_reads"] == 0
+    print(f"\ncache {limit} bytes, peak {peak[0]} ({samples[0]} samples); {dict(stats)}")
+
+
+def test_an_open_shard_survives_its_eviction(small_dataset, tmp_path):
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    shard = index["shardlist"][0]
+    source = os.path.join(small_dataset, shard["url"])
+    cache = ShardCache(str(tmp_path / "cache"), limit=shard["filesize"], verify=True)
+    stats = collections.Counter()
+
+    def download(dst):
+        with open(source, "rb") as f:
+            data = f.read()
+        dst.write(data)
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    first = cache.open(shard["sha256"], shard["filesize"], download, stats)
+    again = cache.open(shard["sha256"], shard["filesize"], download, stats)
+    assert stats["cache_downloads"] == 1 and stats["cache_hits"] == 1
+    for name in os.listdir(tmp_path / "cache"):  # another process evicts it
+        if name.endswith(".tar"):
+            os.remove(tmp_path / "cache" / name)
+    with first, again:
+        assert first.read() == again.read() == open(source, "rb").read()
+
+
+def test_a_corrupt_download_is_never_cached(small_dataset, tmp_path):
+    """A shard whose bytes differ from index.json's sha256 (a byte flipped in its end-of-archive
+    padding, outside every sample) is read by range instead, once, and never cached."""
+    broken = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, broken)
+    index = json.load(open(os.path.join(broken, "index.json")))
+    path = os.path.join(broken, index["shardlist"][0]["url"])
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x01")
+    cache = tmp_path / "cache"
+    with HTTPFileServer(broken) as http:
+        ds = VideoShardDataset(f"http://127.0.0.1:{http.port}", storage=FAST, cache_dir=str(cache), load_rgb=False, load_kpt=True)
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            assert sorted(i["meta"]["key"] for i in ds) == sorted(s["key"] for sh in index["shardlist"] for s in sh["samples"])
+    assert ds.stats["cache_rejected"] == 1  # downloaded once, refused, then read by range
+    assert not (cache / f"{index['shardlist'][0]['sha256']}.tar").exists()
+    assert ds.stats["cache_downloads"] == len(index["shardlist"]) - 1

@@ -1,0 +1,89 @@
+"""The resume bookkeeping of one partition (streaming/ledger.py), without files: skipped items
+are replaced so the count stays the plan's, and a resume from any delivered item's state
+continues exactly as the uninterrupted run did."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streaming.errors import DecodeError, SampleError
+from streaming.ledger import Ledger, NothingToPad, Planned, deliver
+
+
+def run(outcomes: list[bool], ledger: Ledger = Ledger(), padded: set[int] = frozenset()):
+    """(position, padded, substitute, ledger) of every item; position p fails when not outcomes[p]."""
+    planned = [Planned(position=p, padded=p in padded) for p in range(ledger.consumed, len(outcomes))]
+    skips = []
+
+    def build(position):
+        if not outcomes[position]:
+            raise DecodeError("broken clip", shard="s.tar", key=f"k{position}")
+        return position
+
+    out = [(d.item, d.padded, d.substitute, d.ledger) for d in deliver(planned, build, ledger, skips.append)]
+    return out, skips
+
+
+def test_a_skip_is_replaced_by_a_repeat_right_after_the_next_good_item():
+    out, skips = run([True, False, False, True, True])
+    assert [(p, pad) for p, pad, _, _ in out] == [(0, False), (3, False), (3, True), (3, True), (4, False)]
+    assert [s.key for s in skips] == ["k1", "k2"]
+    final = out[-1][3]
+    assert final == Ledger(consumed=5, owed=0, last_good=4, skipped=(("decode", 2),))
+
+
+def test_skips_at_the_end_repeat_the_last_good_item():
+    out, _ = run([True, True, False])
+    assert [(p, pad) for p, pad, _, _ in out] == [(0, False), (1, False), (1, True)]
+
+
+def test_nothing_to_pad_with_is_an_error():
+    with pytest.raises(NothingToPad, match="every item of this partition .3. failed"):
+        run([False, False, False])
+
+
+def test_raise_policy_stops_at_the_first_failure():
+    def on_skip(exc):
+        raise exc
+
+    items = iter(deliver([Planned(position=0, padded=False)], lambda p: (_ for _ in ()).throw(DecodeError("x", shard="s")),
+                         Ledger(), on_skip))
+    with pytest.raises(DecodeError):
+        next(items)
+
+
+def test_state_round_trip_and_older_states():
+    ledger = Ledger(consumed=7, owed=2, last_good=5, skipped=(("format", 1), ("read", 1)))
+    assert Ledger.from_state(ledger.to_state()) == ledger
+    assert Ledger.from_state({"yielded": 3, "owed": 1}) == Ledger(consumed=3, owed=1)
+    with pytest.raises(ValueError, match="negative"):
+        Ledger.from_state({"yielded": -1})
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=40).filter(any), st.data())
+@settings(max_examples=300, deadline=None)
+def test_resume_from_any_delivered_item_continues_exactly(outcomes, data):
+    padded = set(data.draw(st.lists(st.integers(0, len(outcomes) - 1), max_size=5)))
+    full, _ = run(outcomes, padded=padded)
+    # Every planned item is delivered once or replaced once: the count is the plan's.
+    assert len(full) == len(outcomes)
+    assert [p for p, _, sub, _ in full if not sub] == [p for p, ok in enumerate(outcomes) if ok]
+    assert [pad for p, pad, sub, _ in full if not sub] == [p in padded for p, ok in enumerate(outcomes) if ok]
+    assert all(pad for _, pad, sub, _ in full if sub)
+    # Interrupted after any item (a checkpoint), resumed from its state, possibly again and again.
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(full)), min_size=1, max_size=3))))
+    done, ledger = [], Ledger()
+    for cut in cuts:
+        rest, _ = run(outcomes, Ledger.from_state(ledger.to_state()), padded)
+        rest = rest[: cut - len(done)]
+        done += rest
+        ledger = done[-1][3] if done else ledger
+    rest, _ = run(outcomes, Ledger.from_state(ledger.to_state()), padded)
+    assert [x[:3] for x in done + rest] == [x[:3] for x in full]
+
+
+def test_on_skip_sees_typed_errors():
+    _, skips = run([True, False])
+    assert all(isinstance(s, SampleError) and s.reason == "decode" for s in skips)
