@@ -20,6 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from streaming import VideoShardDataset  # noqa: E402
+from vidshard.cli import main  # noqa: E402
 from vidshard.synth import read_barcode, synth_source  # noqa: E402
 
 from ..helpers import VIEWS, write  # noqa: E402
@@ -137,6 +138,7 @@ def test_two_nodes_on_s3_driver_only_plans(cluster, sources, tmp_path):
             assert [read_barcode(video[v, t].numpy()) for t in range(len(indices))] == [(f, v) for f in indices]
             frames += len(indices)
     assert frames == 4 * 3 * (30 + 30 + 30 + 18)
+    assert main(["verify", "s3://vidshard/small"]) == 0  # offsets, sizes, hashes, from the object store
 
 
 def test_driver_killed_mid_run_resumes_to_the_same_bytes(cluster, sources, tmp_path):
