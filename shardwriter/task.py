@@ -2,8 +2,9 @@
 
 A task is a plain function of a plain VideoTask, so the local process pool and Ray run the
 same code on any node. Clips are encoded into a local temporary folder (mp4's faststart
-needs a real file), then each chunk sample is written to the work store as its tar
-fragment (spool.py) and the clips are deleted. `videos/<video_id>.json` (the result) is
+needs a real file); as soon as a chunk's clips are complete, the chunk sample is written to
+the work store as its tar fragment (spool.py) and its clips are deleted, so the worker's
+disk holds the clips of the chunks being encoded. `videos/<video_id>.json` (the result) is
 written last: a task killed mid-way is simply run again, and its fragments are rewritten
 with the same bytes.
 """
@@ -91,22 +92,13 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
         except ValueError as exc:
             raise SourceError(spec.video_id, path, str(exc)) from None
     clip_paths = [[os.path.join(tmp, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
-    encode_chunks(
-        spec.video_id,
-        views,
-        spec.num_frames,
-        spec.fps,
-        task.encode.resize is not None,
-        chunks,
-        clip_paths,
-        task.encode,
-        strict_length=len(set(spec.view_frames)) == 1,
-    )
     keypoint_files = [
         list_keypoints(spec.video_id, d, n) if d else {} for d, n in zip(spec.keypoint_dirs, spec.view_frames)
     ]
     records = []
-    for index, ((start, end), key) in enumerate(zip(chunks, keys)):
+
+    def spool(index: int) -> None:  # chunk `index` is encoded: spool it now, free the worker's disk
+        (start, end), key = chunks[index], keys[index]
         segments = clip_timeline(spec.timeline, start, end)
         members: dict[str, bytes | str] = {TIMELINE: dumps(timeline_to_json(segments))}
         coverage = {}
@@ -121,8 +113,21 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
         with work.create(fragment_name(key)) as f:
             size = write_fragment(f, key, members.items())
         for path in clip_paths[index]:
-            os.remove(path)  # the worker's disk holds the clips of one video at most
+            os.remove(path)
         records.append(ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), size=size))
+
+    encode_chunks(
+        spec.video_id,
+        views,
+        spec.num_frames,
+        spec.fps,
+        task.encode.resize is not None,
+        chunks,
+        clip_paths,
+        task.encode,
+        strict_length=len(set(spec.view_frames)) == 1,
+        finished=spool,
+    )
     return VideoResult(
         video_id=spec.video_id,
         num_frames=spec.num_frames,

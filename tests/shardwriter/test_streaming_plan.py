@@ -58,3 +58,28 @@ def test_shards_stream_out_and_the_spool_stays_small(many_videos, tmp_path):
     videos_per_shard = [len({s["key"].rsplit("_", 1)[0] for s in sh["samples"]}) for sh in index["shardlist"]]
     assert max(videos_per_shard) <= 2 * 2  # a group's videos, or two groups' at a boundary
     assert max(sh["filesize"] for sh in index["shardlist"]) <= 40_000 * 1.5  # --shard-size kept by the estimate
+
+
+def test_an_encode_task_spools_each_chunk_as_soon_as_it_is_encoded(small_source, tmp_path, monkeypatch):
+    """A worker's disk holds the clips of the chunks being encoded, not the whole video's."""
+    import shardwriter.task as encode_task
+    from shardwriter.encode import EncodeSettings
+    from shardwriter.probe import ProbeTask, run_probe_task
+
+    probe = run_probe_task(ProbeTask(source=small_source, video_id="session_000", views=("front", "left", "right"),
+                                     truncate_views=False, encode=EncodeSettings(gop=8)))
+    on_disk = []
+    original = encode_task.write_fragment
+
+    def watching(out, key, members):
+        members = list(members)
+        folder = os.path.dirname(next(p for _, p in members if isinstance(p, str)))
+        on_disk.append(len([n for n in os.listdir(folder) if n.endswith(".mp4")]))
+        return original(out, key, members)
+
+    monkeypatch.setattr(encode_task, "write_fragment", watching)
+    result = encode_task.run_video_task(encode_task.VideoTask(
+        spec=probe.spec, max_video_frames=20, overlap=4, encode=EncodeSettings(gop=8), keypoint_schema=probe.schema,
+        keypoint_origin=probe.origin, work=str(tmp_path / "work")))
+    assert len(result.chunks) == 5 and len(on_disk) == 5
+    assert max(on_disk) <= 2 * 3  # the finished chunk's 3 clips and the next chunk's, already open (overlap)
