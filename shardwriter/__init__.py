@@ -7,11 +7,16 @@
     plan.py      pure planning: chunk ranges, timeline clipping, sample order, shard packing
     encode.py    frame-exact clip encoding (PyAV / libx264)
     keypoints.py per-frame keypoint files -> one stacked npz per chunk and view
-    task.py      the per-video task: one video -> its spooled samples
-    assemble.py  spooled samples -> tar shards
-    store.py     where finished files go: a local folder or an object store
-    job.py       the write job: sequences the above and owns OUTPUT's life cycle
-    ray_engine.py the per-video tasks on Ray
+    probe.py     the probe task: one video -> its spec, keypoint schema, fingerprint, pilot sizes
+    task.py      the encode task: one video -> its samples, spooled in OUTPUT's store
+    spool.py     a spooled sample = its exact tar records; copying them into a shard, checked
+    assemble.py  the shard task: spooled samples -> one published shard and its entry
+    schedule.py  the driver's plan (saved, checked on resume) and its streaming schedule
+    store.py     where files live: a local folder or an object store, atomic writes
+    engine.py    where tasks run: one interface; the local process pool
+    ray_engine.py the same interface on Ray, the code shipped with the job
+    driverio.py  what the driver process itself reads and writes
+    job.py       the write job's driver: lists, plans, schedules, owns OUTPUT's life cycle
 
 The sample format is `streaming.format`, shared with the reader; nothing else of the reader
 is imported here.

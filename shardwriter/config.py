@@ -15,7 +15,7 @@ from .encode import EncodeSettings
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WriteConfig:
-    """What decides the output bytes (workers does not)."""
+    """What decides the output bytes (workers, the engine and the node count do not)."""
 
     max_video_frames: int | None
     overlap: int = 0
@@ -25,6 +25,7 @@ class WriteConfig:
     seed: int = 0
     on_error: str = "fail"  # "fail" | "skip"
     truncate_views: bool = False
+    mix_videos: int = 64  # a shard mixes the chunks of up to this many videos (plan.sample_order)
 
     def __post_init__(self):
         if self.max_video_frames is not None and self.max_video_frames < 1:
@@ -42,6 +43,8 @@ class WriteConfig:
             raise ValueError(f"--shard-size must be positive, got {self.shard_bytes}")
         if self.views is not None:
             _check_views(tuple(self.views))
+        if self.mix_videos < 1:
+            raise ValueError(f"--mix-videos must be >= 1, got {self.mix_videos}")
         if self.on_error not in ("fail", "skip"):
             raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
         if self.seed < 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import av
@@ -224,12 +224,15 @@ def encode_chunks(
     clip_paths: list[list[str]],
     settings: EncodeSettings,
     strict_length: bool = True,
+    finished: Callable[[int], None] | None = None,
 ) -> None:
     """Encode clip_paths[c][v] = frames chunks[c] of view v, decoding each view once.
 
     Frames are read from all views in lockstep, so at most the chunks overlapping the
     current frame have encoders open: memory does not grow with the video's length.
     `strict_length` False accepts views longer than num_frames (--truncate-views).
+    `finished(c)` is called as soon as chunk c's clips are complete (the writer spools them
+    then, so a worker's disk holds the open chunks' clips, not the whole video's).
     """
     decoders = [decode_frames(video_id, view, resize) for view in views]
     open_clips: dict[int, list[ClipEncoder]] = {}
@@ -254,6 +257,8 @@ def encode_chunks(
                 if chunks[c][1] == f + 1:
                     for enc in open_clips.pop(c):
                         enc.close()
+                    if finished is not None:
+                        finished(c)
         if strict_length:
             for view, dec in zip(views, decoders):
                 if next(dec, None) is not None:

@@ -1,27 +1,30 @@
-"""The write job: scan -> per-video tasks (in parallel) -> shards -> errors.json -> index.json.
+"""The write job's driver: it plans and schedules, it does not move media.
 
-Layers: `source` validates, `task` encodes one video into a spool, `assemble` packs
-shards, and this module only sequences them and owns OUTPUT's life cycle:
+    list SOURCE (names only) -> probe tasks -> plan (saved) -> encode tasks and shard
+    tasks, streamed (schedule.py) -> errors.json -> index.json
 
-    OUTPUT/.vidshard-work/job.json        the configuration of the run in progress
-    OUTPUT/.vidshard-work/videos/<id>/    finished tasks (kept across a kill)
-    OUTPUT/shard-NNNNNN.tar               complete shards (renamed into place)
-    OUTPUT/errors.json                    skipped videos (--on-error skip)
-    OUTPUT/index.json                     written last: its presence means "complete"
+Every task runs on the engine (a local process pool or Ray: engine.py) and reads or writes
+the stores itself; the driver handles metadata only (names, frame counts, sizes, hashes),
+and reports its own I/O. OUTPUT's life cycle:
+
+    WORK/job.json                 the settings of the run in progress (WORK: --work-dir,
+    WORK/plan.json                default OUTPUT/.vidshard-work/, a prefix for object
+    WORK/videos/<id>.json         stores); the plan, saved before the first shard; finished
+    WORK/spool/<key>.tar          encode tasks; spooled samples; published shards' entries
+    WORK/shards/<shard>.json
+    OUTPUT/shard-NNNNNN.tar       complete shards, published atomically
+    OUTPUT/errors.json            skipped videos (--on-error skip)
+    OUTPUT/index.json             written last: its presence means "complete"
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -29,15 +32,16 @@ from tqdm import tqdm
 
 from streaming.format import ERRORS_NAME, INDEX_NAME, Manifest, dumps
 
-from .assemble import order_samples, write_shards
+from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
+from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
-from .source import check_source, scan_source
-from .store import is_remote, open_store
-from .task import VideoResult, VideoTask, run_video_task
+from .probe import ProbeTask, run_probe_task
+from .schedule import make_plan, check_plan, run_plan
+from .source import check_source
+from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url
 
 log = logging.getLogger("vidshard.write")
-WORK_DIR = ".vidshard-work"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,51 +49,24 @@ class WriteReport:
     videos: int
     chunks: int
     shards: int
+    bytes: int  # of the shards
     skipped: list[SourceError]
-    resumed: int  # video tasks found finished from an earlier run
+    driver: DriverIO | None = None
 
 
-# An engine maps the task function over tasks and yields (task, result-or-exception)
-# as they complete. The local one is a process pool; a cluster engine plugs in here.
-Engine = Callable[[Callable[[VideoTask], VideoResult], list[VideoTask]], Iterable[tuple[VideoTask, Any]]]
+EngineFactory = Callable[[int], Engine]
 
 
-# libx264's output was seen to depend on heap garbage when several encoders live in one
-# process (about 1 run in 2 differed with three views and overlap; 0 in 33 with this set).
-# glibc fills every allocation with a fixed byte when MALLOC_PERTURB_ is set at process
-# start, so tasks always run in spawned children that carry it.
-TASK_ENV = {"MALLOC_PERTURB_": "165"}
-
-
-def local_engine(workers: int) -> Engine:
-    def run(fn, tasks):
-        os.environ.update(TASK_ENV)  # inherited by the spawned workers; the driver is unaffected
-        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited locks or threads
-        with cf.ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
-            futures = {pool.submit(fn, t): t for t in tasks}
-            try:
-                for fut in cf.as_completed(futures):
-                    exc = fut.exception()
-                    yield futures[fut], exc if exc is not None else fut.result()
-            finally:
-                for fut in futures:
-                    fut.cancel()
-
-    return run
-
-
-def write_dataset(
-    source: str, output: str, config: WriteConfig, workers: int = 1, engine: Engine | None = None, work_dir: str | None = None
-) -> WriteReport:
+def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 1, engine: EngineFactory | None = None,
+                  work_dir: str | None = None) -> WriteReport:
     """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
 
-    work_dir holds the spool and staged shards; default OUTPUT/.vidshard-work, or for an
-    object store ~/.cache/vidshard/work/<hash of OUTPUT> (it must survive to resume).
+    `engine(workers)` makes the engine (default: a local process pool of `workers`);
+    work_dir is where the plan and the spool live (default OUTPUT/.vidshard-work).
     """
-    if work_dir is None:
-        work_dir = os.path.join(output, WORK_DIR) if not is_remote(output) else default_work_dir(output)
+    marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
-        return _write_dataset(source, output, config, engine or local_engine(workers), work_dir)
+        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output), marks)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -97,116 +74,137 @@ def write_dataset(
                 "free space and re-run the same command to resume"
             ) from None
         raise
+    start, ready, end = marks[0], marks[1] if len(marks) > 2 else marks[0], marks[-1]
+    return dataclasses.replace(report, driver=measure(start, ready, end))
 
 
-def default_work_dir(output: str) -> str:
-    digest = hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]
-    return os.path.join(os.path.expanduser("~"), ".cache", "vidshard", "work", digest)
+def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
+                   work_at: str, marks: list) -> WriteReport:
+    # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
+    listing = check_source(source, config.views)
+    video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
+    store, work = open_store(output), open_store(work_at)
+    engine = make_engine(workers)
+    try:
+        if store.exists(INDEX_NAME):
+            return _already_written(store, work, config)
+        _claim_output(store, work, output, config)
+        marks.append(snapshot())  # start-up done: the engine is up, both stores answered
+        return _run(engine, source, output, work_at, store, work, config, video_ids, views)
+    finally:
+        # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
+        marks.append(snapshot())
+        engine.close()
 
 
-def _write_dataset(source: str, output: str, config: WriteConfig, engine: Engine, work: str) -> WriteReport:
-    store = open_store(output)
-    if store.exists(INDEX_NAME):
-        return _already_written(store, work, config)
-    listing = check_source(source, config.views)  # before job.json: a wrong SOURCE or --views records nothing
-    _claim_output(store, output, work, config)
-
-    scan = scan_source(source, config.views, config.truncate_views, config.encode.autorotate, listing,
-                       resize=config.encode.resize is not None)
-    problems = list(scan.problems)
-    if problems and config.on_error == "fail":
-        _fail(problems)
-    spool = os.path.join(work, "videos")
-    os.makedirs(spool, exist_ok=True)
-    for name in os.listdir(spool):  # tasks killed mid-way leave only these
-        if name.endswith(".partial"):
-            shutil.rmtree(os.path.join(spool, name))
-    resumed = sum(os.path.isdir(os.path.join(spool, v.video_id)) for v in scan.videos)
-    tasks = [
-        VideoTask(
-            spec=spec,
-            max_video_frames=config.max_video_frames,
-            overlap=config.overlap,
-            encode=config.encode,
-            keypoint_schema=scan.keypoint_schema,
-            keypoint_origin=scan.keypoint_origin,
-            spool_dir=spool,
-        )
-        # Longest first: the pool's last tasks are short, so workers finish together.
-        for spec in sorted(scan.videos, key=lambda s: (-s.num_frames * len(s.views), s.video_id))
-    ]
-    results: list[VideoResult] = []
-    with tqdm(total=len(tasks), desc="videos", unit="video", disable=None) as bar:
-        for task, outcome in engine(run_video_task, tasks):
+def _run(engine: Engine, source: str, output: str, work_at: str, store, work, config: WriteConfig,
+         video_ids: list[str], views: tuple[str, ...]) -> WriteReport:
+    probes, problems = [], []
+    tasks = [ProbeTask(source=source, video_id=v, views=views, truncate_views=config.truncate_views, encode=config.encode)
+             for v in video_ids]  # (the listing is the driver's; every file is opened by a task)
+    with tqdm(total=len(tasks), desc="probe", unit="video", disable=None) as bar:
+        for task, outcome in run_all(engine, run_probe_task, tasks):
             bar.update(1)
             if isinstance(outcome, SourceError):
-                if config.on_error == "fail":
-                    _fail([outcome])
                 problems.append(outcome)
-                log.warning("skipping %s", outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                results.append(outcome)
-    if not results:
-        _fail(problems or [WriterError("no videos to write")])
-
-    ordered = order_samples(results, config.seed)
-    staging = os.path.join(work, "shards")
-    os.makedirs(staging, exist_ok=True)
-    with tqdm(desc="shards", unit="shard", disable=None) as bar:
-        shards = write_shards(store, staging, spool, ordered, config.shard_bytes, progress=bar)
+                probes.append(outcome)
     problems.sort(key=lambda p: (p.video_id or "", p.path))
+    if problems and config.on_error == "fail":
+        _discard(store, work, [])
+        _fail(problems)
+    if not probes:
+        _discard(store, work, [])
+        _fail(problems or [WriterError("no videos to write")])
+    probes.sort(key=lambda p: p.spec.video_id)
+    for probe in probes:
+        for note in probe.spec.warnings:
+            log.warning("%s", note)
+    schema, origin = _merge_schemas(probes)
+    plan = make_plan(probes, problems, config, schema)
+    check_plan(work, plan, output)
+    part_bytes = min(PART_BYTES, max(MIN_PART_BYTES, config.shard_bytes // 4))
+    with tqdm(total=len(plan.shards), desc="shards", unit="shard", disable=None) as bar:
+        try:
+            outcome = run_plan(engine, plan, {p.spec.video_id: p for p in probes}, config, schema, origin,
+                               work_at, output, part_bytes, progress=bar)
+        except SourceError as exc:  # on_error fail: a video failed while encoding
+            engine.close()
+            _discard(store, work, [f"shard-{i:06d}.tar" for i in range(len(plan.shards))])
+            _fail([exc])
+    problems = sorted(problems + outcome.problems, key=lambda p: (p.video_id or "", p.path))
+    results = [outcome.results[v] for v in sorted(outcome.results)]
     if config.on_error == "skip":
         store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
-    manifest = _manifest(scan.views, results, shards, config, skipped=len(problems), schema=scan.keypoint_schema)
+    manifest = _manifest(views, results, outcome.shards, config, skipped=len(problems), schema=schema)
     store.write(INDEX_NAME, dumps(manifest.to_json()))  # last: its presence means "complete"
-    shutil.rmtree(work)
+    work.delete_tree("")
+    store.remove_partials()
     chunks = sum(len(r.chunks) for r in results)
     max_frames = config.max_video_frames or "all"
     log.info("Video chunking enabled: %d videos -> %d chunks (max %s frames/chunk)", len(results), chunks, max_frames)
     if problems:
-        log.warning("skipped %d video(s), listed in %s:", len(problems), os.path.join(output, ERRORS_NAME))
+        log.warning("skipped %d video(s), listed in %s:", len(problems), ERRORS_NAME)
         for p in problems:
             log.warning("  %s", p)
-    return WriteReport(videos=len(results), chunks=chunks, shards=len(shards), skipped=problems, resumed=resumed)
+    return WriteReport(videos=len(results), chunks=chunks, shards=len(outcome.shards),
+                       bytes=manifest.totals["bytes"], skipped=problems)
+
+
+def _merge_schemas(probes) -> tuple[dict, dict]:
+    """Per keypoint kind, the schema of the first video (sorted) that has it: what one scan
+    over all videos in that order finds (source.keypoint_schema)."""
+    schema: dict = {}
+    origin: dict[str, str] = {}
+    for probe in probes:
+        for kind, path in probe.origin.items():
+            if kind not in origin:
+                origin[kind] = path
+                schema.update({n: s for n, s in probe.schema.items() if n.partition(".")[0] == kind})
+    return schema, origin
 
 
 def _fail(problems: list) -> None:
     raise WriterError("source problems, nothing written:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def _claim_output(store, output: str, work: str, config: WriteConfig) -> None:
+def _discard(store, work, shard_names: list[str]) -> None:
+    """on_error fail: leave OUTPUT as it was before the run (nothing written)."""
+    for name in shard_names:
+        store.delete(name)
+    store.remove_partials()
+    work.delete_tree("")
+
+
+def _claim_output(store, work, output: str, config: WriteConfig) -> None:
     """Start a new run, or continue one with the same configuration; refuse anything else."""
-    job_path = os.path.join(work, "job.json")
     wanted = dumps({"output": output, **config.to_json()})
-    if os.path.exists(job_path):
-        with open(job_path, "rb") as f:
-            if f.read() != wanted:
-                raise WriterError(
-                    f"{output} holds an unfinished run with other settings ({job_path}); "
-                    "re-run with the same settings to resume it, or write into a new OUTPUT"
-                )
+    if work.exists("job.json"):
+        if work.read("job.json") != wanted:
+            raise WriterError(
+                f"{output} holds an unfinished run with other settings ({work.url}/job.json); "
+                "re-run with the same settings to resume it, or write into a new OUTPUT"
+            )
         return
     if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
-    os.makedirs(work, exist_ok=True)
-    with open(job_path + ".partial", "wb") as f:
-        f.write(wanted)
-    os.replace(job_path + ".partial", job_path)
+    work.write("job.json", wanted)
 
 
-def _already_written(store, work: str, config: WriteConfig) -> WriteReport:
+def _already_written(store, work, config: WriteConfig) -> WriteReport:
     index = json.loads(store.read(INDEX_NAME))
     if index.get("config") != config.to_json():
         raise WriterError("OUTPUT's index.json describes a dataset written with other settings: write into a new OUTPUT")
-    shutil.rmtree(work, ignore_errors=True)  # a kill between index.json and clean-up
+    work.delete_tree("")  # a kill between index.json and clean-up
     log.info("OUTPUT is complete already; nothing to do")
     totals = index["totals"]
-    return WriteReport(videos=totals["videos"], chunks=totals["chunks"], shards=totals["shards"], skipped=[], resumed=totals["videos"])
+    return WriteReport(videos=totals["videos"], chunks=totals["chunks"], shards=totals["shards"], bytes=totals["bytes"],
+                       skipped=[])
 
 
-def _manifest(views, results: list[VideoResult], shards, config: WriteConfig, skipped: int, schema) -> Manifest:
+def _manifest(views, results, shards, config: WriteConfig, skipped: int, schema) -> Manifest:
     # Every video's own rate is in its meta.json; the manifest states it when there is one.
     rates = {r.fps for r in results}
     return Manifest(

@@ -10,13 +10,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from numpy.random import default_rng
 
-from streaming.format import Segment
+from streaming.format import Segment, sample_key
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records on close
-_INTERLEAVE_STREAM = 1  # RNG stream id: the writer's sample order (seeded from a tuple)
+_INTERLEAVE_STREAM = 1  # RNG stream ids (seeded from tuples): the chunks of a group of videos,
+_VIDEO_STREAM = 2  # and the order of the videos
 
 
 def chunk_plan(total: int, max_frames: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -109,15 +110,35 @@ def clip_timeline(segments: Sequence[SourceSegment], start: int, end: int) -> li
     return clipped
 
 
-def interleave(keys: Sequence[str], seed: int) -> list[str]:
-    """A seeded permutation of the sample keys, so a shard mixes chunks of many videos.
+def interleave(keys: Sequence[str], seed: int, group: int = 0) -> list[str]:
+    """A seeded permutation of sample keys, so a shard mixes chunks of many videos.
 
-    Depends only on the SET of keys and the seed: whichever engine or worker count
-    produced the samples, the order is the same.
+    Depends only on the SET of keys, the seed and the group number: whichever engine or
+    worker count produced the samples, the order is the same.
     """
     ordered = sorted(keys)
-    perm = np.random.default_rng([seed, _INTERLEAVE_STREAM]).permutation(len(ordered))
+    perm = default_rng([seed, _INTERLEAVE_STREAM, group]).permutation(len(ordered))
     return [ordered[i] for i in perm]
+
+
+def sample_order(chunks_per_video: dict[str, int], seed: int, mix_videos: int) -> list[str]:
+    """Every sample key in shard order.
+
+    Videos are put in a seeded order and cut into groups of `mix_videos`; the chunks of a
+    group are interleaved, groups follow each other. So a shard mixes the chunks of up to
+    `mix_videos` videos, and the shards of a group need only that group's videos encoded:
+    shards are written while later groups are still being encoded, and the spool holds
+    about one group, never the whole dataset.
+    """
+    if mix_videos < 1:
+        raise ValueError(f"mix_videos must be >= 1, got {mix_videos}")
+    videos = sorted(chunks_per_video)
+    videos = [videos[i] for i in default_rng([seed, _VIDEO_STREAM]).permutation(len(videos))]
+    order: list[str] = []
+    for g, first in enumerate(range(0, len(videos), mix_videos)):
+        keys = [sample_key(v, c) for v in videos[first : first + mix_videos] for c in range(chunks_per_video[v])]
+        order += interleave(keys, seed, g)
+    return order
 
 
 def tar_member_bytes(size: int) -> int:
@@ -148,3 +169,17 @@ def plan_shards(sample_bytes: Sequence[int], max_shard_bytes: int) -> list[range
     if len(sample_bytes) > first:
         shards.append(range(first, len(sample_bytes)))
     return shards
+
+
+def estimate_sample_bytes(member_bytes: Sequence[int]) -> int:
+    """Tar bytes of a sample whose members are estimated at `member_bytes`."""
+    return sum(tar_member_bytes(n) for n in member_bytes)
+
+
+def estimate_clip_bytes(pilot_bytes: int, pilot_frames: int, frames: int) -> int:
+    """A clip of `frames` frames, from a pilot clip of the same view and settings.
+
+    The pilot is the view's first GOP, encoded as the clips are (an I-frame and gop-1
+    P-frames: the pattern every clip repeats), so bytes per frame carry over.
+    """
+    return -(-pilot_bytes * frames // max(1, pilot_frames))

@@ -1,20 +1,23 @@
-"""The writer's per-video tasks on Ray (`vidshard write ... --engine ray`).
+"""The writer's tasks on Ray (`vidshard write ... --engine ray`): the same task functions
+as the local process pool, behind the same Engine interface (engine.py).
 
-The same task function as the local process pool, scheduled as Ray tasks; scanning and
-validation stay on the driver, and shard assembly and the manifest stay in the one
-deterministic place after every task has finished (job.py), so the output is byte-identical
-to the local engine's. Tasks carry a VideoSpec (paths, sizes, the timeline) and return a
-small VideoResult; clips go to the spool under OUTPUT, which must therefore be a filesystem
-every Ray node sees. A task whose worker dies is retried by Ray (`max_retries`); a source
-error is not retried, it goes to the --on-error policy.
+The code ships with the job: `runtime_env={"py_modules": [<streaming>, <shardwriter>]}` (Ray
+zips the two packages once and every worker imports them from its own copy), so nodes
+need Ray and the third-party dependencies, not this checkout at any path. Tasks read
+SOURCE and read/write OUTPUT's store themselves; only task values (a VideoSpec, a list of
+keys) and small records (sizes, hashes) travel through Ray. A task whose worker dies
+(preemption, OOM kill, lost node) is retried by Ray (`max_retries`); an exception a task
+raises is not retried: a source error goes to the --on-error policy.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
-from collections.abc import Callable
-
-from .job import TASK_ENV, Engine
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def _call(fn: Callable, task):
@@ -22,29 +25,86 @@ def _call(fn: Callable, task):
     return fn(task)
 
 
-def ray_engine(address: str | None = None, num_cpus_per_task: float = 1, max_retries: int = 3) -> Engine:
-    def run(fn: Callable, tasks: list):
+def _ping(_):
+    return None
+
+
+def code_paths(extra_modules: Iterable[types.ModuleType] = ()) -> list[str]:
+    """The package folders a worker needs to run the writer's tasks (and any extra ones);
+    found, not imported: of the reader, the tasks import `streaming.format` only."""
+    found = [importlib.util.find_spec(name).submodule_search_locations[0] for name in ("streaming", "shardwriter")]
+    return found + [os.path.dirname(m.__file__) for m in extra_modules]
+
+
+def job_runtime_env(extra_modules: Iterable[types.ModuleType] = ()) -> dict[str, Any]:
+    """The job's runtime_env: Ray zips these packages once and every worker imports them."""
+    return {"py_modules": code_paths(extra_modules), "excludes": ["__pycache__"]}
+
+
+def _submitted_with_code() -> bool:
+    """A `ray job submit` driver whose job already ships code (--working-dir or py_modules):
+    Ray merges ray.init's runtime_env into the job's and refuses the same field twice."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return False
+    env = (json.loads(raw).get("runtime_env") or {})
+    return bool(env.get("py_modules") or env.get("working_dir"))
+
+
+class RayEngine:
+    """Joins (or starts) Ray with the code shipped as the job's runtime_env. Ray accepts local
+    folders for py_modules only at the job level, so a caller that initialises Ray itself
+    passes `runtime_env=job_runtime_env()`; under `ray job submit`, the submitted job's
+    runtime_env (`--working-dir` or `--runtime-env-json`) is the one used."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus_per_task: float = 1,
+        max_retries: int = 3,
+        extra_modules: Iterable[types.ModuleType] = (),
+    ):
         import ray
 
+        self._ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        # MALLOC_PERTURB_ must be in the worker's environment when it starts (see job.TASK_ENV);
-        # PYTHONPATH lets workers import the task function the driver imports.
-        env = {**TASK_ENV, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
-        remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries, retry_exceptions=False,
-                                           runtime_env={"env_vars": env})
-        refs = {remote.remote(fn, task): task for task in tasks}
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    try:
-                        yield refs[ref], ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:  # the task raised: hand over its own exception
-                        yield refs[ref], exc.cause if exc.cause is not None else exc
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env=None if _submitted_with_code() else job_runtime_env(extra_modules))
+        cpus = ray.cluster_resources().get("CPU", 1)
+        self.parallelism = max(1, int(cpus // num_cpus_per_task))
+        self._remote = ray.remote(_call).options(num_cpus=num_cpus_per_task, max_retries=max_retries,
+                                                 retry_exceptions=False)
+        self._pending: set = set()
+        ray.get(self._remote.remote(_ping, None))  # up: the first call's lazy imports, the code shipped
 
-    return run
+    def submit(self, fn, task):
+        ref = self._remote.remote(fn, task)
+        self._pending.add(ref)
+        return ref
+
+    def wait(self, handles) -> list[tuple[Any, Any]]:
+        ray = self._ray
+        refs = list(handles)
+        ready, _ = ray.wait(refs, num_returns=1)  # block for the first ...
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)  # ... then take every finished one
+        out = []
+        for ref in ready:
+            self._pending.discard(ref)
+            try:
+                out.append((ref, ray.get(ref)))
+            except ray.exceptions.RayTaskError as exc:  # the task raised: hand over its own exception
+                out.append((ref, exc.cause if exc.cause is not None else exc))
+            except ray.exceptions.RayError as exc:  # retries exhausted (worker died each time), node lost
+                out.append((ref, exc))
+        return out
+
+    def close(self) -> None:
+        for ref in self._pending:
+            self._ray.cancel(ref)
+        self._pending.clear()
+
+
+def ray_engine(address: str | None = None, num_cpus_per_task: float = 1, max_retries: int = 3,
+               extra_modules: Iterable[types.ModuleType] = ()) -> Callable[[int], RayEngine]:
+    """An engine factory for write_dataset (Ray is started or joined when the job starts)."""
+    return lambda workers: RayEngine(address, num_cpus_per_task, max_retries, extra_modules)

@@ -1,60 +1,152 @@
-"""Where finished files go: a local OUTPUT folder, or an object store (s3://, gs://, ...).
+"""Where the writer's files live: a local folder or an object store (s3://, gs://, ...).
 
-Shards are always assembled in a local staging folder and *published* when complete: a
-rename into a local OUTPUT, an upload to an object store (a PUT creates the object whole,
-so nothing partial is ever listed under a final name). index.json is published last.
+OUTPUT is a store, and so is its work area (`OUTPUT/.vidshard-work/`: job.json, the saved
+plan, the spool of encoded samples, task records), so every node that can reach OUTPUT can
+run any task: nothing is shared but the store. Writes are atomic under their final name:
+`create(name)` streams into a hidden `.NAME.partial` file renamed into place (local), or a
+multipart upload completed only when the stream is closed without error (object store; an
+upload that fails is aborted), so nothing partial is ever listed under a final name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import posixpath
+import shutil
+from collections.abc import Iterator
+from typing import IO
 
 from streaming.format import sha256_of
+
+WORK_DIR = ".vidshard-work"
+PART_BYTES = 64 << 20  # multipart part size for object stores (S3's minimum is 5 MiB)
+MIN_PART_BYTES = 5 << 20
+
+
+@dataclasses.dataclass(kw_only=True)
+class Transfer:
+    """Bytes this process moved to and from object stores (driverio reports the driver's:
+    its sockets' own counters miss connections the client has already closed)."""
+
+    read: int = 0
+    written: int = 0
+
+
+REMOTE_IO = Transfer()
+
+
+class _Counted:
+    """A file of an object store whose reads and writes are added to REMOTE_IO."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        REMOTE_IO.read += len(data)
+        return data
+
+    def write(self, data) -> int:
+        REMOTE_IO.written += len(data)
+        return self._f.write(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
 
 
 def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def join(url: str, name: str) -> str:
+    return posixpath.join(url.rstrip("/"), name) if is_remote(url) else os.path.join(url.removeprefix("file://"), name)
+
+
 class LocalStore:
     def __init__(self, root: str):
         self.root = root
-        os.makedirs(root, exist_ok=True)
+        self.url = root
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(os.path.join(self.root, name))
+        return os.path.exists(self._path(name))
 
-    def publish(self, local_path: str, name: str) -> None:
-        os.replace(local_path, os.path.join(self.root, name))
+    @contextlib.contextmanager
+    def create(self, name: str, part_bytes: int = PART_BYTES) -> Iterator[IO[bytes]]:
+        path = self._path(name)
+        folder, base = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{base}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)  # e.g. a full disk: leave room, and nothing half-written
+            raise
 
     def write(self, name: str, data: bytes) -> None:
-        tmp = os.path.join(self.root, f".{name}.partial")
-        with open(tmp, "wb") as f:
+        with self.create(name) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(self.root, name))
+
+    def put_file(self, local_path: str, name: str) -> None:
+        with self.create(name) as f, open(local_path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
 
     def read(self, name: str) -> bytes:
-        with open(os.path.join(self.root, name), "rb") as f:
+        with open(self._path(name), "rb") as f:
             return f.read()
 
-    def listing(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.root) if not n.startswith(".")) if os.path.isdir(self.root) else []
+    def open(self, name: str) -> IO[bytes]:
+        return open(self._path(name), "rb")
+
+    def listing(self, prefix: str = "") -> list[str]:
+        """Names directly under `prefix` (hidden ones excluded at the top level)."""
+        folder = self._path(prefix)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n for n in os.listdir(folder) if prefix or not n.startswith("."))
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._path(name))
+
+    def delete_tree(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
     def digest(self, name: str) -> tuple[int, str]:
-        return file_digest(os.path.join(self.root, name))
+        with open(self._path(name), "rb") as f:
+            return sha256_of(f)
+
+    def remove_partials(self) -> None:
+        """A killed task leaves `.NAME.partial` files at the top level; none is ever listed."""
+        for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
+            if name.startswith(".") and name.endswith(".partial"):
+                self.delete(name)
 
 
 class RemoteStore:
     """An fsspec object store; endpoint and credentials from the standard settings
-    (for S3: AWS_ENDPOINT_URL, AWS_* variables, profiles)."""
+    (for S3: AWS_ENDPOINT_URL, AWS_* variables, profiles, instance roles)."""
 
     def __init__(self, url: str):
         import fsspec
 
-        self.fs, self.root = fsspec.core.url_to_fs(url.rstrip("/"))
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, name)
@@ -62,31 +154,79 @@ class RemoteStore:
     def exists(self, name: str) -> bool:
         return self.fs.exists(self._path(name))
 
-    def publish(self, local_path: str, name: str) -> None:
-        self.fs.put_file(local_path, self._path(name))
-        os.remove(local_path)
+    @contextlib.contextmanager
+    def create(self, name: str, part_bytes: int = PART_BYTES) -> Iterator[IO[bytes]]:
+        # A buffered fsspec file uploads parts as its buffer fills and completes the object
+        # on close(); its __exit__ would close (complete) even on an error, so it is not used.
+        f = self.fs.open(self._path(name), "wb", block_size=max(MIN_PART_BYTES, part_bytes))
+        try:
+            yield _Counted(f)
+        except BaseException:
+            f.discard()  # S3: aborts the multipart upload; nothing appears under the name
+            f.closed = True  # nothing left to complete (its __del__ would try)
+            raise
+        f.close()
 
     def write(self, name: str, data: bytes) -> None:
+        REMOTE_IO.written += len(data)
         self.fs.pipe_file(self._path(name), data)
 
-    def read(self, name: str) -> bytes:
-        return self.fs.cat_file(self._path(name))
+    def put_file(self, local_path: str, name: str) -> None:
+        REMOTE_IO.written += os.path.getsize(local_path)
+        self.fs.put_file(local_path, self._path(name))
 
-    def listing(self) -> list[str]:
+    def read(self, name: str) -> bytes:
+        data = self.fs.cat_file(self._path(name))
+        REMOTE_IO.read += len(data)
+        return data
+
+    def open(self, name: str) -> IO[bytes]:
+        return _Counted(self.fs.open(self._path(name), "rb", block_size=8 << 20, cache_type="readahead"))
+
+    def listing(self, prefix: str = "") -> list[str]:
         try:
-            return sorted(posixpath.basename(p) for p in self.fs.ls(self.root, detail=False))
+            names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self._path(prefix), detail=False, refresh=True)]
         except FileNotFoundError:
             return []
+        return sorted(n for n in names if prefix or not n.startswith("."))
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(name))
+
+    def delete_tree(self, prefix: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._path(prefix), recursive=True)
 
     def digest(self, name: str) -> tuple[int, str]:
-        with self.fs.open(self._path(name), "rb") as f:
+        with self.open(name) as f:
             return sha256_of(f)
+
+    def remove_partials(self) -> None:
+        """Multipart uploads of killed tasks under this prefix are aborted (S3 only)."""
+        if not hasattr(self.fs, "list_multipart_uploads"):
+            return
+        bucket, _, prefix = self.root.partition("/")
+        try:
+            uploads = self.fs.list_multipart_uploads(bucket)
+        except (OSError, ValueError, PermissionError):
+            return
+        for up in uploads:
+            if up["Key"].startswith(prefix.rstrip("/") + "/"):
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+
+Store = LocalStore | RemoteStore
+
+
+def open_store(url: str) -> Store:
+    return RemoteStore(url) if is_remote(url) else LocalStore(url.removeprefix("file://"))
+
+
+def work_url(output: str) -> str:
+    return join(output, WORK_DIR)
 
 
 def file_digest(path: str) -> tuple[int, str]:
     with open(path, "rb") as f:
         return sha256_of(f)
-
-
-def open_store(output: str) -> LocalStore | RemoteStore:
-    return RemoteStore(output) if is_remote(output) else LocalStore(output.removeprefix("file://"))

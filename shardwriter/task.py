@@ -1,9 +1,12 @@
-"""The per-video task: one source video -> its chunk samples, spooled as member files.
+"""The encode task: one video -> its chunk samples, spooled in OUTPUT's own store.
 
-A task is a plain function of a plain VideoTask, so the local process pool and a
-distributed engine run the same code. It writes into `<spool>/<video_id>.partial/` and
-renames that folder to `<spool>/<video_id>/` once `_done.json` (its result) is inside: a
-killed task leaves only a `.partial` folder, which the next run deletes and redoes.
+A task is a plain function of a plain VideoTask, so the local process pool and Ray run the
+same code on any node. Clips are encoded into a local temporary folder (mp4's faststart
+needs a real file); as soon as a chunk's clips are complete, the chunk sample is written to
+the work store as its tar fragment (spool.py) and its clips are deleted, so the worker's
+disk holds the clips of the chunks being encoded. `videos/<video_id>.json` (the result) is
+written last: a task killed mid-way is simply run again, and its fragments are rewritten
+with the same bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
+import tempfile
 from typing import Any
 
 from streaming.format import META, TIMELINE, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
@@ -19,10 +22,10 @@ from streaming.format import META, TIMELINE, clip_suffix, dumps, kpt_suffix, sam
 from .encode import EncodeSettings, encode_chunks, view_encode
 from .errors import SourceError
 from .keypoints import Schema, list_keypoints, stack_chunk
-from .plan import chunk_plan, clip_timeline, tar_member_bytes
+from .plan import chunk_plan, clip_timeline
 from .source import VideoSpec
-
-DONE = "_done.json"
+from .spool import fragment_name, write_fragment
+from .store import open_store
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,7 +36,7 @@ class VideoTask:
     encode: EncodeSettings
     keypoint_schema: Schema
     keypoint_origin: dict[str, str]
-    spool_dir: str
+    work: str  # URL or folder of the work store (the spool is under it)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,11 +46,7 @@ class ChunkRecord:
     start: int
     end: int
     nsegments: int
-    members: dict[str, int]  # suffix -> byte size
-
-    @property
-    def tar_bytes(self) -> int:
-        return sum(tar_member_bytes(n) for n in self.members.values())
+    size: int  # bytes of the sample's tar records, as spooled (headers included)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -67,44 +66,22 @@ class VideoResult:
         return cls(**{**obj, "chunks": [ChunkRecord(**c) for c in obj["chunks"]]})
 
 
-def video_dir(spool_dir: str, video_id: str) -> str:
-    return os.path.join(spool_dir, video_id)
-
-
-def load_result(spool_dir: str, video_id: str) -> VideoResult | None:
-    """The result of a task that finished in an earlier run, if any."""
-    path = os.path.join(video_dir(spool_dir, video_id), DONE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return VideoResult.from_json(json.load(f))
+def result_name(video_id: str) -> str:
+    return f"videos/{video_id}.json"
 
 
 def run_video_task(task: VideoTask) -> VideoResult:
-    spec = task.spec
-    done = load_result(task.spool_dir, spec.video_id)
-    if done is not None:
-        return done
-    final = video_dir(task.spool_dir, spec.video_id)
-    partial = final + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
-    try:
-        result = _write_samples(task, partial)
-        _write(os.path.join(partial, DONE), dumps(result.to_json()))
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    os.rename(partial, final)
+    work = open_store(task.work)
+    name = result_name(task.spec.video_id)
+    if work.exists(name):  # finished by an earlier attempt or run
+        return VideoResult.from_json(json.loads(work.read(name)))
+    with tempfile.TemporaryDirectory(prefix="vidshard-clips-") as tmp:
+        result = _write_samples(task, tmp, work)
+    work.write(name, dumps(result.to_json()))
     return result
 
 
-def _write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _write_samples(task: VideoTask, out: str) -> VideoResult:
+def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
     spec = task.spec
     chunks = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)
     keys = [sample_key(spec.video_id, i) for i in range(len(chunks))]
@@ -114,7 +91,31 @@ def _write_samples(task: VideoTask, out: str) -> VideoResult:
             views.append(view_encode(path, source, task.encode))
         except ValueError as exc:
             raise SourceError(spec.video_id, path, str(exc)) from None
-    clip_paths = [[os.path.join(out, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
+    clip_paths = [[os.path.join(tmp, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
+    keypoint_files = [
+        list_keypoints(spec.video_id, d, n) if d else {} for d, n in zip(spec.keypoint_dirs, spec.view_frames)
+    ]
+    records = []
+
+    def spool(index: int) -> None:  # chunk `index` is encoded: spool it now, free the worker's disk
+        (start, end), key = chunks[index], keys[index]
+        segments = clip_timeline(spec.timeline, start, end)
+        members: dict[str, bytes | str] = {TIMELINE: dumps(timeline_to_json(segments))}
+        coverage = {}
+        if task.keypoint_schema:
+            for view, files in zip(spec.views, keypoint_files):
+                members[kpt_suffix(view)], coverage[view] = stack_chunk(
+                    spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
+                )
+        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, views, coverage))
+        for view, path in zip(spec.views, clip_paths[index]):
+            members[clip_suffix(view)] = path
+        with work.create(fragment_name(key)) as f:
+            size = write_fragment(f, key, members.items())
+        for path in clip_paths[index]:
+            os.remove(path)
+        records.append(ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), size=size))
+
     encode_chunks(
         spec.video_id,
         views,
@@ -125,29 +126,8 @@ def _write_samples(task: VideoTask, out: str) -> VideoResult:
         clip_paths,
         task.encode,
         strict_length=len(set(spec.view_frames)) == 1,
+        finished=spool,
     )
-    keypoint_files = [
-        list_keypoints(spec.video_id, d, n) if d else {} for d, n in zip(spec.keypoint_dirs, spec.view_frames)
-    ]
-    records = []
-    for index, ((start, end), key) in enumerate(zip(chunks, keys)):
-        segments = clip_timeline(spec.timeline, start, end)
-        members = {TIMELINE: dumps(timeline_to_json(segments))}
-        coverage = {}
-        if task.keypoint_schema:
-            for view, files in zip(spec.views, keypoint_files):
-                members[kpt_suffix(view)], coverage[view] = stack_chunk(
-                    spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
-                )
-        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, views, coverage))
-        for suffix, data in members.items():
-            _write(os.path.join(out, f"{key}.{suffix}"), data)
-        sizes_by_suffix = {suffix: len(data) for suffix, data in members.items()}
-        for view in spec.views:
-            sizes_by_suffix[clip_suffix(view)] = os.path.getsize(os.path.join(out, f"{key}.{clip_suffix(view)}"))
-        records.append(
-            ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), members=sizes_by_suffix)
-        )
     return VideoResult(
         video_id=spec.video_id,
         num_frames=spec.num_frames,

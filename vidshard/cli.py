@@ -70,6 +70,7 @@ def cmd_write(args: argparse.Namespace) -> int:
         seed=args.seed,
         on_error=args.on_error,
         truncate_views=args.truncate_views,
+        mix_videos=args.mix_videos,
     )
     engine = None
     if args.engine == "ray":
@@ -77,8 +78,14 @@ def cmd_write(args: argparse.Namespace) -> int:
 
         engine = ray_engine(address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task)
     report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir)
-    print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards under {args.output}"
-          + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
+    print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards ({report.bytes} bytes) under "
+          f"{args.output}" + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
+    d = report.driver
+    if d is not None:  # the driver plans; the tasks move the media
+        print(f"driver I/O during the job: {d.total_bytes} bytes (files and pipes: read {d.read_bytes}, wrote "
+              f"{d.written_bytes}; TCP: received {d.socket_received_bytes}, sent {d.socket_sent_bytes}; object store: "
+              f"read {d.store_read_bytes}, wrote {d.store_written_bytes}); start-up apart: read {d.startup_read_bytes}, "
+              f"wrote {d.startup_written_bytes}; peak RSS {d.peak_rss_bytes} bytes")
     return 0
 
 
@@ -178,11 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
     w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
     w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
+    w.add_argument("--mix-videos", type=int, default=64, help="a shard mixes the chunks of up to this many videos")
     w.add_argument("--work-dir", default=None,
-                   help="spool and staged shards (default OUTPUT/.vidshard-work; for s3:// etc. ~/.cache/vidshard/work/HASH)")
-    w.add_argument("--engine", choices=("local", "ray"), default="local", help="where the per-video tasks run")
+                   help="plan and spool, a folder or URL every worker reaches (default OUTPUT/.vidshard-work)")
+    w.add_argument("--engine", choices=("local", "ray"), default="local", help="where the tasks run")
     w.add_argument("--ray-address", default=None, help="Ray cluster: auto, ray://host:10001, or none for a local one")
-    w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per video task")
+    w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per task")
     w.set_defaults(func=cmd_write)
 
     s = sub.add_parser("synth", help="write a synthetic source whose pixels carry frame and view")

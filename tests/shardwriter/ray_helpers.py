@@ -1,13 +1,59 @@
-"""Importable by Ray workers: a task wrapper whose first attempt per video kills its worker."""
+"""Shipped to Ray workers with the job (runtime_env py_modules): task wrappers for tests."""
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 
 
-def crash_first_attempt(fn, marker_dir: str, task):
-    marker = os.path.join(marker_dir, task.spec.video_id)
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)  # the worker process dies mid-task, as on a preempted node
+class WrappedEngine:
+    """An engine whose every task function is wrapped: `wrap(fn, task)` runs instead of fn(task)."""
+
+    def __init__(self, inner, wrap):
+        self.inner, self.wrap = inner, wrap
+        self.parallelism = inner.parallelism
+
+    def submit(self, fn, task):
+        return self.inner.submit(functools.partial(self.wrap, fn), task)
+
+    def wait(self, handles):
+        return self.inner.wait(handles)
+
+    def close(self):
+        self.inner.close()
+
+
+def task_name(task) -> str:
+    spec = getattr(task, "spec", None)
+    if spec is not None:
+        return f"video-{spec.video_id}"
+    index = getattr(task, "index", None)
+    return f"shard-{index}" if index is not None else f"probe-{task.video_id}"
+
+
+def kill_mid_task(marker_dir: str, fn, task):
+    """The first attempt of every encode and shard task SIGKILLs its own worker process in
+    the middle of its work: right after the first sample fragment is spooled (encode) or
+    copied into the shard being uploaded (shard); the task's other outputs are not written."""
+    name = task_name(task)
+    marker = os.path.join(marker_dir, name)
+    if name.startswith("probe") or os.path.exists(marker):
+        return fn(task)
+    open(marker, "w").close()
+    import shardwriter.assemble as assemble
+    import shardwriter.task as encode_task
+
+    def dying(original):
+        def call(*args, **kw):
+            result = original(*args, **kw)
+            os.kill(os.getpid(), signal.SIGKILL)  # as a preempted node or the OOM killer would
+            return result
+
+        return call
+
+    if name.startswith("video"):
+        encode_task.write_fragment = dying(encode_task.write_fragment)
+    else:
+        assemble.copy_fragment = dying(assemble.copy_fragment)
     return fn(task)

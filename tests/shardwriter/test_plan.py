@@ -14,7 +14,9 @@ from shardwriter.plan import (
     chunk_plan,
     clip_timeline,
     interleave,
+    estimate_clip_bytes,
     plan_shards,
+    sample_order,
     tar_file_bytes,
     tar_member_bytes,
 )
@@ -149,3 +151,39 @@ def test_plan_shards_packs_in_order_within_limit(sizes, limit):
 def test_tar_arithmetic():
     assert tar_member_bytes(0) == 512 and tar_member_bytes(1) == 1024 and tar_member_bytes(512) == 1024
     assert tar_file_bytes(0) == 10240 and tar_file_bytes(9216) == 10240 and tar_file_bytes(9217) == 20480
+
+
+@st.composite
+def video_chunks(draw):
+    ids = draw(st.lists(st.text("abcdef", min_size=1, max_size=5), unique=True, min_size=1, max_size=30))
+    return {v: draw(st.integers(1, 12)) for v in ids}
+
+
+@given(video_chunks(), st.integers(0, 2**32), st.integers(1, 8))
+def test_sample_order_groups_videos_and_depends_only_on_values(chunks, seed, mix):
+    order = sample_order(chunks, seed, mix)
+    assert sorted(order) == sorted(f"{v}_{c:05d}" for v, n in chunks.items() for c in range(n))
+    assert sample_order(dict(reversed(list(chunks.items()))), seed, mix) == order  # not the dict's order
+    # Consecutive runs of `mix` videos own contiguous blocks of the order: a group's shards
+    # need only that group's videos.
+    videos = list(dict.fromkeys(k.rsplit("_", 1)[0] for k in order))
+    groups = [set(videos[i : i + mix]) for i in range(0, len(videos), mix)]
+    blocks, at = [], 0
+    for group in groups:
+        size = sum(chunks[v] for v in group)
+        blocks.append({k.rsplit("_", 1)[0] for k in order[at : at + size]})
+        at += size
+    assert blocks == groups
+
+
+def test_sample_order_mixes_within_a_group_and_follows_the_seed():
+    chunks = {f"v{i}": 10 for i in range(8)}
+    a, b = sample_order(chunks, 0, 4), sample_order(chunks, 1, 4)
+    assert a != b
+    first = {k.rsplit("_", 1)[0] for k in a[:40]}
+    assert len(first) == 4  # the first group: four videos, interleaved
+    assert sum(x.split("_")[0] == y.split("_")[0] for x, y in zip(a[:40], a[1:40])) < 20
+
+
+def test_clip_estimate_scales_the_pilot():
+    assert estimate_clip_bytes(1600, 16, 1000) == 100_000 and estimate_clip_bytes(1601, 16, 16) == 1601

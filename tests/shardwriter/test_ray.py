@@ -1,5 +1,5 @@
-"""The writer's tasks on a local Ray cluster give the local engine's bytes, also when a
-worker dies mid-task and with a bad video skipped."""
+"""The writer's tasks on a local Ray cluster give the local engine's bytes, also when workers
+die in the middle of their tasks and with a bad video skipped."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from shardwriter.ray_engine import ray_engine  # noqa: E402
+import tests  # noqa: E402
+from shardwriter.ray_engine import RayEngine, job_runtime_env, ray_engine  # noqa: E402
 
 from ..helpers import write  # noqa: E402
-from .ray_helpers import crash_first_attempt  # noqa: E402
+from . import ray_helpers  # noqa: E402
 from .test_writer_resume import digests  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Tests run wrappers from this package on the workers: ship it with the writer's code.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env([tests]))
     yield
     ray.shutdown()
 
@@ -44,15 +46,29 @@ def test_ray_output_is_byte_identical_to_local(local_ray, source_with_bad_video,
     assert json.load(open(os.path.join(remote, "errors.json")))["skipped"][0]["video_id"] == "session_002"
 
 
-def test_worker_killed_mid_task_is_retried(local_ray, small_source, small_dataset, tmp_path):
+def test_workers_killed_mid_task_are_retried(local_ray, small_source, small_dataset, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
-    inner = ray_engine(max_retries=2)
 
-    def engine(fn, tasks):
-        return inner(functools.partial(crash_first_attempt, fn, str(markers)), tasks)
+    def engine(workers):
+        inner = RayEngine(max_retries=2)
+        return ray_helpers.WrappedEngine(inner, functools.partial(ray_helpers.kill_mid_task, str(markers)))
 
     out = str(tmp_path / "out")
-    write(small_source, out, overlap=6, engine=engine)
-    assert len(os.listdir(markers)) == 3  # every task died once
+    report = write(small_source, out, overlap=6, engine=engine)
+    killed = sorted(os.listdir(markers))
+    assert [n for n in killed if n.startswith("video")] == [f"video-session_{i:03d}" for i in range(3)]
+    assert len([n for n in killed if n.startswith("shard")]) == report.shards >= 2  # every task died once, mid-way
     assert digests(out) == digests(small_dataset)
+
+
+def test_submitted_job_keeps_its_own_code(monkeypatch):
+    from shardwriter import ray_engine as engine
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert not engine._submitted_with_code()  # vidshard write: ships streaming + shardwriter itself
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
+    assert engine._submitted_with_code()  # ray job submit --working-dir .: the job's copy is used
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["av"]}}))
+    assert not engine._submitted_with_code()  # merged: the job's pip plus our py_modules
+    assert [os.path.basename(p) for p in engine.code_paths()] == ["streaming", "shardwriter"]

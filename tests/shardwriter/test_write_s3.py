@@ -1,5 +1,6 @@
 """Writing to object storage (moto's S3 server on loopback): killed and resumed, the objects
-are the local run's bytes, and nothing partial is listed under a final name."""
+are the local run's bytes, nothing partial is listed under a final name, the work area (a
+prefix under OUTPUT) is gone at the end, and an upload that fails is aborted."""
 
 from __future__ import annotations
 
@@ -11,24 +12,30 @@ import sys
 import time
 
 from shardwriter.encode import EncodeSettings
+import pytest
+
 from shardwriter.job import WriteConfig, write_dataset
+from shardwriter.store import MIN_PART_BYTES, open_store
 from streaming import VideoShardDataset
 
 from ..servers import use_endpoint
 
 
 def digests_s3(prefix: str) -> dict[str, str]:
+    """Final names only: the hidden work area is a prefix of its own."""
     import s3fs
 
     fs = s3fs.S3FileSystem()
-    return {os.path.basename(p): hashlib.sha256(fs.cat_file(p)).hexdigest() for p in sorted(fs.ls(f"vidshard/{prefix}"))}
+    fs.invalidate_cache()
+    return {os.path.basename(p): hashlib.sha256(fs.cat_file(p)).hexdigest() for p in sorted(fs.ls(f"vidshard/{prefix}"))
+            if not os.path.basename(p).startswith(".")}
 
 
 def test_write_to_s3_killed_and_resumed_gives_the_same_objects(small_source, small_dataset, s3_server, tmp_path):
     use_endpoint(s3_server)
     config = dict(max_video_frames=30, overlap=6, shard_bytes=150_000)
     cmd = [sys.executable, "-m", "vidshard", "-q", "write", small_source, "s3://vidshard/out", "--max-video-frames", "30",
-           "--overlap", "6", "--shard-size", "150000", "--gop", "8", "--workers", "2", "--work-dir", str(tmp_path / "work")]
+           "--overlap", "6", "--shard-size", "150000", "--gop", "8", "--workers", "2"]
     env = {**os.environ}
     seen_partial = []
     for delay in (2.0, 3.0):
@@ -45,13 +52,36 @@ def test_write_to_s3_killed_and_resumed_gives_the_same_objects(small_source, sma
     objects = digests_s3("out")
     expected = {n: hashlib.sha256(open(os.path.join(small_dataset, n), "rb").read()).hexdigest() for n in os.listdir(small_dataset)}
     assert objects == expected and not all(seen_partial)
+    assert not _exists("out/.vidshard-work")
     ds = VideoShardDataset("s3://vidshard/out", load_rgb=False, load_kpt=True)
     assert len(list(ds)) == 9
-    assert write_dataset(small_source, "s3://vidshard/out", WriteConfig(**config, encode=EncodeSettings(gop=8)),
-                         work_dir=str(tmp_path / "work")).chunks == 9  # complete: nothing to do
+    assert write_dataset(small_source, "s3://vidshard/out", WriteConfig(**config, encode=EncodeSettings(gop=8))).chunks == 9
 
 
 def _exists(prefix: str) -> bool:
     import s3fs
 
-    return s3fs.S3FileSystem().exists(f"vidshard/{prefix}")
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    return fs.exists(f"vidshard/{prefix}")
+
+
+def test_failed_upload_is_aborted_and_large_objects_go_in_parts(s3_server):
+    import boto3
+
+    use_endpoint(s3_server)
+    store = open_store("s3://vidshard/parts")
+    part = os.urandom(MIN_PART_BYTES)
+    with pytest.raises(RuntimeError):
+        with store.create("shard-000000.tar", MIN_PART_BYTES) as f:
+            f.write(part)
+            f.write(part)  # two parts uploaded: a multipart upload is open
+            raise RuntimeError("the task fails mid-shard")
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_server}")
+    assert not store.exists("shard-000000.tar")
+    assert not client.list_multipart_uploads(Bucket="vidshard").get("Uploads")  # aborted, not left behind
+    with store.create("shard-000001.tar", MIN_PART_BYTES) as f:
+        for _ in range(3):
+            f.write(part)
+    head = client.head_object(Bucket="vidshard", Key="parts/shard-000001.tar")
+    assert head["ContentLength"] == 3 * MIN_PART_BYTES and head["ETag"].strip('"').endswith("-3")  # 3 parts

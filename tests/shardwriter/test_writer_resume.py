@@ -4,11 +4,14 @@ with SIGKILL and resumed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
 
+from shardwriter.engine import LocalEngine
 from shardwriter.errors import WriterError
+from streaming.format import ShardEntry
 
 from ..helpers import write
 
@@ -50,3 +53,49 @@ def test_unrelated_output_is_refused(small_source, tmp_path):
 
 
 # SIGKILL at 20 random points, then resume: tests/shardwriter/test_writer_kills.py
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAfterFirstShard:
+    """The local engine, interrupted (as by a kill of the driver) once the first shard is published."""
+
+    def __init__(self, workers):
+        self.inner = LocalEngine(workers)
+        self.parallelism = self.inner.parallelism
+
+    def submit(self, fn, task):
+        return self.inner.submit(fn, task)
+
+    def wait(self, handles):
+        done = self.inner.wait(handles)
+        if any(isinstance(outcome, ShardEntry) for _, outcome in done):
+            raise Stop
+        return done
+
+    def close(self):
+        self.inner.close()
+
+
+def test_plan_is_saved_first_and_a_changed_source_is_refused(source_copy, small_dataset, tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(Stop):
+        write(source_copy, out, overlap=6, engine=StopAfterFirstShard)
+    plan = json.load(open(os.path.join(out, ".vidshard-work", "plan.json")))
+    published = sorted(n for n in os.listdir(out) if n.endswith(".tar"))
+    assert published and plan["shards"][0] and len(plan["videos"]) == 3
+    with open(os.path.join(source_copy, "annotations", "session_001.json"), "a") as f:
+        f.write(" ")  # any change to a source file, even one that keeps every frame count
+    with pytest.raises(WriterError, match=r"saved plan no longer holds \(source videos changed since .*session_001"):
+        write(source_copy, out, overlap=6)
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == published  # nothing touched
+
+
+def test_interrupted_run_resumes_from_its_plan(small_source, small_dataset, tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    write(small_source, out, overlap=6, workers=2)
+    assert digests(out) == digests(small_dataset)

@@ -151,7 +151,10 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
     if only_engines:
         rows = engines()
         for r in rows:
-            print(f"{r['engine']:<6} {r['cpus']} CPU(s): {r['frames_per_s']:>8.1f} frames/s")
+            print(f"{r['engine']:<6} {r['cpus']} CPU(s): {r['frames_per_s']:>8.1f} frames/s; dataset "
+                  f"{r['dataset_bytes'] / 1e6:.1f} MB, driver job I/O {r['driver_job_bytes'] / 1e6:.3f} MB "
+                  f"({100 * r['driver_job_bytes'] / r['dataset_bytes']:.1f}%), start-up "
+                  f"{r['driver_startup_bytes'] / 1e6:.1f} MB, driver peak RSS {r['driver_peak_rss_mb']} MB")
         return {"engines": rows}
     from vidshard.bench.reader import soak
     from vidshard.bench.shuffle import report as shuffle_report
@@ -203,30 +206,46 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
     return result
 
 
-def engines(videos: int = 4, frames: int = 600, size: int = 96) -> list[dict]:
-    """Writer throughput of the local engine and of Ray with 1 and 2 CPUs, in one run."""
+def engines(videos: int = 8, frames: int = 600, size: int = 96) -> list[dict]:
+    """Writer throughput of the local engine and of Ray with 1 and 2 CPUs, in one run, and the
+    driver's own I/O (its job phase; see shardwriter/driverio.py) against the dataset's bytes.
+
+    The source is the barcode source with film grain (FFmpeg's noise filter), so clips take
+    the bytes of real footage rather than of flat grey cells.
+    """
     import ray
 
     from shardwriter.job import WriteConfig, write_dataset
-    from shardwriter.ray_engine import ray_engine
+    from shardwriter.ray_engine import job_runtime_env, ray_engine
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="vidshard-engines-") as tmp:
         src = os.path.join(tmp, "src")
-        synth_source(src, videos=videos, frames=frames, size=(size, size), fps=Fraction(30))
+        synth_source(src, videos=videos, frames=frames, size=(size, size), fps=Fraction(30), keypoints=False)
+        for path in sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(src, "videos")) for f in fs):
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-vf", "noise=alls=24:allf=t", "-c:v", "libx264",
+                            "-threads", "1", path + ".mp4"], check=True)
+            os.replace(path + ".mp4", path)
         total = videos * frames * len(VIEWS)
+        config = WriteConfig(max_video_frames=200, shard_bytes=8 << 20, mix_videos=4)
         for cpus in (1, 2):
             for name in ("local", "ray"):
                 out = os.path.join(tmp, f"{name}-{cpus}")
                 engine = None
                 if name == "ray":
-                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env())
                     engine = ray_engine()
                 start = time.perf_counter()
-                write_dataset(src, out, WriteConfig(max_video_frames=200), workers=cpus, engine=engine)
-                rows.append({"engine": name, "cpus": cpus, "frames_per_s": round(total / (time.perf_counter() - start), 1)})
+                report = write_dataset(src, out, config, workers=cpus, engine=engine)
+                seconds = time.perf_counter() - start
+                d = report.driver
+                rows.append({"engine": name, "cpus": cpus, "frames_per_s": round(total / seconds, 1),
+                             "dataset_bytes": report.bytes, "driver_job_bytes": d.total_bytes,
+                             "driver_startup_bytes": d.startup_read_bytes + d.startup_written_bytes,
+                             "driver_peak_rss_mb": round(d.peak_rss_bytes / 2**20, 1)})
                 if name == "ray":
                     ray.shutdown()
+                shutil.rmtree(out)
     return rows
 
 

@@ -1,10 +1,13 @@
 """`vidshard verify OUTPUT|URL [--decode]`: every shard against index.json, every sample's
-members and JSON fields, and with --decode every clip's frame count. Exit 0 only if all hold.
+members and JSON fields, every sample's offset and size (they must frame exactly that
+sample's tar records, PAX headers of long names included: a reader fetches a sample by
+that byte range), and with --decode every clip's frame count. Exit 0 only if all hold.
 """
 
 from __future__ import annotations
 
 import io
+import tarfile
 
 import av
 import fsspec
@@ -58,7 +61,30 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
         left = [e.key for e in expected]
         if left:
             problems.append(f"{url}: {len(left)} sample(s) listed in index.json are missing, from {left[0]!r}")
+        with fs.open(path, "rb") as f:
+            problems += _check_framing(f, url, shard.samples)
     return problems, counts
+
+
+def _check_framing(f, url: str, entries) -> list[str]:
+    """Each sample's [offset, offset + size) in index.json must be exactly its members' tar
+    records: from its first header (a PAX header included) to the end of its last data block."""
+    spans: dict[str, list[int]] = {}
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                key = info.name.partition(".")[0]
+                end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                spans.setdefault(key, [info.offset, end])[1] = end
+    except tarfile.TarError as exc:
+        return [f"{url}: not a readable tar ({exc})"]
+    problems = []
+    for entry in entries:
+        span = spans.get(entry.key)
+        if span is not None and span != [entry.offset, entry.offset + entry.size]:
+            problems.append(f"{url} {entry.key}: index.json frames bytes [{entry.offset}, {entry.offset + entry.size}), "
+                            f"its members are at [{span[0]}, {span[1]})")
+    return problems
 
 
 def _check_sample(sample, entry, url, views, schema, decode, counts) -> list[str]:

@@ -1,0 +1,112 @@
+"""Encoded bytes do not depend on heap garbage: several encoders in one process (three views,
+overlapping chunks, three videos one after another) give the same bytes whatever the heap
+held, and the writer leaves the environment alone.
+
+The writer used to pin glibc's MALLOC_PERTURB_ in its workers because libx264's output was
+once seen to vary between runs. Here the heap is filled with garbage on purpose: glibc's
+MALLOC_PERTURB_ at several values with every allocation forced onto the heap (no fresh,
+zeroed mmap), and, where a C compiler exists, an LD_PRELOAD allocator that fills every
+block with seeded random bytes. Any read of uninitialised memory that reached the bytes
+would make the runs differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ..helpers import write
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CHILD = r"""
+import hashlib, os, sys
+from shardwriter.encode import EncodeSettings
+from shardwriter.probe import ProbeTask, run_probe_task
+from shardwriter.task import VideoTask, run_video_task
+src, work = sys.argv[1], sys.argv[2]
+digest = hashlib.sha256()
+for vid in ("session_000", "session_001", "session_002"):
+    probe = run_probe_task(ProbeTask(source=src, video_id=vid, views=("front", "left", "right"), truncate_views=False,
+                                     encode=EncodeSettings(gop=8)))
+    run_video_task(VideoTask(spec=probe.spec, max_video_frames=30, overlap=6, encode=EncodeSettings(gop=8),
+                             keypoint_schema=probe.schema, keypoint_origin=probe.origin, work=work))
+for name in sorted(os.listdir(os.path.join(work, "spool"))):
+    digest.update(name.encode() + open(os.path.join(work, "spool", name), "rb").read())
+print(digest.hexdigest())
+"""
+
+GARBAGE_MALLOC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+static void *(*r_malloc)(size_t); static void *(*r_realloc)(void *, size_t);
+static int (*r_posix_memalign)(void **, size_t, size_t); static void *(*r_memalign)(size_t, size_t);
+static void *(*r_aligned_alloc)(size_t, size_t); static uint64_t state;
+static void init(void) {
+    r_malloc = dlsym(RTLD_NEXT, "malloc"); r_realloc = dlsym(RTLD_NEXT, "realloc");
+    r_posix_memalign = dlsym(RTLD_NEXT, "posix_memalign"); r_memalign = dlsym(RTLD_NEXT, "memalign");
+    r_aligned_alloc = dlsym(RTLD_NEXT, "aligned_alloc");
+    const char *s = getenv("GARBAGE_SEED"); state = (s ? strtoull(s, 0, 10) : 1) * 0x9E3779B97F4A7C15ULL + 1;
+}
+static void fill(unsigned char *p, size_t n) {
+    uint64_t x = state; size_t i = 0;
+    if (!p) return;
+    for (; i + 8 <= n; i += 8) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; memcpy(p + i, &x, 8); }
+    for (; i < n; i++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; p[i] = (unsigned char)x; }
+    state = x;
+}
+void *malloc(size_t n) { if (!r_malloc) init(); void *p = r_malloc(n); fill(p, n); return p; }
+void *realloc(void *o, size_t n) {
+    if (!r_realloc) init(); size_t k = o ? malloc_usable_size(o) : 0; void *p = r_realloc(o, n);
+    if (p && n > k) fill((unsigned char *)p + k, n - k); return p;
+}
+int posix_memalign(void **out, size_t a, size_t n) { if (!r_posix_memalign) init(); int rc = r_posix_memalign(out, a, n); if (!rc) fill(*out, n); return rc; }
+void *memalign(size_t a, size_t n) { if (!r_memalign) init(); void *p = r_memalign(a, n); fill(p, n); return p; }
+void *aligned_alloc(size_t a, size_t n) { if (!r_aligned_alloc) init(); void *p = r_aligned_alloc(a, n); fill(p, n); return p; }
+"""
+
+
+def encode_in_child(src: str, work: str, env: dict) -> str:
+    shutil.rmtree(work, ignore_errors=True)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MALLOC_PERTURB_", "LD_PRELOAD")}, "PYTHONPATH": ROOT, **env}
+    out = subprocess.run([sys.executable, "-c", CHILD, src, work], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
+
+
+def test_heap_garbage_does_not_reach_the_bytes(small_source, tmp_path):
+    work = str(tmp_path / "work")
+    heap_only = "glibc.malloc.mmap_threshold=33554432"  # every block from the heap, where perturbing applies
+    runs = {encode_in_child(small_source, work, {"MALLOC_PERTURB_": str(p), "GLIBC_TUNABLES": heap_only})
+            for p in (0, 1, 85, 165, 254)}
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler:
+        shim = tmp_path / "garbage.so"
+        (tmp_path / "garbage.c").write_text(GARBAGE_MALLOC)
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "garbage.c"), "-ldl"], check=True)
+        runs |= {encode_in_child(small_source, work, {"LD_PRELOAD": str(shim), "GARBAGE_SEED": str(s)}) for s in (1, 2, 3)}
+    assert len(runs) == 1, runs
+
+
+def test_writer_leaves_the_environment_alone(small_source, tmp_path):
+    before = dict(os.environ)
+    write(small_source, str(tmp_path / "out"), overlap=6, workers=2)
+    assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_counts_give_the_same_bytes_without_a_pinned_heap(small_source, small_dataset, tmp_path, workers):
+    from .test_writer_resume import digests
+
+    assert "MALLOC_PERTURB_" not in os.environ
+    out = str(tmp_path / "out")
+    write(small_source, out, overlap=6, workers=workers)
+    assert digests(out) == digests(small_dataset)
