@@ -4,7 +4,9 @@ The code under test catches exceptions on purpose (skip policies, retries), so a
 inside it (a signal raising TimeoutError, say) can be swallowed and a hang would pass. Here
 the parent waits and kills: a case that runs past its time ends as "hung" whatever it
 catches. The child caps its address space at its size on arrival + `memory` (RLIMIT_AS), so a
-hostile allocation fails fast instead of filling the machine, and reports its peak RSS.
+hostile allocation fails fast instead of filling the machine, and reports how far its RSS
+grew: a forked child starts with the parent's resident pages (in a full pytest run, Ray,
+moto and torch: over 1 GB), which say nothing about the case.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ class Outcome:
     fields: dict = dataclasses.field(default_factory=dict)  # shard, key, member, view of a SampleError
     seconds: float = 0.0
     peak_rss: int = 0  # bytes (VmHWM of the child)
+    start_rss: int = 0  # bytes (VmRSS of the child on arrival: the parent's pages it shares)
+
+    @property
+    def grown(self) -> int:
+        """Bytes of RSS the case itself added, at its peak."""
+        return self.peak_rss - self.start_rss
 
 
 def _status(field: str) -> int:
@@ -42,6 +50,7 @@ def _status(field: str) -> int:
 
 def _child(conn, fn: Callable, args: tuple, memory: int) -> None:
     result: dict[str, Any]
+    start_rss = _status("VmRSS")
     try:
         resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + memory, resource.RLIM_INFINITY))
         try:
@@ -51,7 +60,7 @@ def _child(conn, fn: Callable, args: tuple, memory: int) -> None:
                       "fields": {"shard": exc.shard, "key": exc.key, "member": exc.member, "view": exc.view}}
         except BaseException as exc:  # noqa: BLE001 (reported to the parent, which fails the test)
             result = {"kind": "error", "error": type(exc).__name__, "message": f"{exc}\n{traceback.format_exc()[-3000:]}"}
-        result["peak_rss"] = _status("VmHWM")
+        result["peak_rss"], result["start_rss"] = _status("VmHWM"), start_rss
         conn.send(result)
     finally:
         os._exit(0)  # no atexit handlers of the parent (pytest) in the child
