@@ -27,7 +27,7 @@ from .format import KPT_EXT, META, TIMELINE, clip_suffix, kpt_suffix, label_ids,
 from .items import Options, SampleInfo, build_item, parse_sample
 from .ledger import Ledger, NothingToPad, Planned, deliver
 from .npz import npz_bound
-from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
+from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
 from .remote import StorageOptions, redact
 from .resume import STATE_KEY, check_same_run, fingerprint
@@ -195,13 +195,14 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
         spec, ledger = self._start(world)
-        order, windows = world_windows(self.catalog, spec, world)
-        if plan_items(self.catalog, spec) // world.num_workers == 0 and spec.base is None:
+        plan = epoch_plan(self.catalog, spec)  # once: a resumed plan resolves every level below it
+        if plan.items_per_rank // world.num_workers == 0 and spec.base is None:
             # (a resumed epoch's last few items may leave workers idle: allowed there)
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
-                f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
+                f"({plan.items_per_rank} items): use fewer workers, or a larger dataset"
             )
+        order, windows = plan.order, plan.windows(world.rank, world.worker)
         self._running, self._ledger = (spec.to_json(), world), ledger
         held = _Held(self._reader(), order)
         decoder = ClipDecoder(threads=self.decode_threads)
