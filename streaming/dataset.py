@@ -27,6 +27,7 @@ from .format import KPT_EXT, META, TIMELINE, clip_suffix, kpt_suffix, label_ids,
 from .items import Options, SampleInfo, build_item, parse_sample
 from .ledger import Ledger, NothingToPad, Planned, deliver
 from .npz import npz_bound
+from .order import blocks
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
 from .remote import StorageOptions, redact
@@ -120,11 +121,17 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
         dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
-        if self.cache is not None and self.block_bytes is not None and self.cache.limit < dataset_bytes:
-            # Blocks come from every shard: a cache that cannot hold them all downloads whole shards for a few MB each.
-            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block every window reads "
-                        "a few MB from many shards and the cache downloads each of them whole; use a cache that holds "
-                        "the dataset, no cache_dir, or shuffle_block='shard' (docs/streaming.md)", self.cache.limit, dataset_bytes)
+        if self.cache is not None and _blocks_split_shards(self.catalog, self.block_bytes) and self.cache.limit < dataset_bytes:
+            # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
+            # whole-shard cache smaller than the dataset keeps evicting shards it needs again and downloads a whole
+            # shard for each few-MB block (measured: twice the dataset per epoch at half its size; shard / block
+            # times the bytes read as shards grow). Reading those blocks by range costs what the epoch needs.
+            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block=%d a cache that "
+                        "cannot hold every shard would download whole shards for a few blocks each, every epoch; "
+                        "reading by range, without the cache. To use the cache: a cache_limit that holds the dataset, "
+                        "or shuffle_block='shard' (also what a server that ignores Range requests needs; "
+                        "docs/streaming.md)", self.cache.limit, dataset_bytes, self.block_bytes)
+            self.cache = None
         self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.
@@ -295,6 +302,13 @@ class _Held:
         if isinstance(info, SampleError):
             raise info.at()
         return sample, info
+
+
+def _blocks_split_shards(catalog: Catalog, block_bytes: int | None) -> bool:
+    """Whether some shard holds more than one shuffle block (else blocks are whole shards)."""
+    if block_bytes is None or not len(catalog.sizes):
+        return False
+    return int(blocks(catalog, block_bytes)[-1]) + 1 > int((catalog.lengths > 0).sum())
 
 
 def _check_counts(manifest, limits: Limits) -> None:
