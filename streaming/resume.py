@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .format import video_of
 from .plan import PlanSpec
 
 STATE_KEY = "vidshard_resume"
@@ -43,12 +44,16 @@ def fingerprint(manifest: Any, *, sample: str, num_frames: int | None, stride: i
     for shard in manifest.shards:
         digest.update(f"{shard.sha256}\n".encode())
         digest.update("".join(f"{s.key}\t{s.size}\t{s.nsegments}\n" for s in shard.samples).encode())
+    # The filter's effect, not its spelling: ids the dataset lacks select nothing, and every
+    # video selected is no filter.
+    present = {video_of(s.key) for shard in manifest.shards for s in shard.samples}
+    chosen = None if videos is None or present <= set(videos) else sorted(present & set(videos))
     clip = sample == "clip"
     return {
         "sample": sample,
         "num_frames": num_frames if clip else None,
         "stride": stride if clip else None,
-        "videos": None if videos is None else hashlib.sha256(json.dumps(sorted(set(videos))).encode()).hexdigest()[:16],
+        "videos": None if chosen is None else hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16],
         "manifest": digest.hexdigest()[:16],
     }
 
@@ -63,14 +68,14 @@ def check_same_run(saved: PlanSpec, current: PlanSpec) -> None:
         raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (saved by an older "
                              "vidshard): it cannot be checked against this dataset, start the epoch afresh")
     theirs, ours = saved.fingerprint, current.fingerprint or {}
-    for key in ("sample", "num_frames", "stride", "videos"):
-        if theirs.get(key) != ours.get(key):
-            what = "the video filter (videos=)" if key == "videos" else key
-            raise ResumeMismatch(f"the resume state was saved with another {what} ({theirs.get(key)!r}, now "
-                                 f"{ours.get(key)!r}): resume with the settings of the saved run")
-    if theirs.get("manifest") != ours.get("manifest"):
+    if theirs.get("manifest") != ours.get("manifest"):  # before the filter: another dataset selects other videos too
         raise ResumeMismatch("the resume state was saved over another dataset: its shards or samples (keys, sizes, "
                              "segments) differ from this index.json's")
+    for key in ("sample", "num_frames", "stride", "videos"):
+        if theirs.get(key) != ours.get(key):
+            what = "video filter (videos=)" if key == "videos" else key
+            raise ResumeMismatch(f"the resume state was saved with another {what} ({theirs.get(key)!r}, now "
+                                 f"{ours.get(key)!r}): resume with the settings of the saved run")
 
 
 def dataset_states(loader_state: Any) -> list[dict]:

@@ -169,3 +169,18 @@ def test_a_resumed_epoch_is_planned_once_per_iteration(small_dataset, monkeypatc
     monkeypatch.setattr(plan_module.EpochPlan, "remaining", counted)
     assert sum(1 for _ in resumed) == 5  # (list() would ask len() first: one more plan)
     assert calls["remaining"] == 1
+
+
+def test_the_same_items_under_another_spelling_of_the_video_filter_resume(small_dataset):
+    """The fingerprint names the items, not how the filter was written: every video listed
+    (or ids the dataset does not hold added) is the same run as no filter."""
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    every = sorted({s["key"].rsplit("_", 1)[0] for sh in index["shardlist"] for s in sh["samples"]})
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    for videos in (every, every[::-1] + ["no_such_video"]):
+        assert len(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=videos, resume_from=state)) == 5
+    subset = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[:1]), 1)
+    VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[:1] + ["no_such_video"], resume_from=subset)
+    with pytest.raises(ResumeMismatch, match="video filter"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[1:], resume_from=subset)
+
