@@ -58,15 +58,20 @@ def fingerprint(manifest: Any, *, sample: str, num_frames: int | None, stride: i
     }
 
 
+def _shown(field: str, value: Any) -> str:
+    return "'shard'" if field == "block_bytes" and value is None else repr(value)
+
+
 def check_same_run(saved: PlanSpec, current: PlanSpec) -> None:
     """Raise ResumeMismatch naming the first order-deciding setting that differs."""
-    for field, option in _ORDER_SETTINGS.items():
-        if getattr(saved, field) != getattr(current, field):
-            raise ResumeMismatch(f"the resume state was saved with {option}={getattr(saved, field)!r}, this dataset has "
-                                 f"{option}={getattr(current, field)!r}: resume with the settings of the saved run")
-    if saved.fingerprint is None:
+    if saved.fingerprint is None:  # first: such a state also predates fields (shuffle_block) it would be refused for
         raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (saved by an older "
                              "vidshard): it cannot be checked against this dataset, start the epoch afresh")
+    for field, option in _ORDER_SETTINGS.items():
+        if getattr(saved, field) != getattr(current, field):
+            raise ResumeMismatch(f"the resume state was saved with {option}={_shown(field, getattr(saved, field))}, this "
+                                 f"dataset has {option}={_shown(field, getattr(current, field))}: resume with the "
+                                 "settings of the saved run")
     theirs, ours = saved.fingerprint, current.fingerprint or {}
     if theirs.get("manifest") != ours.get("manifest"):  # before the filter: another dataset selects other videos too
         raise ResumeMismatch("the resume state was saved over another dataset: its shards or samples (keys, sizes, "

@@ -184,3 +184,15 @@ def test_the_same_items_under_another_spelling_of_the_video_filter_resume(small_
     with pytest.raises(ResumeMismatch, match="video filter"):
         VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[1:], resume_from=subset)
 
+
+def test_a_state_of_an_older_vidshard_is_refused_as_such(small_dataset):
+    """A state saved before fingerprints (and before shuffle blocks) is named for what it is,
+    not as a shuffle_block mismatch."""
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    del state["spec"]["fingerprint"], state["spec"]["block_bytes"]
+    with pytest.raises(ResumeMismatch, match="older vidshard"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=state)
+    shard_scheme = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, shuffle_block="shard"), 4)
+    with pytest.raises(ResumeMismatch, match="shuffle_block='shard'"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=shard_scheme)
+
