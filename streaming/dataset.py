@@ -184,9 +184,9 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if pending is None:
             return self.spec(world), Ledger()
         spec = PlanSpec.from_json(pending["spec"])
-        check_same_run(spec, self.spec(world))
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), Ledger()
+        check_same_run(spec, self.spec(world))
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):

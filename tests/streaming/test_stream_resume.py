@@ -196,3 +196,13 @@ def test_a_state_of_an_older_vidshard_is_refused_as_such(small_dataset):
     with pytest.raises(ResumeMismatch, match="shuffle_block='shard'"):
         VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=shard_scheme)
 
+
+def test_a_loader_state_of_an_earlier_epoch_is_not_checked_against_changed_settings(small_dataset):
+    """A StatefulDataLoader state whose epoch is over is not resumed (the next epoch starts
+    afresh), so settings changed since then are not a mismatch."""
+    old = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    state = {STATE_KEY: 1, "spec": old.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3}
+    changed = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, shuffle_buffer="1MB", seed=7)
+    changed.load_state_dict(state)
+    changed.set_epoch(1)
+    assert sum(1 for _ in changed) == 9  # epoch 1, whole
