@@ -94,6 +94,18 @@ def dataset_states(loader_state: Any) -> list[dict]:
     return []
 
 
+def continued_progress(loader_state: Any) -> dict[str, Any] | None:
+    """The `resume_from` to give a dataset beside its own loader state on the same shape: the
+    merged progress that the state's epoch itself resumed (None for an epoch begun afresh).
+
+    A worker's state restores its position in the running plan; the main process's dataset
+    never sees it (StatefulDataLoader hands it to the workers), so without this `len(ds)`
+    would count a fresh epoch instead of the resumed one the workers are continuing.
+    """
+    specs = [s["spec"] for s in dataset_states(loader_state) if s.get("spec")]
+    return specs[0].get("base") if specs else None
+
+
 def merge_loader_states(loader_states: list[Any]) -> dict[str, Any] | None:
     """One global progress from the loader states of ALL ranks (e.g. via all_gather_object).
 

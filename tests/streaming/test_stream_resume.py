@@ -206,3 +206,35 @@ def test_a_loader_state_of_an_earlier_epoch_is_not_checked_against_changed_setti
     changed.load_state_dict(state)
     changed.set_epoch(1)
     assert sum(1 for _ in changed) == 9  # epoch 1, whole
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+def test_same_shape_resume_of_a_resumed_epoch_counts_that_epoch(small_dataset, tmp_path):
+    """A run resumed on another shape (a merged progress) is interrupted and restarted on its
+    own shape from its loader state: with `continued_progress(state)` as resume_from, len(ds)
+    is the resumed epoch's length (what the interrupted run's len(ds) was), not a fresh
+    epoch's, and the three runs together deliver the epoch once."""
+    from streaming.resume import continued_progress
+    from tests.loader_child import main as run
+
+    base = {"source": small_dataset, "batch": 1, "sample": "segment", "epoch": 1}
+    full = run({**base, "workers": 2})
+    first = run({**base, "workers": 2, "steps": 3, "save": str(tmp_path / "a.json")})
+    json.dump(merge_loader_states([json.load(open(tmp_path / "a.json"))]), open(tmp_path / "p1.json", "w"))
+    second = run({**base, "workers": 1, "steps": 2, "resume_from": str(tmp_path / "p1.json"), "save": str(tmp_path / "b.json")})
+    assert second["len"] < full["len"]  # a resumed epoch: what was left of it
+    continued = continued_progress(json.load(open(tmp_path / "b.json")))
+    assert continued == json.load(open(tmp_path / "p1.json"))
+    json.dump(continued, open(tmp_path / "continued.json", "w"))
+    third = run({**base, "workers": 1, "load": str(tmp_path / "b.json"), "resume_from": str(tmp_path / "continued.json")})
+    assert third["len"] == second["len"] == len(second["items"]) + len(third["items"])
+    assert real(first["items"] + second["items"] + third["items"]) == real(full["items"])
+    fresh = run({**base, "workers": 2, "steps": 1, "save": str(tmp_path / "fresh.json")})
+    assert fresh["batches"] == 1 and continued_progress(json.load(open(tmp_path / "fresh.json"))) is None
+    # the training example does the same on its own shape, and merges on another
+    from vidshard.train.trainer import loader_resume
+
+    state = json.load(open(tmp_path / "b.json"))
+    checkpoint = {"world": [1, 1], "loader_states": [state]}
+    assert loader_resume(checkpoint, rank=0, world=1, num_workers=1) == (continued, state)
+    assert loader_resume(checkpoint, rank=1, world=2, num_workers=1) == (merge_loader_states([state]), None)
