@@ -110,6 +110,13 @@ def test_blocks_are_neighbours_within_block_bytes(catalog, block):
     assert (np.diff(flat_of)[np.diff(ids[flat_of]) == 0] >= 0).all()  # ... in file order
 
 
+def test_a_sample_larger_than_a_block_ends_its_block():
+    """As docs/streaming.md says: a large sample ends its block (the next starts a new one),
+    and shares it with the smaller samples that start in the same range before it."""
+    catalog = Catalog(sample_items=[np.ones(5, np.int64)], sample_bytes=[np.array([1, 30, 2, 1, 9], np.int64)])
+    assert blocks(catalog, 4).tolist() == [0, 0, 1, 2, 2]  # starts 0, 1 | 31 | 33, 34 (ranges of 4 bytes)
+
+
 def test_epochs_differ_and_unshuffled_is_file_order_and_shard_scheme_keeps_shards_whole():
     catalog = Catalog(sample_items=[np.ones(10, np.int64)] * 6, sample_bytes=[np.full(10, 5, np.int64)] * 6)
     e0, e1 = simulate(catalog, 1, 1, epoch=0), simulate(catalog, 1, 1, epoch=1)
