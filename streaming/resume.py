@@ -46,7 +46,7 @@ def fingerprint(manifest: Any, *, sample: str, num_frames: int | None, stride: i
         digest.update("".join(f"{s.key}\t{s.size}\t{s.nsegments}\n" for s in shard.samples).encode())
     # The filter's effect, not its spelling: ids the dataset lacks select nothing, and every
     # video selected is no filter.
-    present = {video_of(s.key) for shard in manifest.shards for s in shard.samples}
+    present = set() if videos is None else {video_of(s.key) for shard in manifest.shards for s in shard.samples}
     chosen = None if videos is None or present <= set(videos) else sorted(present & set(videos))
     clip = sample == "clip"
     return {
