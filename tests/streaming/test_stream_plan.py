@@ -12,7 +12,7 @@ from streaming import plan as plan_module
 from streaming.order import blocks, items_per_rank
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan, plan_items
 from streaming.sampling import clip_window, frame_labels, uniform
-from vidshard.bench.shuffle import shuffle_quality
+from vidshard.bench.shuffle import paired_rounds, shuffle_quality
 
 BUFFER = 60
 BLOCKS = st.sampled_from([None, 1, 25, 70])  # whole shards (the scheme before blocks), one sample, a few, many
@@ -209,6 +209,13 @@ def test_shuffle_quality_on_the_issue_configuration():
     assert blocks_["shards_per_batch"] >= 6
     shards = shuffle_quality(catalog, block_bytes=None, **kw)  # the scheme before blocks, as measured in the issue
     assert shards["pair_repeat"] > 100 * shards["global_pair_repeat"] and shards["shards_per_batch"] < 1.5
+
+
+def test_bench_rounds_alternate_which_scheme_runs_first():
+    calls = []
+    runs = paired_rounds(lambda name: calls.append(name) or float(len(calls)), ["shard", "blocks"], 4)
+    assert calls == ["shard", "blocks", "blocks", "shard", "shard", "blocks", "blocks", "shard"]
+    assert [sorted(r) for r in runs] == [["blocks", "shard"]] * 4
 
 
 def test_samplers():
