@@ -115,6 +115,9 @@ def test_a_sample_larger_than_a_block_ends_its_block():
     and shares it with the smaller samples that start in the same range before it."""
     catalog = Catalog(sample_items=[np.ones(5, np.int64)], sample_bytes=[np.array([1, 30, 2, 1, 9], np.int64)])
     assert blocks(catalog, 4).tolist() == [0, 0, 1, 2, 2]  # starts 0, 1 | 31 | 33, 34 (ranges of 4 bytes)
+    two = Catalog(sample_items=[np.ones(1, np.int64), np.ones(3, np.int64)],
+                  sample_bytes=[np.array([3], np.int64), np.array([1, 2, 2], np.int64)])
+    assert blocks(two, 4).tolist() == [0, 1, 1, 1]  # ranges counted from each shard's start (0, 1, 3), not the dataset's
 
 
 def test_epochs_differ_and_unshuffled_is_file_order_and_shard_scheme_keeps_shards_whole():
