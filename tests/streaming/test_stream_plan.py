@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import collections
+import inspect
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming import VideoShardDataset
 from streaming import plan as plan_module
 from streaming.order import blocks, items_per_rank
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan, plan_items
 from streaming.sampling import clip_window, frame_labels, uniform
+from streaming.units import parse_bytes
 from vidshard.bench.shuffle import paired_rounds, shuffle_quality
 
 BUFFER = 60
@@ -207,7 +210,9 @@ def test_shuffle_quality_on_the_issue_configuration():
     shuffle, and a batch holds samples of at least 6 shards on average."""
     catalog = Catalog(sample_items=[np.ones(50, np.int64)] * 100, sample_bytes=[np.full(50, 20 * 10**6, np.int64)] * 100)
     kw = dict(world_size=2, num_workers=4, buffer_bytes=256 * 10**6, batch=8)
-    blocks_ = shuffle_quality(catalog, block_bytes=4 * 10**6, **kw)  # the default shuffle_block
+    default = inspect.signature(VideoShardDataset).parameters["shuffle_block"].default
+    assert default != "shard"
+    blocks_ = shuffle_quality(catalog, block_bytes=parse_bytes(default), **kw)  # the dataset's default shuffle_block
     assert blocks_["pair_repeat"] <= 3 * blocks_["global_pair_repeat"]
     assert blocks_["shards_per_batch"] >= 6
     shards = shuffle_quality(catalog, block_bytes=None, **kw)  # the scheme before blocks, as measured in the issue
