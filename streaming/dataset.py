@@ -27,7 +27,8 @@ from .format import KPT_EXT, META, TIMELINE, clip_suffix, kpt_suffix, label_ids,
 from .items import Options, SampleInfo, build_item, parse_sample
 from .ledger import Ledger, NothingToPad, Planned, deliver
 from .npz import npz_bound
-from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, plan_items, skip_items, world_windows
+from .order import blocks
+from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
 from .remote import StorageOptions, redact
 from .resume import STATE_KEY, check_same_run, fingerprint
@@ -120,11 +121,17 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
         dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
-        if self.cache is not None and self.block_bytes is not None and self.cache.limit < dataset_bytes:
-            # Blocks come from every shard: a cache that cannot hold them all downloads whole shards for a few MB each.
-            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block every window reads "
-                        "a few MB from many shards and the cache downloads each of them whole; use a cache that holds "
-                        "the dataset, no cache_dir, or shuffle_block='shard' (docs/streaming.md)", self.cache.limit, dataset_bytes)
+        if self.cache is not None and _blocks_split_shards(self.catalog, self.block_bytes) and self.cache.limit < dataset_bytes:
+            # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
+            # whole-shard cache smaller than the dataset keeps evicting shards it needs again and downloads a whole
+            # shard for each few-MB block (measured: twice the dataset per epoch at half its size; shard / block
+            # times the bytes read as shards grow). Reading those blocks by range costs what the epoch needs.
+            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block=%d a cache that "
+                        "cannot hold every shard would download whole shards for a few blocks each, every epoch; "
+                        "reading by range, without the cache. To use the cache: a cache_limit that holds the dataset, "
+                        "or shuffle_block='shard' (also what a server that ignores Range requests needs; "
+                        "docs/streaming.md)", self.cache.limit, dataset_bytes, self.block_bytes)
+            self.cache = None
         self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.
@@ -177,9 +184,9 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         if pending is None:
             return self.spec(world), Ledger()
         spec = PlanSpec.from_json(pending["spec"])
-        check_same_run(spec, self.spec(world))
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), Ledger()
+        check_same_run(spec, self.spec(world))
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):
@@ -195,13 +202,14 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         world = World.detect()
         spec, ledger = self._start(world)
-        order, windows = world_windows(self.catalog, spec, world)
-        if plan_items(self.catalog, spec) // world.num_workers == 0 and spec.base is None:
+        plan = epoch_plan(self.catalog, spec)  # once: a resumed plan resolves every level below it
+        if plan.items_per_rank // world.num_workers == 0 and spec.base is None:
             # (a resumed epoch's last few items may leave workers idle: allowed there)
             raise ValueError(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
-                f"({plan_items(self.catalog, spec)} items): use fewer workers, or a larger dataset"
+                f"({plan.items_per_rank} items): use fewer workers, or a larger dataset"
             )
+        order, windows = plan.order, plan.windows(world.rank, world.worker)
         self._running, self._ledger = (spec.to_json(), world), ledger
         held = _Held(self._reader(), order)
         decoder = ClipDecoder(threads=self.decode_threads)
@@ -294,6 +302,13 @@ class _Held:
         if isinstance(info, SampleError):
             raise info.at()
         return sample, info
+
+
+def _blocks_split_shards(catalog: Catalog, block_bytes: int | None) -> bool:
+    """Whether some shard holds more than one shuffle block (else blocks are whole shards)."""
+    if block_bytes is None or not len(catalog.sizes):
+        return False
+    return int(blocks(catalog, block_bytes)[-1]) + 1 > int((catalog.lengths > 0).sum())
 
 
 def _check_counts(manifest, limits: Limits) -> None:

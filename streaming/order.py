@@ -6,11 +6,12 @@ sizes, the epoch, the seed and the block size only:
 
 - each shard's samples are grouped into *blocks*: the samples that start inside the same
   `[k * block_bytes, (k + 1) * block_bytes)` of the shard's bytes (so a sample larger than
-  `block_bytes` is a block of its own); `block_bytes=None` makes each shard one block;
+  `block_bytes` ends its block, though smaller samples before it in the same range share
+  it); `block_bytes=None` makes each shard one block;
 - the blocks of the whole dataset are permuted with `rng([seed, epoch, 1])`; their items,
   in file order inside each block, form the epoch's sequence.
 
-A block is the unit the shuffle moves and, later, one read request: samples of one block
+A block is the unit the shuffle moves and, later, one read (a stream): samples of one block
 always stay neighbours, samples of different blocks meet by chance each epoch.
 """
 

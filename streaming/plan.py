@@ -28,10 +28,9 @@ import numpy as np
 
 from .order import Catalog, EpochOrder, epoch_order, items_per_rank, partition, rank_block, worker_slice
 from .windows import Window, cut, shuffled, window_around, window_starts
-from .world import World
 
 __all__ = ["Catalog", "EpochOrder", "EpochPlan", "PlanSpec", "Progress", "Window", "epoch_plan", "plan_items",
-           "skip_items", "world_windows"]
+           "skip_items"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -161,8 +160,3 @@ def skip_items(windows: list[Window], count: int) -> list[Window]:
         kept.append(Window(positions=window.positions[count:], padded=window.padded[count:]))
         count = 0
     return kept
-
-
-def world_windows(catalog: Catalog, spec: PlanSpec, world: World) -> tuple[EpochOrder, list[Window]]:
-    plan = epoch_plan(catalog, spec)
-    return plan.order, plan.windows(world.rank, world.worker)

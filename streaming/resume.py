@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .format import video_of
 from .plan import PlanSpec
 
 STATE_KEY = "vidshard_resume"
@@ -43,34 +44,43 @@ def fingerprint(manifest: Any, *, sample: str, num_frames: int | None, stride: i
     for shard in manifest.shards:
         digest.update(f"{shard.sha256}\n".encode())
         digest.update("".join(f"{s.key}\t{s.size}\t{s.nsegments}\n" for s in shard.samples).encode())
+    # The filter's effect, not its spelling: ids the dataset lacks select nothing, and every
+    # video selected is no filter.
+    present = set() if videos is None else {video_of(s.key) for shard in manifest.shards for s in shard.samples}
+    chosen = None if videos is None or present <= set(videos) else sorted(present & set(videos))
     clip = sample == "clip"
     return {
         "sample": sample,
         "num_frames": num_frames if clip else None,
         "stride": stride if clip else None,
-        "videos": None if videos is None else hashlib.sha256(json.dumps(sorted(set(videos))).encode()).hexdigest()[:16],
+        "videos": None if chosen is None else hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16],
         "manifest": digest.hexdigest()[:16],
     }
 
 
+def _shown(field: str, value: Any) -> str:
+    return "'shard'" if field == "block_bytes" and value is None else repr(value)
+
+
 def check_same_run(saved: PlanSpec, current: PlanSpec) -> None:
     """Raise ResumeMismatch naming the first order-deciding setting that differs."""
-    for field, option in _ORDER_SETTINGS.items():
-        if getattr(saved, field) != getattr(current, field):
-            raise ResumeMismatch(f"the resume state was saved with {option}={getattr(saved, field)!r}, this dataset has "
-                                 f"{option}={getattr(current, field)!r}: resume with the settings of the saved run")
-    if saved.fingerprint is None:
+    if saved.fingerprint is None:  # first: such a state also predates fields (shuffle_block) it would be refused for
         raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (saved by an older "
                              "vidshard): it cannot be checked against this dataset, start the epoch afresh")
+    for field, option in _ORDER_SETTINGS.items():
+        if getattr(saved, field) != getattr(current, field):
+            raise ResumeMismatch(f"the resume state was saved with {option}={_shown(field, getattr(saved, field))}, this "
+                                 f"dataset has {option}={_shown(field, getattr(current, field))}: resume with the "
+                                 "settings of the saved run")
     theirs, ours = saved.fingerprint, current.fingerprint or {}
-    for key in ("sample", "num_frames", "stride", "videos"):
-        if theirs.get(key) != ours.get(key):
-            what = "the video filter (videos=)" if key == "videos" else key
-            raise ResumeMismatch(f"the resume state was saved with another {what} ({theirs.get(key)!r}, now "
-                                 f"{ours.get(key)!r}): resume with the settings of the saved run")
-    if theirs.get("manifest") != ours.get("manifest"):
+    if theirs.get("manifest") != ours.get("manifest"):  # before the filter: another dataset selects other videos too
         raise ResumeMismatch("the resume state was saved over another dataset: its shards or samples (keys, sizes, "
                              "segments) differ from this index.json's")
+    for key in ("sample", "num_frames", "stride", "videos"):
+        if theirs.get(key) != ours.get(key):
+            what = "video filter (videos=)" if key == "videos" else key
+            raise ResumeMismatch(f"the resume state was saved with another {what} ({theirs.get(key)!r}, now "
+                                 f"{ours.get(key)!r}): resume with the settings of the saved run")
 
 
 def dataset_states(loader_state: Any) -> list[dict]:
@@ -82,6 +92,18 @@ def dataset_states(loader_state: Any) -> list[dict]:
     if isinstance(loader_state, (list, tuple)):
         return [s for v in loader_state for s in dataset_states(v)]
     return []
+
+
+def continued_progress(loader_state: Any) -> dict[str, Any] | None:
+    """The `resume_from` to give a dataset beside its own loader state on the same shape: the
+    merged progress that the state's epoch itself resumed (None for an epoch begun afresh).
+
+    A worker's state restores its position in the running plan; the main process's dataset
+    never sees it (StatefulDataLoader hands it to the workers), so without this `len(ds)`
+    would count a fresh epoch instead of the resumed one the workers are continuing.
+    """
+    specs = [s["spec"] for s in dataset_states(loader_state) if s.get("spec")]
+    return specs[0].get("base") if specs else None
 
 
 def merge_loader_states(loader_states: list[Any]) -> dict[str, Any] | None:

@@ -224,3 +224,23 @@ def test_a_worker_error_reaches_the_main_process_typed(small_dataset, tmp_path):
     loader = DataLoader(VideoShardDataset(broken, img_size=(16, 16)), batch_size=None, num_workers=1)
     with pytest.raises(DecodeError, match="clip does not decode .*key=session_"):
         list(loader)
+
+
+def test_a_cache_smaller_than_the_dataset_is_not_used_when_blocks_split_shards(small_dataset, tmp_path, caplog):
+    """Blocks smaller than a shard: every window reads a few blocks from many shards, and a
+    whole-shard cache that cannot hold the dataset would download whole shards for them again
+    every epoch, so the blocks are read by range (and the reason logged). Blocks of whole
+    shards (the default's 4MB here) or shuffle_block="shard" keep the cache."""
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    dataset_bytes = sum(s["filesize"] for s in index["shardlist"])
+    limit = dataset_bytes - 1
+    stats = {}
+    for block in ("8KB", "4MB", "shard"):
+        ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, shuffle_block=block, shuffle_buffer="40KB",
+                               cache_dir=str(tmp_path / f"cache-{block}"), cache_limit=limit)
+        keys = [item["meta"]["key"] for epoch in range(2) if ds.set_epoch(epoch) is None for item in ds]
+        assert sorted(keys) == sorted(2 * [s["key"] for sh in index["shardlist"] for s in sh["samples"]])
+        stats[block] = ds.stats
+    assert stats["8KB"]["cache_downloads"] == stats["8KB"]["cache_hits"] == 0
+    assert stats["4MB"]["cache_downloads"] > 0 and stats["shard"]["cache_downloads"] > 0
+    assert caplog.text.count("reading by range, without the cache") == 1  # the 8KB dataset's, only

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import collections
+import inspect
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streaming import VideoShardDataset
 from streaming import plan as plan_module
 from streaming.order import blocks, items_per_rank
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan, plan_items
 from streaming.sampling import clip_window, frame_labels, uniform
-from vidshard.bench.shuffle import shuffle_quality
+from streaming.units import parse_bytes
+from vidshard.bench.shuffle import paired_rounds, shuffle_quality
 
 BUFFER = 60
 BLOCKS = st.sampled_from([None, 1, 25, 70])  # whole shards (the scheme before blocks), one sample, a few, many
@@ -110,6 +113,16 @@ def test_blocks_are_neighbours_within_block_bytes(catalog, block):
     assert (np.diff(flat_of)[np.diff(ids[flat_of]) == 0] >= 0).all()  # ... in file order
 
 
+def test_a_sample_larger_than_a_block_ends_its_block():
+    """As docs/streaming.md says: a large sample ends its block (the next starts a new one),
+    and shares it with the smaller samples that start in the same range before it."""
+    catalog = Catalog(sample_items=[np.ones(5, np.int64)], sample_bytes=[np.array([1, 30, 2, 1, 9], np.int64)])
+    assert blocks(catalog, 4).tolist() == [0, 0, 1, 2, 2]  # starts 0, 1 | 31 | 33, 34 (ranges of 4 bytes)
+    two = Catalog(sample_items=[np.ones(1, np.int64), np.ones(3, np.int64)],
+                  sample_bytes=[np.array([3], np.int64), np.array([1, 2, 2], np.int64)])
+    assert blocks(two, 4).tolist() == [0, 1, 1, 1]  # ranges counted from each shard's start (0, 1, 3), not the dataset's
+
+
 def test_epochs_differ_and_unshuffled_is_file_order_and_shard_scheme_keeps_shards_whole():
     catalog = Catalog(sample_items=[np.ones(10, np.int64)] * 6, sample_bytes=[np.full(10, 5, np.int64)] * 6)
     e0, e1 = simulate(catalog, 1, 1, epoch=0), simulate(catalog, 1, 1, epoch=1)
@@ -197,11 +210,20 @@ def test_shuffle_quality_on_the_issue_configuration():
     shuffle, and a batch holds samples of at least 6 shards on average."""
     catalog = Catalog(sample_items=[np.ones(50, np.int64)] * 100, sample_bytes=[np.full(50, 20 * 10**6, np.int64)] * 100)
     kw = dict(world_size=2, num_workers=4, buffer_bytes=256 * 10**6, batch=8)
-    blocks_ = shuffle_quality(catalog, block_bytes=4 * 10**6, **kw)  # the default shuffle_block
+    default = inspect.signature(VideoShardDataset).parameters["shuffle_block"].default
+    assert default != "shard"
+    blocks_ = shuffle_quality(catalog, block_bytes=parse_bytes(default), **kw)  # the dataset's default shuffle_block
     assert blocks_["pair_repeat"] <= 3 * blocks_["global_pair_repeat"]
     assert blocks_["shards_per_batch"] >= 6
     shards = shuffle_quality(catalog, block_bytes=None, **kw)  # the scheme before blocks, as measured in the issue
     assert shards["pair_repeat"] > 100 * shards["global_pair_repeat"] and shards["shards_per_batch"] < 1.5
+
+
+def test_bench_rounds_alternate_which_scheme_runs_first():
+    calls = []
+    runs = paired_rounds(lambda name: calls.append(name) or float(len(calls)), ["shard", "blocks"], 4)
+    assert calls == ["shard", "blocks", "blocks", "shard", "shard", "blocks", "blocks", "shard"]
+    assert [sorted(r) for r in runs] == [["blocks", "shard"]] * 4
 
 
 def test_samplers():

@@ -150,3 +150,91 @@ def test_merged_resume_near_the_end_leaves_workers_idle_and_ranks_equal(small_da
             rest += [(i["meta"]["key"], i["meta"]["padded"]) for i in items]
     assert per_rank == {0: len(resumed), 1: len(resumed)} and len(resumed) == 2  # ceil(3 / 2), equal
     assert sorted(first + [k for k, padded in rest if not padded]) == sorted(everything)
+
+
+def test_a_resumed_epoch_is_planned_once_per_iteration(small_dataset, monkeypatch):
+    """`__iter__` resolves the resumed plan's levels once (not once for its windows and again
+    for its item count): at 64 x 8 three resumes deep each resolution costs about a second."""
+    from streaming import plan as plan_module
+
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    resumed = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=fresh_progress(ds, 4))
+    calls = collections.Counter()
+    original = plan_module.EpochPlan.remaining
+
+    def counted(self, yielded):
+        calls["remaining"] += 1
+        return original(self, yielded)
+
+    monkeypatch.setattr(plan_module.EpochPlan, "remaining", counted)
+    assert sum(1 for _ in resumed) == 5  # (list() would ask len() first: one more plan)
+    assert calls["remaining"] == 1
+
+
+def test_the_same_items_under_another_spelling_of_the_video_filter_resume(small_dataset):
+    """The fingerprint names the items, not how the filter was written: every video listed
+    (or ids the dataset does not hold added) is the same run as no filter."""
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    every = sorted({s["key"].rsplit("_", 1)[0] for sh in index["shardlist"] for s in sh["samples"]})
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    for videos in (every, every[::-1] + ["no_such_video"]):
+        assert len(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=videos, resume_from=state)) == 5
+    subset = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[:1]), 1)
+    VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[:1] + ["no_such_video"], resume_from=subset)
+    with pytest.raises(ResumeMismatch, match="video filter"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, videos=every[1:], resume_from=subset)
+
+
+def test_a_state_of_an_older_vidshard_is_refused_as_such(small_dataset):
+    """A state saved before fingerprints (and before shuffle blocks) is named for what it is,
+    not as a shuffle_block mismatch."""
+    state = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True), 4)
+    del state["spec"]["fingerprint"], state["spec"]["block_bytes"]
+    with pytest.raises(ResumeMismatch, match="older vidshard"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=state)
+    shard_scheme = fresh_progress(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, shuffle_block="shard"), 4)
+    with pytest.raises(ResumeMismatch, match="shuffle_block='shard'"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, resume_from=shard_scheme)
+
+
+def test_a_loader_state_of_an_earlier_epoch_is_not_checked_against_changed_settings(small_dataset):
+    """A StatefulDataLoader state whose epoch is over is not resumed (the next epoch starts
+    afresh), so settings changed since then are not a mismatch."""
+    old = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    state = {STATE_KEY: 1, "spec": old.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3}
+    changed = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, shuffle_buffer="1MB", seed=7)
+    changed.load_state_dict(state)
+    changed.set_epoch(1)
+    assert sum(1 for _ in changed) == 9  # epoch 1, whole
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")
+def test_same_shape_resume_of_a_resumed_epoch_counts_that_epoch(small_dataset, tmp_path):
+    """A run resumed on another shape (a merged progress) is interrupted and restarted on its
+    own shape from its loader state: with `continued_progress(state)` as resume_from, len(ds)
+    is the resumed epoch's length (what the interrupted run's len(ds) was), not a fresh
+    epoch's, and the three runs together deliver the epoch once."""
+    from streaming.resume import continued_progress
+    from tests.loader_child import main as run
+
+    base = {"source": small_dataset, "batch": 1, "sample": "segment", "epoch": 1}
+    full = run({**base, "workers": 2})
+    first = run({**base, "workers": 2, "steps": 3, "save": str(tmp_path / "a.json")})
+    json.dump(merge_loader_states([json.load(open(tmp_path / "a.json"))]), open(tmp_path / "p1.json", "w"))
+    second = run({**base, "workers": 1, "steps": 2, "resume_from": str(tmp_path / "p1.json"), "save": str(tmp_path / "b.json")})
+    assert second["len"] < full["len"]  # a resumed epoch: what was left of it
+    continued = continued_progress(json.load(open(tmp_path / "b.json")))
+    assert continued == json.load(open(tmp_path / "p1.json"))
+    json.dump(continued, open(tmp_path / "continued.json", "w"))
+    third = run({**base, "workers": 1, "load": str(tmp_path / "b.json"), "resume_from": str(tmp_path / "continued.json")})
+    assert third["len"] == second["len"] == len(second["items"]) + len(third["items"])
+    assert real(first["items"] + second["items"] + third["items"]) == real(full["items"])
+    fresh = run({**base, "workers": 2, "steps": 1, "save": str(tmp_path / "fresh.json")})
+    assert fresh["batches"] == 1 and continued_progress(json.load(open(tmp_path / "fresh.json"))) is None
+    # the training example does the same on its own shape, and merges on another
+    from vidshard.train.trainer import loader_resume
+
+    state = json.load(open(tmp_path / "b.json"))
+    checkpoint = {"world": [1, 1], "loader_states": [state]}
+    assert loader_resume(checkpoint, rank=0, world=1, num_workers=1) == (continued, state)
+    assert loader_resume(checkpoint, rank=1, world=2, num_workers=1) == (merge_loader_states([state]), None)

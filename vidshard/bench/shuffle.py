@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -256,6 +257,13 @@ def local_s3(root: str, prefix: str):
                 os.environ[k] = v
 
 
+def paired_rounds(measure: Callable[[str], float], names: list[str], rounds: int) -> list[dict[str, float]]:
+    """`rounds` rounds of every scheme measured once, back to back; the order alternates from
+    round to round, so that neither scheme always runs first (colder caches, a server
+    warming up) or second."""
+    return [{name: measure(name) for name in (names if r % 2 == 0 else names[::-1])} for r in range(rounds)]
+
+
 def _items_per_s(make: Callable[[], object], epochs: int) -> float:
     ds = make()
     count, start = 0, time.perf_counter()
@@ -268,8 +276,9 @@ def _items_per_s(make: Callable[[], object], epochs: int) -> float:
 
 def throughput(quick: bool) -> list[dict]:
     """items/s of one in-process reader per (source, mode, scheme). Each round runs the schemes
-    back to back; the figures are medians over rounds, and `vs_shard` the median of each
-    round's ratio, so a slower or busier moment of the machine hits both schemes alike."""
+    back to back, in alternating order; the figures are medians over rounds, and `vs_shard`
+    the median of each round's ratio, so a slower or busier moment of the machine hits both
+    schemes alike."""
     from shardwriter.job import WriteConfig, write_dataset
     from streaming import VideoShardDataset
     from streaming.remote import StorageOptions
@@ -292,8 +301,8 @@ def throughput(quick: bool) -> list[dict]:
                     def make(block: str, url=url, storage=storage, kw=kw) -> VideoShardDataset:
                         return VideoShardDataset(url, shuffle_buffer=BENCH_BUFFER, shuffle_block=block, storage=storage, **kw)
 
-                    runs = [{name: _items_per_s(lambda b=block: make(b), epochs) for name, block in READ_SCHEMES}
-                            for _ in range(rounds)]
+                    blocks = dict(READ_SCHEMES)
+                    runs = paired_rounds(lambda name: _items_per_s(lambda: make(blocks[name]), epochs), list(blocks), rounds)
                     request = (storage or StorageOptions()).block_bytes
                     for name, block in READ_SCHEMES:
                         ds = make(block)

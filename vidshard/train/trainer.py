@@ -27,7 +27,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from streaming.collation import collate
 from streaming.dataset import VideoShardDataset
 from streaming.format import video_of
-from streaming.resume import merge_loader_states
+from streaming.resume import continued_progress, merge_loader_states
 from streaming.shards import resolve_source
 
 from .config import Config, ConfigError, load_config
@@ -81,6 +81,20 @@ def gather(obj, world: int) -> list:
     return out
 
 
+def loader_resume(checkpoint: dict, *, rank: int, world: int, num_workers: int) -> tuple[dict | None, dict | None]:
+    """(the dataset's resume_from, this rank's loader state to load) for a checkpoint.
+
+    On the checkpoint's own shape each rank loads its own loader state, with the progress its
+    epoch continued as resume_from when that epoch was itself resumed (so len(ds) counts it);
+    on another shape every rank resumes from the merged progress of the epoch.
+    """
+    if checkpoint["world"] == [world, num_workers]:
+        state = checkpoint["loader_states"][rank]
+        return continued_progress(state), state
+    log.info("resuming a %d-rank x %d-worker run on %d x %d", *checkpoint["world"], world, num_workers)
+    return merge_loader_states(checkpoint["loader_states"]), None
+
+
 class Trainer:
     def __init__(self, cfg: Config, shards: str, resume: str | None = None):
         self.cfg, self.shards = cfg, shards
@@ -93,7 +107,8 @@ class Trainer:
                                                d.val_fraction, d.seed)
         # Our own checkpoint, never shard content; weights_only refuses pickled code anyway.
         checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-        resume_from = self._resume_progress(checkpoint)
+        resume_from, loader_state = loader_resume(checkpoint, rank=self.rank, world=self.world,
+                                                  num_workers=d.num_workers) if checkpoint else (None, None)
         self.train_ds = self._dataset(train_ids, shuffle=True, resume_from=resume_from)
         self.loader = StatefulDataLoader(self.train_ds, batch_size=d.batch_size, num_workers=d.num_workers,
                                          collate_fn=collate, pin_memory=self.device.type == "cuda")
@@ -111,18 +126,8 @@ class Trainer:
             model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
-            if resume_from is None:  # same shape: each rank takes its own loader state
-                self.loader.load_state_dict(checkpoint["loader_states"][self.rank])
-
-    def _resume_progress(self, checkpoint) -> dict | None:
-        """Another world shape than the checkpoint's: the merged progress of the epoch."""
-        if not checkpoint:
-            return None
-        saved = checkpoint["world"]
-        if saved == [self.world, self.cfg.data.num_workers]:
-            return None
-        log.info("resuming a %d-rank x %d-worker run on %d x %d", *saved, self.world, self.cfg.data.num_workers)
-        return merge_loader_states(checkpoint["loader_states"])
+            if loader_state is not None:  # same shape: each rank takes its own loader state
+                self.loader.load_state_dict(loader_state)
 
     def _dataset(self, videos, shuffle, resume_from=None) -> VideoShardDataset:
         d = self.cfg.data
