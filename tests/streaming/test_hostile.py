@@ -6,6 +6,7 @@ never a MemoryError, a hang, or an untyped error."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -157,6 +158,37 @@ def long_name_first(path: str) -> str:
     return first_key(path)
 
 
+def prepend_to_first(path: str, raw: bytes) -> str:
+    """Put tar records in front of the first sample of shard 0, inside its byte range
+    (spliced as bytes: tarfile itself cannot read these back to rebuild the shard)."""
+    index = json.load(open(os.path.join(path, "index.json")))
+    entry = index["shardlist"][0]
+    shard = os.path.join(path, entry["url"])
+    data = raw + open(shard, "rb").read()
+    open(shard, "wb").write(data)
+    for i, s in enumerate(entry["samples"]):
+        s["size" if i == 0 else "offset"] += len(raw)
+    entry["filesize"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    json.dump(index, open(os.path.join(path, "index.json"), "w"))
+    return entry["samples"][0]["key"]
+
+
+def pax_sparse_map_not_numbers(path: str) -> str:
+    """A pax header whose GNU.sparse.map is not numbers: tarfile's int() raises ValueError."""
+    info = tarfile.TarInfo(f"{first_key(path)}.extra.json")
+    info.size, info.pax_headers = 2, {"GNU.sparse.map": "a,b", "GNU.sparse.size": "2"}
+    return prepend_to_first(path, info.tobuf(tarfile.PAX_FORMAT) + b"{}" + bytes(510))
+
+
+def long_name_chain(path: str) -> str:
+    """3000 GNU long-name records in a row (3 MB): tarfile recurses once per record."""
+    name = f"{first_key(path)}.meta.json".encode() + b"\0"
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, len(name)
+    record = info.tobuf(tarfile.GNU_FORMAT) + name + bytes(-len(name) % 512)
+    return prepend_to_first(path, record * 3000)
+
+
 # (id, how to break the copy -> the broken key, dataset options, error class, reason, member pattern, skip reason)
 KPT = {"load_rgb": False, "load_kpt": True}
 SAMPLE_CASES = [
@@ -180,6 +212,10 @@ SAMPLE_CASES = [
      "ShardFormatError", "found sample 'intruder_00000' in the byte range", None, "format"),
     ("long-name-record-of-1GiB", long_name_first, KPT,
      "ShardFormatError", r"a tar record asks to read 1073741824 bytes", None, "format"),
+    ("pax-sparse-map-not-numbers", pax_sparse_map_not_numbers, KPT,
+     "ShardFormatError", r"not a readable tar \(ValueError", None, "format"),
+    ("long-name-chain-of-3000", long_name_chain, KPT,
+     "ShardFormatError", r"not a readable tar \(RecursionError", None, "format"),
     ("broken-clip", lambda p: change_first(p, replace("front.mp4", lambda k, d: b"\xff" * len(d))), {"img_size": (16, 16)},
      "DecodeError", "clip does not decode", r"\.front\.mp4$", "decode"),
 ]
