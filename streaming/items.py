@@ -32,6 +32,12 @@ NPZ_ERRORS = (ValueError, OSError, IndexError, KeyError, EOFError, SyntaxError, 
               zipfile.BadZipFile, zlib.error, struct.error)
 
 
+# Numbers from meta.json/timeline.json become int64 tensors and float frame times: a
+# hostile 10**19 would raise OverflowError deep in numpy or PyAV, so they are bounded here.
+MAX_INT = 2**53
+MIN_FPS, MAX_FPS = Fraction(1, 10**6), Fraction(10**6)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ItemSpec:
     frames: np.ndarray  # chunk-local frame indices, in delivery order
@@ -86,18 +92,23 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
         if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
             raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key,
                                    member=f"{key}.{META}")
-    if not 0 <= meta["start_frame"] < meta["end_frame"] or meta["gop"] < 1:
-        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key, member=f"{key}.{META}")
+    if not 0 <= meta["start_frame"] < meta["end_frame"] <= MAX_INT or meta["gop"] < 1 or not 0 <= meta["chunk_index"] <= MAX_INT:
+        raise ShardFormatError("meta.json frame range, gop or chunk_index out of bounds", shard=shard, key=key, member=f"{key}.{META}")
     try:
-        if Fraction(meta["fps_rational"]) <= 0:
-            raise ValueError
+        fps = Fraction(meta["fps_rational"])
     except (ValueError, ZeroDivisionError):
-        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key,
-                               member=f"{key}.{META}") from None
+        fps = None
+    if fps is None or not MIN_FPS <= fps <= MAX_FPS:
+        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a frame rate in [{MIN_FPS}, {MAX_FPS}]",
+                               shard=shard, key=key, member=f"{key}.{META}")
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:
         raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key, member=f"{key}.{TIMELINE}") from None
+    for s in timeline:
+        if not all(-MAX_INT <= v <= MAX_INT for v in (s.start, s.end, s.global_start, s.global_end, s.segment_id)):
+            raise ShardFormatError(f"timeline segment {str(s.segment_id)[:30]} has numbers out of bounds", shard=shard, key=key,
+                                   member=f"{key}.{TIMELINE}")
     return meta, timeline
 
 
@@ -186,7 +197,7 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         try:
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
-        except (EOFError, OSError, ValueError, av.FFmpegError) as exc:
+        except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:  # frame times of a hostile header
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
                               member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
@@ -208,8 +219,9 @@ def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]
     try:
         size = meta["view_sizes"][view]
         return int(size["height"]), int(size["width"])
-    except (KeyError, TypeError, ValueError):
-        raise ShardFormatError(f"meta.json has no view_sizes for {view!r}", shard=shard, key=key, view=view) from None
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
+        raise ShardFormatError(f"meta.json has no view_sizes for {view!r} (integer height and width)", shard=shard, key=key, view=view,
+                               member=f"{key}.{META}") from None
 
 
 def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, shard: str):

@@ -126,6 +126,19 @@ def meta_with(**changes):
     return change
 
 
+def meta_start_frame_1e19(key, data):
+    """A frame range of the right length, starting past int64 (frame_index is an int64 tensor)."""
+    meta = json.loads(data)
+    meta["start_frame"], meta["end_frame"] = 10**19, 10**19 + meta["end_frame"] - meta["start_frame"]
+    return json.dumps(meta).encode()
+
+
+def meta_view_height_infinity(key, data):
+    meta = json.loads(data)
+    meta["view_sizes"]["front"]["height"] = float("inf")  # json writes (and reads) Infinity
+    return json.dumps(meta).encode()
+
+
 def timeline_span(key, data):
     timeline = json.loads(data)
     timeline["segments"][0]["end"] = 10**12
@@ -204,6 +217,12 @@ SAMPLE_CASES = [
      "KeypointError", r"declares 1073741824 bytes uncompressed", r"\.front\.kpt\.npz$", "keypoints"),
     ("meta-end-frame-1e13", lambda p: change_first(p, replace("meta.json", meta_with(end_frame=10**13))), KPT,
      "ShardFormatError", "index.json says 30", r"\.meta\.json$", "format"),
+    ("meta-start-frame-1e19", lambda p: change_first(p, replace("meta.json", meta_start_frame_1e19)), KPT,
+     "ShardFormatError", "frame range, gop or chunk_index out of bounds", r"\.meta\.json$", "format"),
+    ("meta-view-height-infinity", lambda p: change_first(p, replace("meta.json", meta_view_height_infinity)), {"img_size": (16, 16)},
+     "ShardFormatError", "no view_sizes for 'front'", r"\.meta\.json$", "format"),
+    ("meta-fps-1e400", lambda p: change_first(p, replace("meta.json", meta_with(fps_rational="1e400"))), {"img_size": (16, 16)},
+     "ShardFormatError", r"fps_rational '1e400' is not a frame rate", r"\.meta\.json$", "format"),
     ("json-nested-deep", lambda p: change_first(p, replace("meta.json", lambda k, d: b"[" * 200_000 + b"]" * 200_000)), KPT,
      "ShardFormatError", "not valid JSON .RecursionError", r"\.meta\.json$", "format"),
     ("timeline-segment-1e12", lambda p: change_first(p, replace("timeline.json", timeline_span)), {"sample": "segment", **KPT},
