@@ -225,7 +225,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         schema = self.manifest.keypoints
 
         def member_limit(entry, suffix: str) -> int | None:  # a kpt.npz holds what the schema says, for its frames
-            return npz_bound(schema, entry.nframes) if suffix.endswith(KPT_EXT) and schema else None
+            return min(npz_bound(schema, entry.nframes), self.limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
 
         return SampleReader(manifest=self.manifest, urls=self.urls, storage=self.storage, cache=self.cache, limits=self.limits,
                             want=wanted.__contains__, member_limit=member_limit, stats=self.stats)

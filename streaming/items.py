@@ -232,7 +232,8 @@ def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, sh
         if data is None:
             raise KeypointError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view,
                                 member=f"{key}.{kpt_suffix(view)}")
-        arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, shard=shard, key=key, view=view)
+        arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, max_bytes=opts.limits.max_member_bytes,
+                                      shard=shard, key=key, view=view)
         masks.append(mask)
         per_view.append(arrays)
     # Every view's arrays have the schema's shapes and dtypes (checked): they stack.

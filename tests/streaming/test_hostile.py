@@ -6,6 +6,7 @@ never a MemoryError, a hang, or an untyped error."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -87,14 +88,14 @@ def npz_declaring_huge_shape(key, data):
     return buf.getvalue()
 
 
-def zip_of(entries) -> bytes:
+def zip_of(entries, method: int = zipfile.ZIP_DEFLATED, flags: int = 0) -> bytes:
     """A zip built by hand: (name, payload, declared uncompressed size), deflated entries."""
     body, central = b"", b""
     for name, payload, size in entries:
         n = name.encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, 0, len(payload), size, len(n), 0, 0, 0, 0, 0,
-                               len(body)) + n
-        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, 0, len(payload), size, len(n), 0) + n + payload
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, method, 0, 0, 0, len(payload), size, len(n), 0, 0, 0, 0,
+                               0, len(body)) + n
+        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0, 0, len(payload), size, len(n), 0) + n + payload
     return body + central + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
 
 
@@ -116,6 +117,36 @@ def zip_declaring_1gib(key, data):
     """A small archive whose entries declare 1 GiB uncompressed."""
     names = ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy")
     return zip_of([(name, zeros_deflated(1, 1 << 12), GiB) for name in names])
+
+
+# 1 GiB of zeros as one bzip2 stream of 785 bytes: bz2.compress(bytes(1 << 30), 9), stored
+# here because making it takes 10 s. zipfile decompresses a bzip2 chunk whole before it
+# truncates it to the entry's declared size.
+BZIP2_GIB_OF_ZEROS = base64.b64decode(
+    "QlpoOTFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kO"
+    "CeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAA"
+    "CCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWp"
+    "CoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J"
+    "4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAI"
+    "IAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakK"
+    "gJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni"
+    "3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAgg"
+    "ADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqA"
+    "lzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1lIfF/J"
+    "AIpSyADAAAAEAAggADDMBSmmkSJDYUSJDxdyRThQkPaI5AI="
+)
+
+
+def bzip2_bomb(key, data):
+    """The schema's arrays, each a 785-byte bzip2 stream of 1 GiB declaring 4 KiB."""
+    names = ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy")
+    return zip_of([(name, BZIP2_GIB_OF_ZEROS, 4096) for name in names], method=zipfile.ZIP_BZIP2)
+
+
+def encrypted_entries(key, data):
+    """The archive's entries flagged encrypted: zipfile asks for a password (RuntimeError)."""
+    names = ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy")
+    return zip_of([(name, zeros_deflated(1, 1 << 12), 4096) for name in names], flags=0x1)
 
 
 def meta_with(**changes):
@@ -215,6 +246,10 @@ SAMPLE_CASES = [
      "ShardFormatError", r"declares \d+ bytes, over the limit of \d+", r"\.front\.kpt\.npz$", "format"),
     ("zip-entry-declares-1GiB", lambda p: change_first(p, replace("front.kpt.npz", zip_declaring_1gib)), KPT,
      "KeypointError", r"declares 1073741824 bytes uncompressed", r"\.front\.kpt\.npz$", "keypoints"),
+    ("npz-bzip2-bomb", lambda p: change_first(p, replace("front.kpt.npz", bzip2_bomb)), KPT,
+     "KeypointError", r"\.npy: compression method 12 is not read", r"\.front\.kpt\.npz$", "keypoints"),
+    ("npz-encrypted-entries", lambda p: change_first(p, replace("front.kpt.npz", encrypted_entries)), KPT,
+     "KeypointError", r"compression method 8 \(encrypted\) is not read", r"\.front\.kpt\.npz$", "keypoints"),
     ("meta-end-frame-1e13", lambda p: change_first(p, replace("meta.json", meta_with(end_frame=10**13))), KPT,
      "ShardFormatError", "index.json says 30", r"\.meta\.json$", "format"),
     ("meta-start-frame-1e19", lambda p: change_first(p, replace("meta.json", meta_start_frame_1e19)), KPT,
@@ -344,3 +379,30 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):
     assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
     assert not any(name.endswith(".tar") for name in os.listdir(tmp_path) + os.listdir(os.path.dirname(copy)))
+
+
+def test_a_hostile_keypoint_schema_cannot_size_the_reads(copy):
+    """index.json is untrusted too: a schema declaring 2**27 values per frame (32 GiB for the
+    chunk) lifted the kpt.npz member limit and sized the read of a 1 MB deflate bomb that
+    expands to 1 GiB. The schema's size is bounded by max_member_bytes before anything is read."""
+    def huge_schema(index):
+        index["keypoints"]["sam3d_body.frame"]["shape"] = [2**27]
+
+    edit_index(copy, huge_schema)
+    nframes = json.load(open(os.path.join(copy, "index.json")))["shardlist"][0]["samples"][0]["nframes"]
+
+    def bomb(key, data):
+        header = f"{{'descr': '<i8', 'fortran_order': False, 'shape': ({nframes}, {2**27}), }}".encode()
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        head = c.compress(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header) + c.flush(zlib.Z_FULL_FLUSH)
+        zeros = c.compress(bytes(1 << 24)) + c.flush(zlib.Z_FULL_FLUSH)
+        payload = head + zeros * 64 + b"\x03\x00"  # the header, then 1 GiB of zeros
+        names = ("sam3d_body.frame.npy", "sam3d_body.joints_2d.npy", "mask.npy")
+        return zip_of([(name, payload, GiB) for name in names])
+
+    key = change_first(copy, replace("front.kpt.npz", bomb))
+    raised = isolated(epoch, copy, "raise", {**KPT, "shuffle": False})  # the bomb is read first
+    assert raised.kind == "typed" and raised.error == "KeypointError", raised
+    assert re.search(r"keypoint schema implies \d+ bytes for \d+ frames, over the limit", raised.message), raised.message
+    assert raised.fields["key"] == key and raised.seconds < 10 and raised.peak_rss < GiB
+
