@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
-import zipfile
-import zlib
 from fractions import Fraction
 from typing import Any
 
@@ -24,12 +21,6 @@ from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, t
 from .npz import read_keypoints
 from .sampling import clip_window, frame_labels, uniform
 from .tario import Limits
-
-
-# What np.load/zipfile raise on a damaged or hostile npz (the .npy header is parsed with
-# ast.literal_eval, hence SyntaxError). The reader uses streaming.npz; `vidshard verify` this.
-NPZ_ERRORS = (ValueError, OSError, IndexError, KeyError, EOFError, SyntaxError, NotImplementedError,
-              zipfile.BadZipFile, zlib.error, struct.error)
 
 
 # Numbers from meta.json/timeline.json become int64 tensors and float frame times: a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -114,3 +115,30 @@ def test_random_sample_and_missing_key(small_dataset, tmp_path, capsys):
     assert os.path.getsize(out) > 0 and "sample session_" in capsys.readouterr().out
     assert main(["show", small_dataset, "--key", "nope_00000", "--out", out]) == 2
     assert "no sample 'nope_00000'" in capsys.readouterr().err
+
+
+def verify_problems(path: str) -> list[str]:
+    from vidshard.tools.verify import verify
+
+    return verify(path)[0]
+
+
+def test_verify_reads_hostile_keypoints_as_the_reader_does(small_dataset, tmp_path):
+    """`vidshard verify` reads keypoint archives with the reader's guarded npz reading: a
+    200-byte header declaring 10**12 entries and a 785-byte bzip2 bomb of 1 GiB are reported
+    as problems naming shard, key and member, in a child capped at 1 GiB (np.load allocated)."""
+    import shutil
+
+    from ..streaming.sandbox import isolated
+    from ..streaming.test_hostile import bzip2_bomb, change_first, npz_declaring_huge_shape, replace
+
+    for name, hostile, reason in (("header", npz_declaring_huge_shape, r"declares shape \(1000000000000,\)"),
+                                  ("bzip2", bzip2_bomb, "compression method 12 is not read")):
+        copy = str(tmp_path / name)
+        shutil.copytree(small_dataset, copy)
+        key = change_first(copy, replace("front.kpt.npz", hostile))
+        outcome = isolated(verify_problems, copy)
+        assert outcome.kind == "ok", outcome
+        found = [p for p in outcome.value if f"key={key}" in p and "front.kpt.npz" in p]
+        assert len(found) == 1 and re.search(reason, found[0]) and "shard-000000.tar" in found[0], outcome.value
+        assert outcome.peak_rss < 1 << 30
