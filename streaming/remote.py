@@ -13,7 +13,9 @@ HTTP ranged requests are made here rather than through fsspec's `cat_file`, whic
 whatever body comes back: a server that ignores `Range` (python -m http.server) answers
 200 with the whole file, which would be read into memory and taken for the range. A 200
 to a ranged request raises RangeNotSupportedError instead; whole-shard downloads (the
-cache) then fall back to one plain GET, bounded by the shard's size.
+cache) then fall back to one plain GET, bounded by the shard's size. Other stores go
+through fsspec's `cat_file`: an answer longer than the range asked for (an S3-compatible
+server that ignores Range) raises RangeNotSupportedError too.
 """
 
 from __future__ import annotations
@@ -172,6 +174,13 @@ class RangeReader(io.RawIOBase):
         for attempt in range(self.options.retries + 1):
             try:
                 part = self._get(start + len(got), end)
+                if end is not None and len(part) > end - start - len(got):
+                    # s3fs/gcsfs return whatever body comes back: a server that ignores Range
+                    # sends the object from its first byte, which must not pass for the range.
+                    raise RangeNotSupportedError(
+                        f"{redact(self.url)}: the storage answered {len(part)} bytes to a request for the "
+                        f"{end - start - len(got)} bytes [{start + len(got)}, {end}): it ignores byte-range requests, "
+                        "so samples cannot be read by range")
                 got = got + part if got else part  # joined only after a cut body (rare): no copy otherwise
                 if end is None or len(got) >= end - start:
                     return got if end is None or len(got) == end - start else got[: end - start]

@@ -174,6 +174,36 @@ def test_server_ignoring_range_streams_an_epoch_through_the_cache(plain_http, sm
     assert ds.stats["whole_downloads"] == ds.stats["cache_downloads"] == shards and ds.stats["cache_rejected"] == 0
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_object_store_ignoring_range_stops_at_once_naming_it(small_dataset, tmp_path, cache):
+    """An object store (s3fs, gcsfs: any fsspec filesystem but HTTP) that answers a ranged GET
+    with the whole object: its first bytes must not pass for the range asked for."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from streaming.errors import RangeNotSupportedError
+
+    class IgnoresRange(MemoryFileSystem):
+        protocol = "norange"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return "/" + path.removeprefix("norange://").lstrip("/")
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
+            return super().cat_file(path, **kwargs)  # the whole object, whatever was asked
+
+    fsspec.register_implementation("norange", IgnoresRange, clobber=True)
+    fs = IgnoresRange()
+    for name in os.listdir(small_dataset):
+        fs.pipe_file(f"/ds{tmp_path.name}/{name}", open(os.path.join(small_dataset, name), "rb").read())
+    options = {"cache_dir": str(tmp_path / "cache")} if cache else {}
+    ds = VideoShardDataset(f"norange://ds{tmp_path.name}/", storage=FAST, on_error="skip", load_rgb=False, load_kpt=True,
+                           **options)
+    with pytest.raises(RangeNotSupportedError, match=r"norange://ds.*: the storage answered \d+ bytes to a request for the"):
+        next(iter(ds))
+
+
 def test_errors_are_classified_by_type_not_by_name():
     import aiohttp
     import botocore.exceptions as boto
