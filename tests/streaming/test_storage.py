@@ -271,6 +271,20 @@ def test_verify_never_prints_credentials(small_dataset, tmp_path, capsys):
     assert "FAIL http://***@127.0.0.1" in out and SECRET not in out
 
 
+def test_command_errors_never_print_credentials(small_dataset, capsys):
+    """The CLI's error line (a missing key, a shard not in index.json) names the source
+    without user:password@."""
+    from vidshard.cli import main
+
+    with HTTPFileServer(small_dataset) as http:
+        base = f"http://user:{SECRET}@127.0.0.1:{http.port}"
+        assert main(["ls", f"{base}/", "--key", "no_such_key_00000"]) == 2
+        assert main(["inspect", f"{base}/shard-00000{{0..9}}.tar"]) == 2
+    err = capsys.readouterr().err
+    assert "no sample 'no_such_key_00000'" in err and "shards not listed" in err and "http://***@127.0.0.1" in err
+    assert SECRET not in err
+
+
 def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
     """A shard whose server fails after its first block (503 for every later range): the
     sample being read fails after its retries, the run's later samples are never read, and
