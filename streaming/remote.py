@@ -140,27 +140,45 @@ def is_transient(exc: BaseException) -> bool:
 class RangeReader(io.RawIOBase):
     """[offset, offset + length) of a file, fetched block by block with retries."""
 
-    def __init__(self, url: str, offset: int, length: int, options: StorageOptions, stats: Counter):
+    def __init__(self, url: str, offset: int, length: int, options: StorageOptions, stats: Counter, whole_get=None):
         self.url, self.pos, self.end = url, offset, offset + length
         self.options, self.stats = options, stats
         self.fs, self.path = filesystem(url, options)
         self.http = protocol_of(url) in ("http", "https")
         self.block = memoryview(b"")
+        # An HTTP server that ignores Range: go on from plain GETs (streaming/norange.py's
+        # reader, passed in) instead of stopping, where the user opted into whole-shard
+        # transfers (cache_dir=).
+        self.whole_get, self.whole = whole_get if self.http else None, None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
+        if self.whole is not None:
+            return self.whole.readinto(buf)
         if not self.block:
             if self.pos >= self.end:
                 return 0
             self.block = memoryview(b"")  # let the spent block go before the next one arrives
-            self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
+            try:
+                self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
+            except RangeNotSupportedError:
+                if self.whole_get is None:
+                    raise
+                self.stats["whole_get_reads"] += 1
+                self.whole = self.whole_get(self.fs, self.path, self.url, self.pos, self.end - self.pos, self.options, self.stats)
+                return self.whole.readinto(buf)
             self.pos += len(self.block)
         n = min(len(buf), len(self.block))
         buf[:n] = self.block[:n]
         self.block = self.block[n:]  # a view: no copy of the rest of the block
         return n
+
+    def close(self) -> None:
+        if self.whole is not None:
+            self.whole.close()
+        super().close()
 
     def _get(self, start: int, end: int | None) -> bytes:
         if self.http:
@@ -304,9 +322,10 @@ async def _http_stream(fs, path: str, size: int, dst, digest) -> int:
 
 
 def open_range(src: str | io.BufferedReader, offset: int, length: int, options: StorageOptions,
-               stats: Counter) -> io.BufferedReader:
+               stats: Counter, whole_get=None) -> io.BufferedReader:
     """A buffered stream over [offset, offset + length) of a shard: a URL or local path, or
-    an open local file (which the stream takes over and closes)."""
+    an open local file (which the stream takes over and closes). `whole_get`: a reader
+    class (norange.WholeGetReader) for an HTTP server that ignores Range, instead of raising."""
     if not isinstance(src, str):
         src.seek(offset)
         return io.BufferedReader(_Bounded(src, length), buffer_size=READ_BUFFER)
@@ -317,7 +336,7 @@ def open_range(src: str | io.BufferedReader, offset: int, length: int, options: 
             raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=src) from None
         f.seek(offset)
         return io.BufferedReader(_Bounded(f, length), buffer_size=READ_BUFFER)
-    return io.BufferedReader(RangeReader(src, offset, length, options, stats), buffer_size=READ_BUFFER)
+    return io.BufferedReader(RangeReader(src, offset, length, options, stats, whole_get), buffer_size=READ_BUFFER)
 
 
 class _Bounded(io.RawIOBase):

@@ -4,6 +4,7 @@ an HTTP server with Range support, both behind a proxy that resets connections m
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -202,6 +203,47 @@ def test_object_store_ignoring_range_stops_at_once_naming_it(small_dataset, tmp_
                            **options)
     with pytest.raises(RangeNotSupportedError, match=r"norange://ds.*: the storage answered \d+ bytes to a request for the"):
         next(iter(ds))
+
+
+def test_server_ignoring_range_streams_shards_the_cache_cannot_take(plain_http, small_dataset, tmp_path):
+    """cache_dir= with a limit below the larger shards (as with many workers contending for
+    a node's cache): those shards are bypassed, and read from plain GETs of the whole file
+    rather than stopping with RangeNotSupportedError mid-epoch; through connection resets."""
+    from ..servers import FaultyProxy
+
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    sizes = sorted(s["filesize"] for s in index["shardlist"])
+    port = int(plain_http.rsplit(":", 1)[1])
+    with FaultyProxy(port, reset_p=0.1, seed=4) as proxy:
+        ds = VideoShardDataset(f"http://127.0.0.1:{proxy.port}", storage=dataclasses.replace(FAST, timeout_s=0.25),
+                               cache_dir=str(tmp_path / "cache"),
+                               cache_limit=sizes[-1] - 1, load_kpt=True, img_size=(16, 16))
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            keys = epoch_keys(ds)
+            assert len(keys) == 9 and set(keys.values()) == {1}
+    assert ds.stats["cache_bypassed"] > 0 and ds.stats["whole_get_reads"] > 0 and ds.stats["failed_reads"] == 0
+    assert proxy.resets > 0 and ds.stats["retries"] > 0
+
+
+def test_a_plain_get_read_reconnects_and_delivers_exactly_its_range(plain_http, small_dataset):
+    from streaming.norange import WholeGetReader
+    from streaming.remote import open_range
+
+    from ..servers import FaultyProxy
+
+    raw = open(os.path.join(small_dataset, "shard-000000.tar"), "rb").read()
+    offset, length = 50_000, 60_000
+    stats = collections.Counter()
+    # The proxy's resets reach the client as a stall (its socket is closed while another
+    # thread reads it): a short timeout keeps each retry short.
+    options = dataclasses.replace(FAST, timeout_s=0.25)
+    with FaultyProxy(int(plain_http.rsplit(":", 1)[1]), reset_p=0.15, seed=5) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/shard-000000.tar"
+        with open_range(url, offset, length, options, stats, whole_get=WholeGetReader) as f:
+            got = b"".join(iter(lambda: f.read(7000), b""))
+    assert got == raw[offset:offset + length]
+    assert stats["whole_get_reads"] == 1 and proxy.resets > 0 and stats["retries"] > 0 and stats["failed_reads"] == 0
 
 
 def test_errors_are_classified_by_type_not_by_name():
