@@ -304,21 +304,23 @@ def _download_whole(url: str, size: int, dst: io.BufferedWriter, options: Storag
 
 
 async def _http_stream(fs, path: str, size: int, dst, digest) -> int:
-    """One plain GET of a file into dst; never reads more than size + 1 bytes."""
+    """One plain GET of a file into dst: the bytes received (at most size + 1: a longer body
+    is not read further). Never writes more than `size`, the cache's reservation."""
     session = await fs.set_session()
     async with session.get(fs.encode_url(path), **fs.kwargs) as r:
         if r.status == 404:
             raise FileNotFoundError(path)
         r.raise_for_status()
         written = 0
-        while written <= size:
+        while True:
             block = await r.content.read(min(1 << 20, size + 1 - written))
             if not block:
-                break
+                return written
+            if written + len(block) > size:
+                return written + len(block)
             digest.update(block)
             dst.write(block)
             written += len(block)
-        return written
 
 
 def open_range(src: str | io.BufferedReader, offset: int, length: int, options: StorageOptions,

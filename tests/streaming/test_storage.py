@@ -246,6 +246,27 @@ def test_a_plain_get_read_reconnects_and_delivers_exactly_its_range(plain_http, 
     assert stats["whole_get_reads"] == 1 and proxy.resets > 0 and stats["retries"] > 0 and stats["failed_reads"] == 0
 
 
+def test_a_whole_download_longer_than_index_json_never_outgrows_its_reservation(plain_http, small_dataset):
+    """A plain GET whose body is longer than index.json's filesize: refused, and the cache's
+    partial file never holds more than the size reserved for it."""
+    import io
+
+    from streaming.remote import download
+
+    class Tracking(io.BytesIO):
+        peak = 0
+
+        def write(self, data):
+            n = super().write(data)
+            Tracking.peak = max(Tracking.peak, self.tell())
+            return n
+
+    size = os.path.getsize(os.path.join(small_dataset, "shard-000000.tar")) - 100
+    with pytest.raises(ShardReadError, match=f"{size + 1} bytes received, index.json says {size}"):
+        download(f"{plain_http}/shard-000000.tar", size, Tracking(), dataclasses.replace(FAST, retries=0), collections.Counter())
+    assert 0 < Tracking.peak <= size
+
+
 def test_errors_are_classified_by_type_not_by_name():
     import aiohttp
     import botocore.exceptions as boto
