@@ -180,7 +180,13 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
         if decoded is None:
-            decoded = decoder.buffer((len(opts.views), len(wanted), 3, *size))
+            shape = (len(opts.views), len(wanted), 3, *size)
+            try:
+                decoded = decoder.buffer(shape)
+            except MemoryError:  # one allocation, refused whole: under the limits, over what this node holds
+                raise ShardFormatError(f"cannot allocate the item's {np.prod(shape)} bytes ({'x'.join(map(str, shape))}); "
+                                       "lower Limits.max_item_bytes or pass img_size", shard=shard, key=key, view=view,
+                                       member=f"{key}.{META}") from None
         elif decoded.shape[-2:] != size:
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view

@@ -170,6 +170,14 @@ def meta_view_height_infinity(key, data):
     return json.dumps(meta).encode()
 
 
+def meta_views_8192_squared(key, data):
+    """Every view 8192 x 8192: 3 views x 30 frames is an 18 GiB item, under max_item_bytes (32
+    GiB), which the node (here: the child's 1 GiB) cannot hold."""
+    meta = json.loads(data)
+    meta["view_sizes"] = {view: {"height": 8192, "width": 8192} for view in meta["view_sizes"]}
+    return json.dumps(meta).encode()
+
+
 def timeline_span(key, data):
     timeline = json.loads(data)
     timeline["segments"][0]["end"] = 10**12
@@ -256,6 +264,8 @@ SAMPLE_CASES = [
      "ShardFormatError", "frame range, gop or chunk_index out of bounds", r"\.meta\.json$", "format"),
     ("meta-view-height-infinity", lambda p: change_first(p, replace("meta.json", meta_view_height_infinity)), {"img_size": (16, 16)},
      "ShardFormatError", "no view_sizes for 'front'", r"\.meta\.json$", "format"),
+    ("meta-item-larger-than-memory", lambda p: change_first(p, replace("meta.json", meta_views_8192_squared)), {},
+     "ShardFormatError", r"cannot allocate the item's \d+ bytes", r"\.meta\.json$", "format"),
     ("meta-fps-1e400", lambda p: change_first(p, replace("meta.json", meta_with(fps_rational="1e400"))), {"img_size": (16, 16)},
      "ShardFormatError", r"fps_rational '1e400' is not a frame rate", r"\.meta\.json$", "format"),
     ("json-nested-deep", lambda p: change_first(p, replace("meta.json", lambda k, d: b"[" * 200_000 + b"]" * 200_000)), KPT,
