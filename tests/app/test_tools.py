@@ -142,3 +142,33 @@ def test_verify_reads_hostile_keypoints_as_the_reader_does(small_dataset, tmp_pa
         found = [p for p in outcome.value if f"key={key}" in p and "front.kpt.npz" in p]
         assert len(found) == 1 and re.search(reason, found[0]) and "shard-000000.tar" in found[0], outcome.value
         assert outcome.peak_rss < 1 << 30
+
+
+def test_verify_decode_reports_a_clip_without_video(small_dataset, tmp_path):
+    """An mp4 holding only an audio stream is a problem named by `verify --decode`, not an
+    IndexError traceback."""
+    import io
+    import shutil
+
+    import av
+
+    from vidshard.tools.verify import verify
+
+    from ..streaming.test_hostile import change_first, replace
+
+    def audio_only(key, data):
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as container:
+            stream = container.add_stream("aac", rate=8000)
+            stream.layout = "mono"
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+        return buf.getvalue()
+
+    copy = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, copy)
+    key = change_first(copy, replace("front.mp4", audio_only))
+    problems, _ = verify(copy, decode=True)
+    assert [p for p in problems if key in p and "front.mp4: does not decode (no video stream" in p], problems

@@ -21,6 +21,8 @@ from streaming.tario import Limits, iter_samples
 
 def count_frames(data: bytes) -> int:
     with av.open(io.BytesIO(data), "r", format="mp4") as container:
+        if not container.streams.video:
+            raise ValueError("no video stream in the clip")
         return sum(1 for _ in container.decode(container.streams.video[0]))
 
 
@@ -81,7 +83,7 @@ def _check_sample(sample, entry, url, views, schema, decode, counts, limits) -> 
             counts["clips_decoded"] += 1
             try:
                 got = count_frames(clip)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, av.FFmpegError) as exc:
                 problems.append(f"{where}.{clip_suffix(view)}: does not decode ({exc})")
                 continue
             if got != frames:
