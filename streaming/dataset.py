@@ -117,6 +117,10 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
+        total = sum(int(a.sum()) for a in self.catalog.sample_items)
+        if total > limits.max_epoch_items:  # index.json's counts size the plan's arrays: 2 MB of it can ask for 15 GiB
+            raise ValueError(f"index.json lists {total} items for an epoch, over the limit of {limits.max_epoch_items} "
+                             "(streaming.tario.Limits.max_epoch_items)")
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too.
         self._epoch = multiprocessing.RawValue("q", 0)

@@ -46,6 +46,7 @@ class Limits:
     max_item_bytes: int = 32 * 1024**3  # V x T x 3 x H x W of one decoded item
     max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
     max_segments: int = 100_000  # timeline segments of one chunk
+    max_epoch_items: int = 100_000_000  # items of one epoch (index.json's counts): each is several int64s in every worker's plan
 
 
 def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:

@@ -416,3 +416,23 @@ def test_a_hostile_keypoint_schema_cannot_size_the_reads(copy):
     assert re.search(r"keypoint schema implies \d+ bytes for \d+ frames, over the limit", raised.message), raised.message
     assert raised.fields["key"] == key and raised.seconds < 10 and raised.peak_rss < GiB
 
+
+def test_index_counts_cannot_size_an_epoch_plan_past_memory(copy):
+    """Every sample under max_segments, but 2,000 samples of 100,000 segments each: 2 * 10**8
+    items, whose epoch plan is several 1.6 GB arrays, from 180 KB of index.json. Refused on
+    load (it was a MemoryError when a worker planned its epoch)."""
+    def many_segments(index):
+        entry = index["shardlist"][0]
+        entry["samples"] = [dict(key=f"v_{i:05d}", offset=i * 1024, size=1024, nframes=1, nsegments=100_000) for i in range(2000)]
+        entry.update(nsamples=2000, nframes=2000, nsegments=2000 * 100_000, filesize=2000 * 1024)
+
+    edit_index(copy, many_segments)
+
+    def first_item(path):
+        return next(iter(VideoShardDataset(path, sample="segment", num_frames=1, on_error="skip")))
+
+    outcome = isolated(first_item, copy)
+    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
+    assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
+    assert outcome.seconds < 10 and outcome.peak_rss < GiB
+
