@@ -60,6 +60,7 @@ class SampleInfo:
     timeline: list[Segment]
     specs: list[ItemSpec]
     nframes: int  # frames of the chunk, as meta.json and index.json agree
+    label_table: np.ndarray  # [segments, 3] int64: start, end, label id (sampling.frame_labels), built once per sample
 
 
 def parse_json(sample: dict, suffix: str, shard: str) -> Any:
@@ -115,11 +116,21 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
     if frames != nframes or len(timeline) != nsegments:
         raise ShardFormatError(f"meta.json/timeline.json give {frames} frames / {len(timeline)} segments, "
                                f"index.json says {nframes} / {nsegments}", shard=shard, key=key, member=f"{key}.{META}")
+    end = 0
     for s in timeline:
         if not 0 <= s.start < s.end <= frames:
             raise ShardFormatError(f"timeline segment {s.segment_id} [{s.start}, {s.end}) is not inside the chunk's "
                                    f"[0, {frames})", shard=shard, key=key, member=f"{key}.{TIMELINE}")
-    return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames)
+        # Sorted and disjoint, as the writer makes them (shardwriter.plan.check_timeline):
+        # so there are at most `frames` of them, and a frame's label is one binary search.
+        if s.start < end:
+            raise ShardFormatError(f"timeline segments overlap or are out of order (segment {s.segment_id} starts at "
+                                   f"{s.start}, before the previous one's end {end})", shard=shard, key=key,
+                                   member=f"{key}.{TIMELINE}")
+        end = s.end
+    table = np.array([(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline], dtype=np.int64).reshape(-1, 3)
+    return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames,
+                      label_table=table)
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
@@ -138,9 +149,7 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
     frames = spec.frames
     item: dict[str, Any] = {
         "frame_index": torch.from_numpy(frames + meta["start_frame"]),
-        "frame_labels": torch.from_numpy(
-            frame_labels(frames, [(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline])
-        ),
+        "frame_labels": torch.from_numpy(frame_labels(frames, info.label_table)),
     }
     if opts.load_rgb:
         item["video"] = torch.from_numpy(_decode_views(sample, meta, frames, opts, decoder, shard))

@@ -170,6 +170,20 @@ def meta_view_height_infinity(key, data):
     return json.dumps(meta).encode()
 
 
+def many_segments(path: str) -> str:
+    """5,000 segments over the first sample's 30 frames, each one of its segment-mode items
+    (index.json agrees): 400 KB of timeline.json, under max_segments and max_json_bytes."""
+    def change(key, data):
+        timeline = json.loads(data)
+        first = timeline["segments"][0]
+        timeline["segments"] = [{**first, "start": 0, "end": 30} for _ in range(5000)]
+        return json.dumps(timeline).encode()
+
+    key = change_first(path, replace("timeline.json", change))
+    edit_index(path, set_sample("nsegments", 5000))
+    return key
+
+
 def meta_views_8192_squared(key, data):
     """Every view 8192 x 8192: 3 views x 30 frames is an 18 GiB item, under max_item_bytes (32
     GiB), which the node (here: the child's 1 GiB) cannot hold."""
@@ -435,4 +449,21 @@ def test_index_counts_cannot_size_an_epoch_plan_past_memory(copy):
     assert outcome.kind == "error" and outcome.error == "ValueError", outcome
     assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
+
+
+def test_overlapping_segments_are_refused_before_they_cost_items_squared(copy):
+    """5,000 segments over one sample's 30 frames, all of them items (index.json agrees): each
+    item's frame labels took a pass over every segment, 25 million passes for the sample
+    (killed after 10 s). Timelines are sorted and disjoint (as the writer makes them): refused
+    at once. With "skip" the sample's 5,000 items are still owed 5,000 repeats: linear work,
+    given more time."""
+    key = many_segments(copy)
+    kwargs = {"sample": "segment", "num_frames": 2, **KPT}
+    raised = isolated(epoch, copy, "raise", kwargs)
+    assert raised.kind == "typed" and raised.error == "ShardFormatError", raised
+    assert "segments overlap or are out of order" in raised.message and raised.fields["key"] == key
+    assert raised.fields["member"].endswith(".timeline.json") and raised.seconds < 10
+    skipped = isolated(epoch, copy, "skip", kwargs, timeout=120)
+    assert skipped.kind == "ok" and skipped.value["items"] == skipped.value["len"], skipped
+    assert skipped.value["skipped"] == {"format": 5000} and key not in skipped.value["keys"]
 
