@@ -56,7 +56,7 @@ class SampleInfo:
     """A sample's parsed JSON members and the items it yields: a value of its own, kept
     beside the sample's bytes (parsed once, whatever the number of items)."""
 
-    meta: dict
+    meta: dict  # the meta.json fields items use (_META_KEPT, view_sizes of the views read), nothing else
     timeline: list[Segment]
     specs: list[ItemSpec]
     nframes: int  # frames of the chunk, as meta.json and index.json agree
@@ -129,8 +129,17 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
                                    member=f"{key}.{TIMELINE}")
         end = s.end
     table = np.array([(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline], dtype=np.int64).reshape(-1, 3)
-    return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames,
+    # Only what items use stays with the window: meta.json may hold anything else, up to
+    # max_json_bytes of it, and parsed JSON takes some 25 times its bytes (16 MB of "[],"
+    # is 400 MB of lists). The sizes of the views read are checked here, as integers.
+    kept = {field: meta[field] for field in _META_KEPT}
+    if opts.load_rgb:
+        kept["view_sizes"] = {v: dict(zip(("height", "width"), _stored_size(meta, v, shard, key))) for v in opts.views}
+    return SampleInfo(meta=kept, timeline=timeline, specs=item_specs(kept, timeline, opts, rng), nframes=frames,
                       label_table=table)
+
+
+_META_KEPT = ("start_frame", "end_frame", "gop", "fps_rational", "video_id", "chunk_index", "fps")
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:

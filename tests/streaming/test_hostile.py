@@ -467,3 +467,26 @@ def test_overlapping_segments_are_refused_before_they_cost_items_squared(copy):
     assert skipped.kind == "ok" and skipped.value["items"] == skipped.value["len"], skipped
     assert skipped.value["skipped"] == {"format": 5000} and key not in skipped.value["keys"]
 
+
+def test_meta_json_extras_are_not_held_with_the_window(copy):
+    """Each sample of shard 0 gets a meta.json with an extra field of 3 MB ("[[],[],...]",
+    under max_json_bytes): some 75 MB of Python objects once parsed. The window held each
+    sample's whole parsed meta.json until the window ended (four of them: +300 MB, and 16 MB
+    fields would be +1.5 GB). Only the fields items use are kept: one member's parse at a time."""
+    baseline = isolated(epoch, copy, "raise", KPT)
+    index = json.load(open(os.path.join(copy, "index.json")))
+    keys = {s["key"] for s in index["shardlist"][0]["samples"]}
+
+    def mutate(samples):
+        out = []
+        for name, data in members_of(samples):
+            if name.endswith(".meta.json") and name.split(".")[0] in keys:
+                data = (json.dumps(json.loads(data))[:-1] + ', "extra": [' + "[]," * 1_000_000 + "[]]}").encode()
+            out.append((name, data))
+        return out
+
+    rebuild_shard(copy, mutate)
+    outcome = isolated(epoch, copy, "raise", KPT, timeout=60)
+    assert baseline.kind == outcome.kind == "ok" and outcome.value["items"] == outcome.value["len"] == 9, outcome
+    grew = (outcome.peak_rss - baseline.peak_rss) >> 20
+    assert grew < 150, f"peak RSS {grew} MB above the same epoch without the extras"
