@@ -130,7 +130,7 @@ def test_verify_reads_hostile_keypoints_as_the_reader_does(small_dataset, tmp_pa
     import shutil
 
     from ..streaming.sandbox import isolated
-    from ..streaming.test_hostile import bzip2_bomb, change_first, npz_declaring_huge_shape, replace
+    from ..streaming.hostile_shards import bzip2_bomb, change_first, npz_declaring_huge_shape, replace
 
     for name, hostile, reason in (("header", npz_declaring_huge_shape, r"declares shape \(1000000000000,\)"),
                                   ("bzip2", bzip2_bomb, "compression method 12 is not read")):
@@ -154,7 +154,7 @@ def test_verify_decode_reports_a_clip_without_video(small_dataset, tmp_path):
 
     from vidshard.tools.verify import verify
 
-    from ..streaming.test_hostile import change_first, replace
+    from ..streaming.hostile_shards import change_first, replace
 
     def audio_only(key, data):
         buf = io.BytesIO()
