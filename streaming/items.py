@@ -212,7 +212,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         try:
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
-        except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:  # frame times of a hostile header
+        # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
+        except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
                               member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
