@@ -197,3 +197,28 @@ def test_a_dead_downloaders_reservation_is_reclaimed(tmp_path):
     with f:
         assert f.read() == second and stats["cache_downloads"] == 1
     assert sorted(os.listdir(cache_dir)) == sorted([f"{sha[1]}.tar", f"{sha[0]}.lock", f"{sha[1]}.lock", ".cache.lock"])
+
+
+def test_files_the_cache_did_not_make_are_never_evicted(small_dataset, tmp_path):
+    """cache_dir= pointed at a folder holding other .tar files (the dataset's own folder, by
+    mistake): LRU eviction used to delete any *.tar in it. Only <sha256>.tar files are the
+    cache's to count and evict."""
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    shard = index["shardlist"][0]
+    cache_dir = tmp_path / "mixed"
+    shutil.copytree(small_dataset, cache_dir)  # the dataset's shards, named shard-NNNNNN.tar
+    theirs = sorted(p.name for p in cache_dir.iterdir() if p.name.endswith(".tar"))
+    cache = ShardCache(str(cache_dir), limit=shard["filesize"])
+    source = os.path.join(small_dataset, shard["url"])
+
+    def download(dst):
+        data = open(source, "rb").read()
+        dst.write(data)
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    f = cache.open(shard["sha256"], shard["filesize"], download, collections.Counter())
+    assert f is not None  # theirs do not count against the limit
+    f.close()
+    assert sorted(p.name for p in cache_dir.iterdir() if p.name.startswith("shard-")) == theirs
