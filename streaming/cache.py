@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -46,6 +47,16 @@ def _flock(path: str, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)  # closing releases the lock
 
 
+_NAME = re.compile(r"[0-9a-f]{64}\.(tar|reserve)")
+
+
+def _ours(name: str, ext: str) -> bool:
+    """A file the cache made: `<sha256>.<ext>`. Other files in the folder are neither counted
+    nor evicted."""
+    match = _NAME.fullmatch(name)
+    return match is not None and match.group(1) == ext
+
+
 class ShardCache:
     def __init__(self, directory: str, limit: int, verify: bool = True):
         self.dir, self.limit, self.verify = directory, limit, verify
@@ -61,9 +72,9 @@ class ShardCache:
         total = 0
         for entry in os.scandir(self.dir):
             with contextlib.suppress(OSError, ValueError):
-                if entry.name.endswith(".tar"):
+                if _ours(entry.name, "tar"):
                     total += entry.stat().st_size
-                elif entry.name.endswith(".reserve"):
+                elif _ours(entry.name, "reserve"):
                     with open(entry.path) as f:
                         total += int(f.read() or 0)
         return total
@@ -126,7 +137,7 @@ class ShardCache:
             if used + size > self.limit:
                 complete = []
                 for e in os.scandir(self.dir):
-                    if e.name.endswith(".tar"):
+                    if _ours(e.name, "tar"):  # never a file the cache did not make (cache_dir= a dataset's own folder)
                         with contextlib.suppress(FileNotFoundError):
                             complete.append((e.stat().st_mtime, e.stat().st_size, e.path))
                 for _, victim_size, victim in sorted(complete):
@@ -143,7 +154,7 @@ class ShardCache:
 
     def _reclaim_stale(self) -> None:
         for entry in os.scandir(self.dir):
-            if entry.name.endswith(".reserve"):
+            if _ours(entry.name, "reserve"):
                 name = entry.name[: -len(".reserve")]
                 with _flock(self._path(name, "lock"), blocking=False) as free:
                     if free:  # nobody is downloading it: its owner died

@@ -120,6 +120,10 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
+        total = sum(int(a.sum()) for a in self.catalog.sample_items)
+        if total > limits.max_epoch_items:  # index.json's counts size the plan's arrays: 2 MB of it can ask for 15 GiB
+            raise ValueError(f"index.json lists {total} items for an epoch, over the limit of {limits.max_epoch_items} "
+                             "(streaming.tario.Limits.max_epoch_items)")
         dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
         if self.cache is not None and _blocks_split_shards(self.catalog, self.block_bytes) and self.cache.limit < dataset_bytes:
             # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
@@ -246,7 +250,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         schema = self.manifest.keypoints
 
         def member_limit(entry, suffix: str) -> int | None:  # a kpt.npz holds what the schema says, for its frames
-            return npz_bound(schema, entry.nframes) if suffix.endswith(KPT_EXT) and schema else None
+            return min(npz_bound(schema, entry.nframes), self.limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
 
         return SampleReader(manifest=self.manifest, urls=self.urls, storage=self.storage, cache=self.cache, limits=self.limits,
                             want=wanted.__contains__, member_limit=member_limit, stats=self.stats)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
-import zipfile
-import zlib
 from fractions import Fraction
 from typing import Any
 
@@ -26,10 +23,10 @@ from .sampling import clip_window, frame_labels, uniform
 from .tario import Limits
 
 
-# What np.load/zipfile raise on a damaged or hostile npz (the .npy header is parsed with
-# ast.literal_eval, hence SyntaxError). The reader uses streaming.npz; `vidshard verify` this.
-NPZ_ERRORS = (ValueError, OSError, IndexError, KeyError, EOFError, SyntaxError, NotImplementedError,
-              zipfile.BadZipFile, zlib.error, struct.error)
+# Numbers from meta.json/timeline.json become int64 tensors and float frame times: a
+# hostile 10**19 would raise OverflowError deep in numpy or PyAV, so they are bounded here.
+MAX_INT = 2**53
+MIN_FPS, MAX_FPS = Fraction(1, 10**6), Fraction(10**6)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,10 +56,11 @@ class SampleInfo:
     """A sample's parsed JSON members and the items it yields: a value of its own, kept
     beside the sample's bytes (parsed once, whatever the number of items)."""
 
-    meta: dict
+    meta: dict  # the meta.json fields items use (_META_KEPT, view_sizes of the views read), nothing else
     timeline: list[Segment]
     specs: list[ItemSpec]
     nframes: int  # frames of the chunk, as meta.json and index.json agree
+    label_table: np.ndarray  # [segments, 3] int64: start, end, label id (sampling.frame_labels), built once per sample
 
 
 def parse_json(sample: dict, suffix: str, shard: str) -> Any:
@@ -86,18 +84,23 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
         if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
             raise ShardFormatError(f"meta.json field {field!r} missing or of the wrong type ({meta.get(field)!r})", shard=shard, key=key,
                                    member=f"{key}.{META}")
-    if not 0 <= meta["start_frame"] < meta["end_frame"] or meta["gop"] < 1:
-        raise ShardFormatError("meta.json frame range or gop out of bounds", shard=shard, key=key, member=f"{key}.{META}")
+    if not 0 <= meta["start_frame"] < meta["end_frame"] <= MAX_INT or meta["gop"] < 1 or not 0 <= meta["chunk_index"] <= MAX_INT:
+        raise ShardFormatError("meta.json frame range, gop or chunk_index out of bounds", shard=shard, key=key, member=f"{key}.{META}")
     try:
-        if Fraction(meta["fps_rational"]) <= 0:
-            raise ValueError
+        fps = Fraction(meta["fps_rational"])
     except (ValueError, ZeroDivisionError):
-        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a positive fraction", shard=shard, key=key,
-                               member=f"{key}.{META}") from None
+        fps = None
+    if fps is None or not MIN_FPS <= fps <= MAX_FPS:
+        raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a frame rate in [{MIN_FPS}, {MAX_FPS}]",
+                               shard=shard, key=key, member=f"{key}.{META}")
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:
         raise ShardFormatError(f"timeline.json: {exc}", shard=shard, key=key, member=f"{key}.{TIMELINE}") from None
+    for s in timeline:
+        if not all(-MAX_INT <= v <= MAX_INT for v in (s.start, s.end, s.global_start, s.global_end, s.segment_id)):
+            raise ShardFormatError(f"timeline segment {str(s.segment_id)[:30]} has numbers out of bounds", shard=shard, key=key,
+                                   member=f"{key}.{TIMELINE}")
     return meta, timeline
 
 
@@ -113,11 +116,30 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
     if frames != nframes or len(timeline) != nsegments:
         raise ShardFormatError(f"meta.json/timeline.json give {frames} frames / {len(timeline)} segments, "
                                f"index.json says {nframes} / {nsegments}", shard=shard, key=key, member=f"{key}.{META}")
+    end = 0
     for s in timeline:
         if not 0 <= s.start < s.end <= frames:
             raise ShardFormatError(f"timeline segment {s.segment_id} [{s.start}, {s.end}) is not inside the chunk's "
                                    f"[0, {frames})", shard=shard, key=key, member=f"{key}.{TIMELINE}")
-    return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames)
+        # Sorted and disjoint, as the writer makes them (shardwriter.plan.check_timeline):
+        # so there are at most `frames` of them, and a frame's label is one binary search.
+        if s.start < end:
+            raise ShardFormatError(f"timeline segments overlap or are out of order (segment {s.segment_id} starts at "
+                                   f"{s.start}, before the previous one's end {end})", shard=shard, key=key,
+                                   member=f"{key}.{TIMELINE}")
+        end = s.end
+    table = np.array([(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline], dtype=np.int64).reshape(-1, 3)
+    # Only what items use stays with the window: meta.json may hold anything else, up to
+    # max_json_bytes of it, and parsed JSON takes some 25 times its bytes (16 MB of "[],"
+    # is 400 MB of lists). The sizes of the views read are checked here, as integers.
+    kept = {field: meta[field] for field in _META_KEPT}
+    if opts.load_rgb:
+        kept["view_sizes"] = {v: dict(zip(("height", "width"), _stored_size(meta, v, shard, key))) for v in opts.views}
+    return SampleInfo(meta=kept, timeline=timeline, specs=item_specs(kept, timeline, opts, rng), nframes=frames,
+                      label_table=table)
+
+
+_META_KEPT = ("start_frame", "end_frame", "gop", "fps_rational", "video_id", "chunk_index", "fps")
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
@@ -136,9 +158,7 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
     frames = spec.frames
     item: dict[str, Any] = {
         "frame_index": torch.from_numpy(frames + meta["start_frame"]),
-        "frame_labels": torch.from_numpy(
-            frame_labels(frames, [(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline])
-        ),
+        "frame_labels": torch.from_numpy(frame_labels(frames, info.label_table)),
     }
     if opts.load_rgb:
         item["video"] = torch.from_numpy(_decode_views(sample, meta, frames, opts, decoder, shard))
@@ -178,7 +198,13 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
         if decoded is None:
-            decoded = decoder.buffer((len(opts.views), len(wanted), 3, *size))
+            shape = (len(opts.views), len(wanted), 3, *size)
+            try:
+                decoded = decoder.buffer(shape)
+            except MemoryError:  # one allocation, refused whole: under the limits, over what this node holds
+                raise ShardFormatError(f"cannot allocate the item's {np.prod(shape)} bytes ({'x'.join(map(str, shape))}); "
+                                       "lower Limits.max_item_bytes or pass img_size", shard=shard, key=key, view=view,
+                                       member=f"{key}.{META}") from None
         elif decoded.shape[-2:] != size:
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
@@ -186,7 +212,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         try:
             expect = (meta["end_frame"] - meta["start_frame"], *stored)
             decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
-        except (EOFError, OSError, ValueError, av.FFmpegError) as exc:
+        # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
+        except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
                               member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
@@ -208,8 +235,9 @@ def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]
     try:
         size = meta["view_sizes"][view]
         return int(size["height"]), int(size["width"])
-    except (KeyError, TypeError, ValueError):
-        raise ShardFormatError(f"meta.json has no view_sizes for {view!r}", shard=shard, key=key, view=view) from None
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
+        raise ShardFormatError(f"meta.json has no view_sizes for {view!r} (integer height and width)", shard=shard, key=key, view=view,
+                               member=f"{key}.{META}") from None
 
 
 def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, shard: str):
@@ -220,7 +248,8 @@ def _keypoints(sample: dict, frames: np.ndarray, nframes: int, opts: Options, sh
         if data is None:
             raise KeypointError(f"sample has no {view}.{KPT_EXT} member (written without keypoints?)", shard=shard, key=key, view=view,
                                 member=f"{key}.{kpt_suffix(view)}")
-        arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, shard=shard, key=key, view=view)
+        arrays, mask = read_keypoints(data, opts.keypoint_schema, nframes, frames, max_bytes=opts.limits.max_member_bytes,
+                                      shard=shard, key=key, view=view)
         masks.append(mask)
         per_view.append(arrays)
     # Every view's arrays have the schema's shapes and dtypes (checked): they stack.

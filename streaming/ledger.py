@@ -74,12 +74,18 @@ class Delivery(Generic[T]):
     substitute: bool = False  # a repeat standing in for a skipped item
 
 
+END_ATTEMPTS = 3  # tries at a partition's last substitutes, when there is no later item to repeat instead
+
+
 def deliver(planned: Iterable[Planned], build: Callable[[int], T], ledger: Ledger,
             on_skip: Callable[[SampleError], None]) -> Iterator[Delivery[T]]:
     """Every item of a partition: `planned` are its items not yet consumed (`ledger.consumed`
     of the plan already were), `build(position)` makes one or raises SampleError, and
-    `on_skip(error)` decides: it raises to stop, or returns to skip the item."""
-    ledger = yield from _repay(ledger, build)  # interrupted between an item and its substitutes
+    `on_skip(error)` decides: it raises to stop, or returns to skip the item. A substitute
+    is built again from its bytes (nothing decoded is held), so it can fail too (a read that
+    fails after its retries): `on_skip` sees that error and the debt stays, repaid after
+    the next delivered item, or retried at the partition's end."""
+    ledger = yield from _repay(ledger, build, on_skip)  # interrupted between an item and its substitutes
     for p in planned:
         try:
             item = build(p.position)
@@ -90,15 +96,25 @@ def deliver(planned: Iterable[Planned], build: Callable[[int], T], ledger: Ledge
         ledger = ledger.delivered(p.position)
         yield Delivery(item, p.padded, ledger)
         del item  # hold no delivered item while building the next
-        ledger = yield from _repay(ledger, build)
-    if ledger.owed:
-        if ledger.last_good is None:
-            raise NothingToPad(f"every item of this partition ({ledger.consumed}) failed: nothing to pad with")
-        yield from _repay(ledger, build)
+        ledger = yield from _repay(ledger, build, on_skip)
+    if ledger.owed and ledger.last_good is None:
+        raise NothingToPad(f"every item of this partition ({ledger.consumed}) failed: nothing to pad with")
+    for _ in range(END_ATTEMPTS):
+        if not ledger.owed:
+            return
+        ledger = yield from _repay(ledger, build, on_skip)
+    raise NothingToPad(f"{ledger.owed} substitute(s) owed at the end, but the item they repeat failed to build "
+                       f"{END_ATTEMPTS} times")
 
 
-def _repay(ledger: Ledger, build: Callable[[int], T]):
+def _repay(ledger: Ledger, build: Callable[[int], T], on_skip: Callable[[SampleError], None]):
     while ledger.owed and ledger.last_good is not None:
+        try:
+            item = build(ledger.last_good)
+        except SampleError as exc:  # still owed: repaid after the next delivered item, or retried at the end
+            on_skip(exc)
+            return ledger
         ledger = ledger.substituted()
-        yield Delivery(build(ledger.last_good), True, ledger, substitute=True)
+        yield Delivery(item, True, ledger, substitute=True)
+        del item
     return ledger

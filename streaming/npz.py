@@ -6,7 +6,9 @@ times. Here every size is checked against what index.json implies before anythin
 allocated: the member's bytes against `npz_bound` (the arrays of `nframes` frames of the
 schema, plus zip overhead), each entry's declared uncompressed size and each `.npy` header's
 shape and dtype against the schema, and the data is read with a bound (zipfile never
-returns more than an entry declares). Nothing is unpickled.
+returns more than an entry declares, and only stored or deflated entries, the two numpy
+writes, are read: zipfile decompresses a bzip2 or LZMA chunk whole before it truncates).
+The schema's own sizes are bounded by `max_bytes`. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -43,15 +45,19 @@ def npz_bound(schema: dict, nframes: int) -> int:
     return data + data // 1024 + _ENTRY_OVERHEAD * (len(schema) + 2)
 
 
-def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray, *, shard: str, key: str,
+def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray | slice, *, max_bytes: int, shard: str, key: str,
                    view: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """({array name: values at `frames`}, mask at `frames`) of one view's archive."""
+    """({array name: values at `frames`}, mask at `frames`) of one view's archive. `max_bytes`
+    bounds what the schema may ask for: index.json is untrusted too, and its shapes size
+    every read below."""
     member = f"{key}.{view}.kpt.npz"
 
     def refuse(why: str) -> KeypointError:
         return KeypointError(why, shard=shard, key=key, view=view, member=member)
 
     bound = npz_bound(schema, nframes)
+    if bound > max_bytes:
+        raise refuse(f"index.json's keypoint schema implies {bound} bytes for {nframes} frames, over the limit of {max_bytes}")
     if len(data) > bound:
         raise refuse(f"{len(data)} bytes, more than the {bound} that index.json's keypoint schema allows for {nframes} frames")
     expected = expected_arrays(schema, nframes)
@@ -61,6 +67,13 @@ def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray, 
             names = zf.namelist()
             if sorted(names) != sorted(expected):
                 raise refuse(f"arrays {sorted(names)} differ from index.json's schema {sorted(expected)}")
+            for info in zf.infolist():
+                # numpy writes stored or deflated entries. zipfile bounds a deflate stream
+                # by the entry's declared size, but bzip2 and LZMA chunks are decompressed
+                # whole (785 bytes of bzip2 hold 1 GiB); an encrypted entry raises RuntimeError.
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                    raise refuse(f"{info.filename}: compression method {info.compress_type}"
+                                 f"{' (encrypted)' if info.flag_bits & 0x1 else ''} is not read (numpy writes stored or deflated)")
             for name, (shape, dtype) in expected.items():
                 out[name[: -len(".npy")]] = _read_entry(zf, name, shape, dtype, refuse)[frames]
     except KeypointError:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from .cache import ShardCache
 from .errors import SampleError, ShardReadError, StorageError
 from .format import Manifest, SampleEntry
+from .norange import WholeGetReader
 from .remote import StorageOptions, download, open_range, redact
 from .tario import Limits, Span, read_sample
 
@@ -100,4 +101,7 @@ class SampleReader:
                 local = None
             if local is not None:
                 return open_range(local, offset, length, self.storage, self.stats)
-        return open_range(url, offset, length, self.storage, self.stats)
+        # With a cache the user opted into whole-shard transfers: a shard it could not take,
+        # from a server that ignores Range, is read from a plain GET rather than stopping.
+        return open_range(url, offset, length, self.storage, self.stats,
+                          whole_get=WholeGetReader if self.cache is not None else None)

@@ -13,7 +13,9 @@ HTTP ranged requests are made here rather than through fsspec's `cat_file`, whic
 whatever body comes back: a server that ignores `Range` (python -m http.server) answers
 200 with the whole file, which would be read into memory and taken for the range. A 200
 to a ranged request raises RangeNotSupportedError instead; whole-shard downloads (the
-cache) then fall back to one plain GET, bounded by the shard's size.
+cache) then fall back to one plain GET, bounded by the shard's size. Other stores go
+through fsspec's `cat_file`: an answer longer than the range asked for (an S3-compatible
+server that ignores Range) raises RangeNotSupportedError too.
 """
 
 from __future__ import annotations
@@ -138,27 +140,45 @@ def is_transient(exc: BaseException) -> bool:
 class RangeReader(io.RawIOBase):
     """[offset, offset + length) of a file, fetched block by block with retries."""
 
-    def __init__(self, url: str, offset: int, length: int, options: StorageOptions, stats: Counter):
+    def __init__(self, url: str, offset: int, length: int, options: StorageOptions, stats: Counter, whole_get=None):
         self.url, self.pos, self.end = url, offset, offset + length
         self.options, self.stats = options, stats
         self.fs, self.path = filesystem(url, options)
         self.http = protocol_of(url) in ("http", "https")
         self.block = memoryview(b"")
+        # An HTTP server that ignores Range: go on from plain GETs (streaming/norange.py's
+        # reader, passed in) instead of stopping, where the user opted into whole-shard
+        # transfers (cache_dir=).
+        self.whole_get, self.whole = whole_get if self.http else None, None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf) -> int:
+        if self.whole is not None:
+            return self.whole.readinto(buf)
         if not self.block:
             if self.pos >= self.end:
                 return 0
             self.block = memoryview(b"")  # let the spent block go before the next one arrives
-            self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
+            try:
+                self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
+            except RangeNotSupportedError:
+                if self.whole_get is None:
+                    raise
+                self.stats["whole_get_reads"] += 1
+                self.whole = self.whole_get(self.fs, self.path, self.url, self.pos, self.end - self.pos, self.options, self.stats)
+                return self.whole.readinto(buf)
             self.pos += len(self.block)
         n = min(len(buf), len(self.block))
         buf[:n] = self.block[:n]
         self.block = self.block[n:]  # a view: no copy of the rest of the block
         return n
+
+    def close(self) -> None:
+        if self.whole is not None:
+            self.whole.close()
+        super().close()
 
     def _get(self, start: int, end: int | None) -> bytes:
         if self.http:
@@ -172,6 +192,13 @@ class RangeReader(io.RawIOBase):
         for attempt in range(self.options.retries + 1):
             try:
                 part = self._get(start + len(got), end)
+                if end is not None and len(part) > end - start - len(got):
+                    # s3fs/gcsfs return whatever body comes back: a server that ignores Range
+                    # sends the object from its first byte, which must not pass for the range.
+                    raise RangeNotSupportedError(
+                        f"{redact(self.url)}: the storage answered {len(part)} bytes to a request for the "
+                        f"{end - start - len(got)} bytes [{start + len(got)}, {end}): it ignores byte-range requests, "
+                        "so samples cannot be read by range")
                 got = got + part if got else part  # joined only after a cut body (rare): no copy otherwise
                 if end is None or len(got) >= end - start:
                     return got if end is None or len(got) == end - start else got[: end - start]
@@ -277,27 +304,30 @@ def _download_whole(url: str, size: int, dst: io.BufferedWriter, options: Storag
 
 
 async def _http_stream(fs, path: str, size: int, dst, digest) -> int:
-    """One plain GET of a file into dst; never reads more than size + 1 bytes."""
+    """One plain GET of a file into dst: the bytes received (at most size + 1: a longer body
+    is not read further). Never writes more than `size`, the cache's reservation."""
     session = await fs.set_session()
     async with session.get(fs.encode_url(path), **fs.kwargs) as r:
         if r.status == 404:
             raise FileNotFoundError(path)
         r.raise_for_status()
         written = 0
-        while written <= size:
+        while True:
             block = await r.content.read(min(1 << 20, size + 1 - written))
             if not block:
-                break
+                return written
+            if written + len(block) > size:
+                return written + len(block)
             digest.update(block)
             dst.write(block)
             written += len(block)
-        return written
 
 
 def open_range(src: str | io.BufferedReader, offset: int, length: int, options: StorageOptions,
-               stats: Counter) -> io.BufferedReader:
+               stats: Counter, whole_get=None) -> io.BufferedReader:
     """A buffered stream over [offset, offset + length) of a shard: a URL or local path, or
-    an open local file (which the stream takes over and closes)."""
+    an open local file (which the stream takes over and closes). `whole_get`: a reader
+    class (norange.WholeGetReader) for an HTTP server that ignores Range, instead of raising."""
     if not isinstance(src, str):
         src.seek(offset)
         return io.BufferedReader(_Bounded(src, length), buffer_size=READ_BUFFER)
@@ -308,7 +338,7 @@ def open_range(src: str | io.BufferedReader, offset: int, length: int, options: 
             raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=src) from None
         f.seek(offset)
         return io.BufferedReader(_Bounded(f, length), buffer_size=READ_BUFFER)
-    return io.BufferedReader(RangeReader(src, offset, length, options, stats), buffer_size=READ_BUFFER)
+    return io.BufferedReader(RangeReader(src, offset, length, options, stats, whole_get), buffer_size=READ_BUFFER)
 
 
 class _Bounded(io.RawIOBase):

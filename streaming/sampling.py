@@ -32,9 +32,14 @@ def clip_window(length: int, num_frames: int, stride: int, rng: np.random.Genera
     return np.minimum(start + stride * np.arange(num_frames, dtype=np.int64), length - 1)
 
 
-def frame_labels(frames: np.ndarray, segments: list[tuple[int, int, int]]) -> np.ndarray:
-    """Label id of each chunk-local frame from (start, end, label_id) segments; -1 if none."""
+def frame_labels(frames: np.ndarray, segments) -> np.ndarray:
+    """Label id of each chunk-local frame from sorted, disjoint (start, end, label_id) segments
+    (a list or an [S, 3] array); -1 where none. A binary search per frame, not a pass per
+    segment: an item costs O(frames x log segments) however many segments its sample has."""
+    table = np.asarray(segments, dtype=np.int64).reshape(-1, 3)
     labels = np.full(len(frames), -1, dtype=np.int64)
-    for start, end, label_id in segments:
-        labels[(frames >= start) & (frames < end)] = label_id
+    at = np.searchsorted(table[:, 0], frames, side="right") - 1  # the last segment starting at or before each frame
+    inside = at >= 0
+    inside[inside] = frames[inside] < table[at[inside], 1]
+    labels[inside] = table[at[inside], 2]
     return labels

@@ -45,7 +45,7 @@ def resolve_source(source: str | Sequence[str], storage: StorageOptions = Storag
     by_name = {s.url: s for s in manifest.shards}
     missing = [u for u in urls if posixpath.basename(u) not in by_name]
     if missing:
-        raise ValueError(f"shards not listed in {_join(base, INDEX_NAME)}: {missing[:5]}")
+        raise ValueError(redact(f"shards not listed in {_join(base, INDEX_NAME)}: {missing[:5]}"))
     shards = [by_name[posixpath.basename(u)] for u in urls]
     return dataclasses.replace(manifest, shards=shards), urls
 

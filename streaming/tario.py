@@ -30,6 +30,10 @@ SAFE_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+")
 KNOWN_SUFFIX = re.compile(r"(meta\.json|timeline\.json|[A-Za-z0-9_-]+\.(mp4|kpt\.npz))")
 HEADER_READ_BYTES = 1 << 20  # one tar header record (a GNU long name, a pax header): far above any real one
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
+# What tarfile lets escape from hostile headers besides TarError: int() of a pax
+# GNU.sparse.map that is not numbers (ValueError), and a chain of extended headers (GNU
+# long names, pax), which it reads by recursing once per header (RecursionError).
+_HEADER_ERRORS = (ValueError, RecursionError)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,6 +46,7 @@ class Limits:
     max_item_bytes: int = 32 * 1024**3  # V x T x 3 x H x W of one decoded item
     max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
     max_segments: int = 100_000  # timeline segments of one chunk
+    max_epoch_items: int = 100_000_000  # items of one epoch (index.json's counts): each is several int64s in every worker's plan
 
 
 def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:
@@ -164,8 +169,9 @@ def iter_samples(
                 member = None
     except SampleError as exc:
         raise exc.at(key=key) from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise ShardFormatError(f"not a readable tar ({exc})", shard=url, key=key, member=member) from None
+    except (tarfile.TarError, EOFError, *_HEADER_ERRORS) as exc:
+        raise ShardFormatError(f"not a readable tar ({type(exc).__name__}: {str(exc)[:200]})", shard=url, key=key,
+                               member=member) from None
     if key is not None:
         yield {"__key__": key, **data}
 

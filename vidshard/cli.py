@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (WriterError, ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"vidshard {args.command}: error: {exc}", file=sys.stderr)
+        from streaming.remote import redact
+
+        print(f"vidshard {args.command}: error: {redact(str(exc))}", file=sys.stderr)  # messages name URLs
         return 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -114,3 +115,60 @@ def test_random_sample_and_missing_key(small_dataset, tmp_path, capsys):
     assert os.path.getsize(out) > 0 and "sample session_" in capsys.readouterr().out
     assert main(["show", small_dataset, "--key", "nope_00000", "--out", out]) == 2
     assert "no sample 'nope_00000'" in capsys.readouterr().err
+
+
+def verify_problems(path: str) -> list[str]:
+    from vidshard.tools.verify import verify
+
+    return verify(path)[0]
+
+
+def test_verify_reads_hostile_keypoints_as_the_reader_does(small_dataset, tmp_path):
+    """`vidshard verify` reads keypoint archives with the reader's guarded npz reading: a
+    200-byte header declaring 10**12 entries and a 785-byte bzip2 bomb of 1 GiB are reported
+    as problems naming shard, key and member, in a child capped at 1 GiB (np.load allocated)."""
+    import shutil
+
+    from ..streaming.sandbox import isolated
+    from ..streaming.hostile_shards import bzip2_bomb, change_first, npz_declaring_huge_shape, replace
+
+    for name, hostile, reason in (("header", npz_declaring_huge_shape, r"declares shape \(1000000000000,\)"),
+                                  ("bzip2", bzip2_bomb, "compression method 12 is not read")):
+        copy = str(tmp_path / name)
+        shutil.copytree(small_dataset, copy)
+        key = change_first(copy, replace("front.kpt.npz", hostile))
+        outcome = isolated(verify_problems, copy)
+        assert outcome.kind == "ok", outcome
+        found = [p for p in outcome.value if f"key={key}" in p and "front.kpt.npz" in p]
+        assert len(found) == 1 and re.search(reason, found[0]) and "shard-000000.tar" in found[0], outcome.value
+        assert outcome.peak_rss < 1 << 30
+
+
+def test_verify_decode_reports_a_clip_without_video(small_dataset, tmp_path):
+    """An mp4 holding only an audio stream is a problem named by `verify --decode`, not an
+    IndexError traceback."""
+    import io
+    import shutil
+
+    import av
+
+    from vidshard.tools.verify import verify
+
+    from ..streaming.hostile_shards import change_first, replace
+
+    def audio_only(key, data):
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="mp4") as container:
+            stream = container.add_stream("aac", rate=8000)
+            stream.layout = "mono"
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+        return buf.getvalue()
+
+    copy = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, copy)
+    key = change_first(copy, replace("front.mp4", audio_only))
+    problems, _ = verify(copy, decode=True)
+    assert [p for p in problems if key in p and "front.mp4: does not decode (no video stream" in p], problems

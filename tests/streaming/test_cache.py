@@ -156,3 +156,69 @@ def test_a_corrupt_download_is_never_cached(small_dataset, tmp_path):
     assert ds.stats["cache_rejected"] == 1  # downloaded once, refused, then read by range
     assert not (cache / f"{index['shardlist'][0]['sha256']}.tar").exists()
     assert ds.stats["cache_downloads"] == len(index["shardlist"]) - 1
+
+
+def test_a_dead_downloaders_reservation_is_reclaimed(tmp_path):
+    """A process killed mid-download leaves <sha>.reserve and <sha>.partial behind; the next
+    reservation sees its shard lock free, removes both, and the limit is free again."""
+    import hashlib
+    import signal
+
+    limit = 1000
+    cache_dir = str(tmp_path / "cache")
+    first, second = bytes(900), bytes(range(256)) * 3
+    sha = [hashlib.sha256(data).hexdigest() for data in (first, second)]
+    ready = multiprocessing.get_context("fork").Event()
+
+    def doomed():
+        def download(dst):  # writes half, then hangs until killed
+            dst.write(first[:450])
+            dst.flush()
+            ready.set()
+            time.sleep(60)
+
+        ShardCache(cache_dir, limit).open(sha[0], len(first), download, collections.Counter())
+
+    child = multiprocessing.get_context("fork").Process(target=doomed, daemon=True)
+    child.start()
+    assert ready.wait(30)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert {f"{sha[0]}.reserve", f"{sha[0]}.partial"} <= set(os.listdir(cache_dir))
+
+    stats = collections.Counter()
+
+    def download(dst):
+        dst.write(second)
+        return sha[1]
+
+    f = ShardCache(cache_dir, limit).open(sha[1], len(second), download, stats)
+    assert f is not None and stats["cache_bypassed"] == 0, stats  # 768 beside the dead 900 would not fit
+    with f:
+        assert f.read() == second and stats["cache_downloads"] == 1
+    assert sorted(os.listdir(cache_dir)) == sorted([f"{sha[1]}.tar", f"{sha[0]}.lock", f"{sha[1]}.lock", ".cache.lock"])
+
+
+def test_files_the_cache_did_not_make_are_never_evicted(small_dataset, tmp_path):
+    """cache_dir= pointed at a folder holding other .tar files (the dataset's own folder, by
+    mistake): LRU eviction used to delete any *.tar in it. Only <sha256>.tar files are the
+    cache's to count and evict."""
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    shard = index["shardlist"][0]
+    cache_dir = tmp_path / "mixed"
+    shutil.copytree(small_dataset, cache_dir)  # the dataset's shards, named shard-NNNNNN.tar
+    theirs = sorted(p.name for p in cache_dir.iterdir() if p.name.endswith(".tar"))
+    cache = ShardCache(str(cache_dir), limit=shard["filesize"])
+    source = os.path.join(small_dataset, shard["url"])
+
+    def download(dst):
+        data = open(source, "rb").read()
+        dst.write(data)
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
+
+    f = cache.open(shard["sha256"], shard["filesize"], download, collections.Counter())
+    assert f is not None  # theirs do not count against the limit
+    f.close()
+    assert sorted(p.name for p in cache_dir.iterdir() if p.name.startswith("shard-")) == theirs

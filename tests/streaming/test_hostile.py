@@ -6,15 +6,11 @@ never a MemoryError, a hang, or an untyped error."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import struct
-import tarfile
-import zipfile
 import zlib
 
 import pytest
@@ -22,9 +18,13 @@ import pytest
 from streaming import VideoShardDataset
 
 from ..helpers import members_of, rebuild_shard
+from .hostile_shards import (
+    GiB, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
+    long_name_first, many_segments, meta_start_frame_1e19, meta_view_height_infinity, meta_views_8192_squared, meta_with,
+    npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, set_first, set_keypoint_dtype,
+    set_sample, symlink, timeline_span, zip_declaring_1gib, zip_of,
+)
 from .sandbox import isolated
-
-GiB = 1 << 30
 
 
 def epoch(path: str, policy: str, kwargs: dict) -> dict:
@@ -37,124 +37,6 @@ def epoch(path: str, policy: str, kwargs: dict) -> dict:
     keys = [item["meta"]["key"] for item in ds]
     return {"items": len(keys), "len": len(ds), "skipped": ds.state_dict()["skipped"], "log": records,
             "keys": sorted(set(keys))}
-
-
-def first_key(path: str, shard: int = 0) -> str:
-    return json.load(open(os.path.join(path, "index.json")))["shardlist"][shard]["samples"][0]["key"]
-
-
-def change_first(path: str, change) -> str:
-    """Rewrite the first sample of shard 0 with `change(key, parts) -> members`; its key."""
-    def mutate(samples):
-        key = next(iter(samples))
-        members = members_of(samples)
-        mine = [m for m in members if m[0].startswith(key + ".")]
-        rest = [m for m in members if not m[0].startswith(key + ".")]
-        return change(key, mine) + rest
-
-    key = first_key(path)
-    rebuild_shard(path, mutate)
-    return key
-
-
-def insert_middle(member):
-    def change(key, mine):
-        made = member(key)
-        return mine[:1] + [made] + mine[1:]
-    return change
-
-
-def replace(suffix: str, data_of):
-    def change(key, mine):
-        return [(name, data_of(key, data) if name == f"{key}.{suffix}" else data) for name, data in mine]
-    return change
-
-
-def symlink(key):
-    info = tarfile.TarInfo(f"{key}.link.json")
-    info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
-    return info, b""
-
-
-def npz_declaring_huge_shape(key, data):
-    """About 200 bytes whose mask.npy header declares 10**12 entries."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name in ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy"):
-            header = "{'descr': '|b1', 'fortran_order': False, 'shape': (1000000000000,), }"
-            zf.writestr(name, b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
-    return buf.getvalue()
-
-
-def zip_of(entries) -> bytes:
-    """A zip built by hand: (name, payload, declared uncompressed size), deflated entries."""
-    body, central = b"", b""
-    for name, payload, size in entries:
-        n = name.encode()
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, 0, len(payload), size, len(n), 0, 0, 0, 0, 0,
-                               len(body)) + n
-        body += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, 0, len(payload), size, len(n), 0) + n + payload
-    return body + central + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), len(body), 0)
-
-
-def zeros_deflated(n_chunks: int, chunk: int = 1 << 24) -> bytes:
-    """n_chunks x chunk zero bytes as a raw deflate stream (one block, repeated: full flushes
-    make each block stand alone), in about 1 KB per 1 MB."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = c.compress(bytes(chunk)) + c.flush(zlib.Z_FULL_FLUSH)
-    return block * n_chunks + b"\x03\x00"  # an empty final block ends the stream
-
-
-def deflate_bomb(key, data):
-    """1 GiB of zeros in about 1 MB, under the schema's array names."""
-    names = ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy")
-    return zip_of([(name, zeros_deflated(64), GiB) for name in names])
-
-
-def zip_declaring_1gib(key, data):
-    """A small archive whose entries declare 1 GiB uncompressed."""
-    names = ("mask.npy", "sam3d_body.frame.npy", "sam3d_body.joints_2d.npy")
-    return zip_of([(name, zeros_deflated(1, 1 << 12), GiB) for name in names])
-
-
-def meta_with(**changes):
-    def change(key, data):
-        meta = json.loads(data)
-        meta.update(changes)
-        return json.dumps(meta).encode()
-    return change
-
-
-def timeline_span(key, data):
-    timeline = json.loads(data)
-    timeline["segments"][0]["end"] = 10**12
-    return json.dumps(timeline).encode()
-
-
-def long_name_header_of_1gib(raw: bytes) -> bytes:
-    """Declare 1 GiB of GNU long-name record in the first member's extended header."""
-    at = raw.index(b"././@LongLink")
-    header = bytearray(raw[at:at + 512])
-    header[124:136] = b"%011o\0" % GiB
-    header[148:156] = b"        "
-    header[148:156] = b"%06o\0 " % sum(header)
-    return raw[:at] + bytes(header) + raw[at + 512:]
-
-
-def rename_members(key, mine):
-    return [(name.replace(key, "intruder_00000", 1), data) for name, data in mine]
-
-
-def long_name_first(path: str) -> str:
-    """The first member of the first sample gets a name over 100 bytes (a GNU long-name
-    record), whose header is then made to declare 1 GiB."""
-    def mutate(samples):
-        members = members_of(samples)
-        name, data = members[0]
-        return [(name.replace(".", "." + "x" * 120 + "-", 1), data)] + members[1:]
-
-    rebuild_shard(path, mutate, tar_format=tarfile.GNU_FORMAT, patch=long_name_header_of_1gib)
-    return first_key(path)
 
 
 # (id, how to break the copy -> the broken key, dataset options, error class, reason, member pattern, skip reason)
@@ -170,8 +52,20 @@ SAMPLE_CASES = [
      "ShardFormatError", r"declares \d+ bytes, over the limit of \d+", r"\.front\.kpt\.npz$", "format"),
     ("zip-entry-declares-1GiB", lambda p: change_first(p, replace("front.kpt.npz", zip_declaring_1gib)), KPT,
      "KeypointError", r"declares 1073741824 bytes uncompressed", r"\.front\.kpt\.npz$", "keypoints"),
+    ("npz-bzip2-bomb", lambda p: change_first(p, replace("front.kpt.npz", bzip2_bomb)), KPT,
+     "KeypointError", r"\.npy: compression method 12 is not read", r"\.front\.kpt\.npz$", "keypoints"),
+    ("npz-encrypted-entries", lambda p: change_first(p, replace("front.kpt.npz", encrypted_entries)), KPT,
+     "KeypointError", r"compression method 8 \(encrypted\) is not read", r"\.front\.kpt\.npz$", "keypoints"),
     ("meta-end-frame-1e13", lambda p: change_first(p, replace("meta.json", meta_with(end_frame=10**13))), KPT,
      "ShardFormatError", "index.json says 30", r"\.meta\.json$", "format"),
+    ("meta-start-frame-1e19", lambda p: change_first(p, replace("meta.json", meta_start_frame_1e19)), KPT,
+     "ShardFormatError", "frame range, gop or chunk_index out of bounds", r"\.meta\.json$", "format"),
+    ("meta-view-height-infinity", lambda p: change_first(p, replace("meta.json", meta_view_height_infinity)), {"img_size": (16, 16)},
+     "ShardFormatError", "no view_sizes for 'front'", r"\.meta\.json$", "format"),
+    ("meta-item-larger-than-memory", lambda p: change_first(p, replace("meta.json", meta_views_8192_squared)), {},
+     "ShardFormatError", r"cannot allocate the item's \d+ bytes", r"\.meta\.json$", "format"),
+    ("meta-fps-1e400", lambda p: change_first(p, replace("meta.json", meta_with(fps_rational="1e400"))), {"img_size": (16, 16)},
+     "ShardFormatError", r"fps_rational '1e400' is not a frame rate", r"\.meta\.json$", "format"),
     ("json-nested-deep", lambda p: change_first(p, replace("meta.json", lambda k, d: b"[" * 200_000 + b"]" * 200_000)), KPT,
      "ShardFormatError", "not valid JSON .RecursionError", r"\.meta\.json$", "format"),
     ("timeline-segment-1e12", lambda p: change_first(p, replace("timeline.json", timeline_span)), {"sample": "segment", **KPT},
@@ -180,6 +74,10 @@ SAMPLE_CASES = [
      "ShardFormatError", "found sample 'intruder_00000' in the byte range", None, "format"),
     ("long-name-record-of-1GiB", long_name_first, KPT,
      "ShardFormatError", r"a tar record asks to read 1073741824 bytes", None, "format"),
+    ("pax-sparse-map-not-numbers", pax_sparse_map_not_numbers, KPT,
+     "ShardFormatError", r"not a readable tar \(ValueError", None, "format"),
+    ("long-name-chain-of-3000", long_name_chain, KPT,
+     "ShardFormatError", r"not a readable tar \(RecursionError", None, "format"),
     ("broken-clip", lambda p: change_first(p, replace("front.mp4", lambda k, d: b"\xff" * len(d))), {"img_size": (16, 16)},
      "DecodeError", "clip does not decode", r"\.front\.mp4$", "decode"),
 ]
@@ -236,33 +134,6 @@ def test_missing_shard_is_a_read_error_per_sample(copy):
     assert skipped.kind == "ok" and skipped.value["items"] == 9 and skipped.value["skipped"] == {"read": lost}, skipped
 
 
-def edit_index(path, change):
-    index_path = os.path.join(path, "index.json")
-    index = json.load(open(index_path))
-    change(index)
-    json.dump(index, open(index_path, "w"))
-
-
-def set_first(field, value):
-    def change(index):
-        index["shardlist"][0][field] = value
-    return change
-
-
-def set_sample(field, value):
-    def change(index):
-        shard = index["shardlist"][0]
-        delta = value - shard["samples"][0][field]
-        shard["samples"][0][field] = value
-        if field in ("nframes", "nsegments"):
-            shard[field] += delta
-    return change
-
-
-def set_keypoint_dtype(index):
-    index["keypoints"]["sam3d_body.frame"]["dtype"] = "|O"
-
-
 INDEX_CASES = [
     ("sha256-relative-path", set_first("sha256", "../escaped"), r"shardlist\[0\]\.sha256 is '\.\./escaped', expected 64 lowercase hex"),
     ("sha256-absolute-path", set_first("sha256", "/tmp/escaped"), r"shardlist\[0\]\.sha256"),
@@ -289,3 +160,90 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):
     assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.grown < GiB
     assert not any(name.endswith(".tar") for name in os.listdir(tmp_path) + os.listdir(os.path.dirname(copy)))
+
+
+def test_a_hostile_keypoint_schema_cannot_size_the_reads(copy):
+    """index.json is untrusted too: a schema declaring 2**27 values per frame (32 GiB for the
+    chunk) lifted the kpt.npz member limit and sized the read of a 1 MB deflate bomb that
+    expands to 1 GiB. The schema's size is bounded by max_member_bytes before anything is read."""
+    def huge_schema(index):
+        index["keypoints"]["sam3d_body.frame"]["shape"] = [2**27]
+
+    edit_index(copy, huge_schema)
+    nframes = json.load(open(os.path.join(copy, "index.json")))["shardlist"][0]["samples"][0]["nframes"]
+
+    def bomb(key, data):
+        header = f"{{'descr': '<i8', 'fortran_order': False, 'shape': ({nframes}, {2**27}), }}".encode()
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        head = c.compress(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header) + c.flush(zlib.Z_FULL_FLUSH)
+        zeros = c.compress(bytes(1 << 24)) + c.flush(zlib.Z_FULL_FLUSH)
+        payload = head + zeros * 64 + b"\x03\x00"  # the header, then 1 GiB of zeros
+        names = ("sam3d_body.frame.npy", "sam3d_body.joints_2d.npy", "mask.npy")
+        return zip_of([(name, payload, GiB) for name in names])
+
+    key = change_first(copy, replace("front.kpt.npz", bomb))
+    raised = isolated(epoch, copy, "raise", {**KPT, "shuffle": False})  # the bomb is read first
+    assert raised.kind == "typed" and raised.error == "KeypointError", raised
+    assert re.search(r"keypoint schema implies \d+ bytes for \d+ frames, over the limit", raised.message), raised.message
+    assert raised.fields["key"] == key and raised.seconds < 10 and raised.peak_rss < GiB
+
+
+def test_index_counts_cannot_size_an_epoch_plan_past_memory(copy):
+    """Every sample under max_segments, but 2,000 samples of 100,000 segments each: 2 * 10**8
+    items, whose epoch plan is several 1.6 GB arrays, from 180 KB of index.json. Refused on
+    load (it was a MemoryError when a worker planned its epoch)."""
+    def many_segments(index):
+        entry = index["shardlist"][0]
+        entry["samples"] = [dict(key=f"v_{i:05d}", offset=i * 1024, size=1024, nframes=1, nsegments=100_000) for i in range(2000)]
+        entry.update(nsamples=2000, nframes=2000, nsegments=2000 * 100_000, filesize=2000 * 1024)
+
+    edit_index(copy, many_segments)
+
+    def first_item(path):
+        return next(iter(VideoShardDataset(path, sample="segment", num_frames=1, on_error="skip")))
+
+    outcome = isolated(first_item, copy)
+    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
+    assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
+    assert outcome.seconds < 10 and outcome.peak_rss < GiB
+
+
+def test_overlapping_segments_are_refused_before_they_cost_items_squared(copy):
+    """5,000 segments over one sample's 30 frames, all of them items (index.json agrees): each
+    item's frame labels took a pass over every segment, 25 million passes for the sample
+    (killed after 10 s). Timelines are sorted and disjoint (as the writer makes them): refused
+    at once. With "skip" the sample's 5,000 items are still owed 5,000 repeats: linear work,
+    given more time."""
+    key = many_segments(copy)
+    kwargs = {"sample": "segment", "num_frames": 2, **KPT}
+    raised = isolated(epoch, copy, "raise", kwargs)
+    assert raised.kind == "typed" and raised.error == "ShardFormatError", raised
+    assert "segments overlap or are out of order" in raised.message and raised.fields["key"] == key
+    assert raised.fields["member"].endswith(".timeline.json") and raised.seconds < 10
+    skipped = isolated(epoch, copy, "skip", kwargs, timeout=120)
+    assert skipped.kind == "ok" and skipped.value["items"] == skipped.value["len"], skipped
+    assert skipped.value["skipped"] == {"format": 5000} and key not in skipped.value["keys"]
+
+
+def test_meta_json_extras_are_not_held_with_the_window(copy):
+    """Each sample of shard 0 gets a meta.json with an extra field of 3 MB ("[[],[],...]",
+    under max_json_bytes): some 75 MB of Python objects once parsed. The window held each
+    sample's whole parsed meta.json until the window ended (four of them: +300 MB, and 16 MB
+    fields would be +1.5 GB). Only the fields items use are kept: one member's parse at a time."""
+    baseline = isolated(epoch, copy, "raise", KPT)
+    index = json.load(open(os.path.join(copy, "index.json")))
+    keys = {s["key"] for s in index["shardlist"][0]["samples"]}
+
+    def mutate(samples):
+        out = []
+        for name, data in members_of(samples):
+            if name.endswith(".meta.json") and name.split(".")[0] in keys:
+                data = (json.dumps(json.loads(data))[:-1] + ', "extra": [' + "[]," * 1_000_000 + "[]]}").encode()
+            out.append((name, data))
+        return out
+
+    rebuild_shard(copy, mutate)
+    outcome = isolated(epoch, copy, "raise", KPT, timeout=60)
+    assert baseline.kind == outcome.kind == "ok" and outcome.value["items"] == outcome.value["len"] == 9, outcome
+    grew = (outcome.peak_rss - baseline.peak_rss) >> 20
+    assert grew < 150, f"peak RSS {grew} MB above the same epoch without the extras"

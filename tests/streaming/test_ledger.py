@@ -87,3 +87,34 @@ def test_resume_from_any_delivered_item_continues_exactly(outcomes, data):
 def test_on_skip_sees_typed_errors():
     _, skips = run([True, False])
     assert all(isinstance(s, SampleError) and s.reason == "decode" for s in skips)
+
+
+def flaky_run(outcomes: list[bool], failing_calls: set[int]):
+    """Like run(), but the n-th call of build fails (a read failing after its retries) for
+    every n in failing_calls, whatever it builds."""
+    calls = []
+
+    def build(position):
+        calls.append(position)
+        if len(calls) - 1 in failing_calls or not outcomes[position]:
+            raise DecodeError("broken or unreadable", shard="s.tar", key=f"k{position}")
+        return position
+
+    skips = []
+    planned = [Planned(position=p, padded=False) for p in range(len(outcomes))]
+    out = [(d.item, d.substitute) for d in deliver(planned, build, Ledger(), skips.append)]
+    return out, skips
+
+
+def test_a_substitute_that_fails_to_build_is_owed_not_fatal():
+    # Position 1 fails; its substitute (a repeat of 2, the 4th build call) fails too: the debt
+    # moves on to the next delivered item, and the partition still yields its 4 items.
+    out, skips = flaky_run([True, False, True, True], failing_calls={3})
+    assert out == [(0, False), (2, False), (3, False), (3, True)] and len(skips) == 2
+
+
+def test_a_failing_substitute_at_the_end_is_tried_again():
+    out, skips = flaky_run([True, True, False], failing_calls={3})  # the repeat of 1 fails once
+    assert out == [(0, False), (1, False), (1, True)] and len(skips) == 2
+    with pytest.raises(NothingToPad, match="failed to build 3 times"):
+        flaky_run([True, True, False], failing_calls={3, 4, 5})

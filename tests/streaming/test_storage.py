@@ -4,6 +4,7 @@ an HTTP server with Range support, both behind a proxy that resets connections m
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -174,6 +175,99 @@ def test_server_ignoring_range_streams_an_epoch_through_the_cache(plain_http, sm
     assert ds.stats["whole_downloads"] == ds.stats["cache_downloads"] == shards and ds.stats["cache_rejected"] == 0
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_object_store_ignoring_range_stops_at_once_naming_it(small_dataset, tmp_path, cache):
+    """An object store (s3fs, gcsfs: any fsspec filesystem but HTTP) that answers a ranged GET
+    with the whole object: its first bytes must not pass for the range asked for."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from streaming.errors import RangeNotSupportedError
+
+    class IgnoresRange(MemoryFileSystem):
+        protocol = "norange"
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return "/" + path.removeprefix("norange://").lstrip("/")
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
+            return super().cat_file(path, **kwargs)  # the whole object, whatever was asked
+
+    fsspec.register_implementation("norange", IgnoresRange, clobber=True)
+    fs = IgnoresRange()
+    for name in os.listdir(small_dataset):
+        fs.pipe_file(f"/ds{tmp_path.name}/{name}", open(os.path.join(small_dataset, name), "rb").read())
+    options = {"cache_dir": str(tmp_path / "cache")} if cache else {}
+    ds = VideoShardDataset(f"norange://ds{tmp_path.name}/", storage=FAST, on_error="skip", load_rgb=False, load_kpt=True,
+                           **options)
+    with pytest.raises(RangeNotSupportedError, match=r"norange://ds.*: the storage answered \d+ bytes to a request for the"):
+        next(iter(ds))
+
+
+def test_server_ignoring_range_streams_shards_the_cache_cannot_take(plain_http, small_dataset, tmp_path):
+    """cache_dir= with a limit below the larger shards (as with many workers contending for
+    a node's cache): those shards are bypassed, and read from plain GETs of the whole file
+    rather than stopping with RangeNotSupportedError mid-epoch; through connection resets."""
+    from ..servers import FaultyProxy
+
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    sizes = sorted(s["filesize"] for s in index["shardlist"])
+    port = int(plain_http.rsplit(":", 1)[1])
+    with FaultyProxy(port, reset_p=0.1, seed=4) as proxy:
+        ds = VideoShardDataset(f"http://127.0.0.1:{proxy.port}", storage=dataclasses.replace(FAST, timeout_s=0.25),
+                               cache_dir=str(tmp_path / "cache"),
+                               cache_limit=sizes[-1] - 1, load_kpt=True, img_size=(16, 16))
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            keys = epoch_keys(ds)
+            assert len(keys) == 9 and set(keys.values()) == {1}
+    assert ds.stats["cache_bypassed"] > 0 and ds.stats["whole_get_reads"] > 0 and ds.stats["failed_reads"] == 0
+    assert proxy.resets > 0 and ds.stats["retries"] > 0
+
+
+def test_a_plain_get_read_reconnects_and_delivers_exactly_its_range(plain_http, small_dataset):
+    from streaming.norange import WholeGetReader
+    from streaming.remote import open_range
+
+    from ..servers import FaultyProxy
+
+    raw = open(os.path.join(small_dataset, "shard-000000.tar"), "rb").read()
+    offset, length = len(raw) // 3, len(raw) // 2  # a range inside the shard, whatever size the writer made it
+    stats = collections.Counter()
+    # The proxy's resets reach the client as a stall (its socket is closed while another
+    # thread reads it): a short timeout keeps each retry short, but not so short that a
+    # healthy read on a loaded machine times out too (0.25 s failed 31 times in a full run).
+    options = dataclasses.replace(FAST, timeout_s=1.0)
+    with FaultyProxy(int(plain_http.rsplit(":", 1)[1]), reset_p=0.15, seed=5) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/shard-000000.tar"
+        with open_range(url, offset, length, options, stats, whole_get=WholeGetReader) as f:
+            got = b"".join(iter(lambda: f.read(7000), b""))
+    assert got == raw[offset:offset + length]
+    assert stats["whole_get_reads"] == 1 and proxy.resets > 0 and stats["retries"] > 0 and stats["failed_reads"] == 0
+
+
+def test_a_whole_download_longer_than_index_json_never_outgrows_its_reservation(plain_http, small_dataset):
+    """A plain GET whose body is longer than index.json's filesize: refused, and the cache's
+    partial file never holds more than the size reserved for it."""
+    import io
+
+    from streaming.remote import download
+
+    class Tracking(io.BytesIO):
+        peak = 0
+
+        def write(self, data):
+            n = super().write(data)
+            Tracking.peak = max(Tracking.peak, self.tell())
+            return n
+
+    size = os.path.getsize(os.path.join(small_dataset, "shard-000000.tar")) - 100
+    with pytest.raises(ShardReadError, match=f"{size + 1} bytes received, index.json says {size}"):
+        download(f"{plain_http}/shard-000000.tar", size, Tracking(), dataclasses.replace(FAST, retries=0), collections.Counter())
+    assert Tracking.peak <= size  # (how much was written first depends on how the body arrived in blocks)
+
+
 def test_errors_are_classified_by_type_not_by_name():
     import aiohttp
     import botocore.exceptions as boto
@@ -239,6 +333,20 @@ def test_verify_never_prints_credentials(small_dataset, tmp_path, capsys):
         assert main(["verify", f"http://user:{SECRET}@127.0.0.1:{http.port}/"]) == 1
     out = capsys.readouterr().out
     assert "FAIL http://***@127.0.0.1" in out and SECRET not in out
+
+
+def test_command_errors_never_print_credentials(small_dataset, capsys):
+    """The CLI's error line (a missing key, a shard not in index.json) names the source
+    without user:password@."""
+    from vidshard.cli import main
+
+    with HTTPFileServer(small_dataset) as http:
+        base = f"http://user:{SECRET}@127.0.0.1:{http.port}"
+        assert main(["ls", f"{base}/", "--key", "no_such_key_00000"]) == 2
+        assert main(["inspect", f"{base}/shard-00000{{0..9}}.tar"]) == 2
+    err = capsys.readouterr().err
+    assert "no sample 'no_such_key_00000'" in err and "shards not listed" in err and "http://***@127.0.0.1" in err
+    assert SECRET not in err
 
 
 def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
