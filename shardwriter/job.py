@@ -9,9 +9,9 @@ and reports its own I/O. OUTPUT's life cycle:
 
     WORK/job.json                 the settings of the run in progress (WORK: --work-dir,
     WORK/plan.json                default OUTPUT/.vidshard-work/, a prefix for object
-    WORK/videos/<id>.json         stores); the plan, saved before the first shard; finished
-    WORK/spool/<key>.tar          encode tasks; spooled samples; published shards' entries
-    WORK/shards/<shard>.json
+    WORK/videos/<id>.json         stores); the plan (the sample order), saved before the
+    WORK/spool/<key>.tar          first shard; finished encode tasks (their samples' sizes);
+    WORK/shards/<shard>.json      spooled samples; published shards' entries
     OUTPUT/shard-NNNNNN.tar       complete shards, published atomically
     OUTPUT/errors.json            skipped videos (--on-error skip)
     OUTPUT/index.json             written last: its presence means "complete"
@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -42,6 +43,7 @@ from .source import check_source
 from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url
 
 log = logging.getLogger("vidshard.write")
+SHARD_PATTERN = re.compile(r"shard-\d{6,}\.tar")  # assemble.SHARD_NAME
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,16 +125,16 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
         for note in probe.spec.warnings:
             log.warning("%s", note)
     schema, origin = _merge_schemas(probes)
-    plan = make_plan(probes, problems, config, schema)
+    plan = make_plan(probes, problems, config)
     check_plan(work, plan, output)
     part_bytes = min(PART_BYTES, max(MIN_PART_BYTES, config.shard_bytes // 4))
-    with tqdm(total=len(plan.shards), desc="shards", unit="shard", disable=None) as bar:
+    with tqdm(total=len(plan.order), desc="published", unit="sample", disable=None) as bar:
         try:
             outcome = run_plan(engine, plan, {p.spec.video_id: p for p in probes}, config, schema, origin,
                                work_at, output, part_bytes, progress=bar)
         except SourceError as exc:  # on_error fail: a video failed while encoding
             engine.close()
-            _discard(store, work, [f"shard-{i:06d}.tar" for i in range(len(plan.shards))])
+            _discard(store, work, [n for n in store.listing() if SHARD_PATTERN.fullmatch(n)])
             _fail([exc])
     problems = sorted(problems + outcome.problems, key=lambda p: (p.video_id or "", p.path))
     results = [outcome.results[v] for v in sorted(outcome.results)]

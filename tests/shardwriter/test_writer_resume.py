@@ -85,7 +85,7 @@ def test_plan_is_saved_first_and_a_changed_source_is_refused(source_copy, small_
         write(source_copy, out, overlap=6, engine=StopAfterFirstShard)
     plan = json.load(open(os.path.join(out, ".vidshard-work", "plan.json")))
     published = sorted(n for n in os.listdir(out) if n.endswith(".tar"))
-    assert published and plan["shards"][0] and len(plan["videos"]) == 3
+    assert published and len(plan["order"]) == 9 and len(plan["videos"]) == 3
     with open(os.path.join(source_copy, "annotations", "session_001.json"), "a") as f:
         f.write(" ")  # any change to a source file, even one that keeps every frame count
     with pytest.raises(WriterError, match=r"saved plan no longer holds \(source videos changed since .*session_001"):
@@ -99,3 +99,18 @@ def test_interrupted_run_resumes_from_its_plan(small_source, small_dataset, tmp_
         write(small_source, out, overlap=6, engine=StopAfterFirstShard)
     write(small_source, out, overlap=6, workers=2)
     assert digests(out) == digests(small_dataset)
+
+
+def test_a_shard_record_with_other_samples_is_refused(small_source, small_dataset, tmp_path):
+    """A resumed run keeps a published shard only if it holds exactly the samples this run
+    puts in it (never a shard whose name merely exists)."""
+    out = str(tmp_path / "out")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    record = os.path.join(out, ".vidshard-work", "shards", "shard-000000.tar.json")
+    entry = json.load(open(record))
+    assert entry["nsamples"] >= 2
+    entry["samples"] = entry["samples"][:-1]  # as a run that cut its first shard one sample earlier
+    json.dump(entry, open(record, "w"))
+    with pytest.raises(WriterError, match="shard-000000.tar from an earlier run lists other samples"):
+        write(small_source, out, overlap=6)
