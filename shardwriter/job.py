@@ -40,7 +40,7 @@ from .errors import SourceError, WriterError
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
 from .source import check_source
-from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url
+from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url, write_json
 
 log = logging.getLogger("vidshard.write")
 SHARD_PATTERN = re.compile(r"shard-\d{6,}\.tar")  # assemble.SHARD_NAME
@@ -141,7 +141,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
     if config.on_error == "skip":
         store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
     manifest = _manifest(views, results, outcome.shards, config, skipped=len(problems), schema=schema)
-    store.write(INDEX_NAME, dumps(manifest.to_json()))  # last: its presence means "complete"
+    write_json(store, INDEX_NAME, manifest.to_json())  # last: its presence means "complete"
     work.delete_tree("")
     store.remove_partials()
     chunks = sum(len(r.chunks) for r in results)

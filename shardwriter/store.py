@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import posixpath
 import shutil
@@ -221,6 +222,22 @@ Store = LocalStore | RemoteStore
 
 def open_store(url: str) -> Store:
     return RemoteStore(url) if is_remote(url) else LocalStore(url.removeprefix("file://"))
+
+
+def write_json(store: Store, name: str, obj) -> None:
+    """`streaming.format.dumps(obj)`, byte for byte, streamed into `name`: the encoder's
+    pieces are written as they come, so a large index.json is never held whole (with an
+    indent, json.dumps collects tens of small strings per sample before joining them)."""
+    encoder = json.JSONEncoder(sort_keys=True, indent=1, ensure_ascii=False)
+    with store.create(name) as f:
+        batch: list[str] = []
+        for piece in encoder.iterencode(obj):
+            batch.append(piece)
+            if len(batch) >= 4096:
+                f.write("".join(batch).encode())
+                batch.clear()
+        batch.append("\n")
+        f.write("".join(batch).encode())
 
 
 def work_url(output: str) -> str:
