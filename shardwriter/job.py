@@ -144,6 +144,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
     write_json(store, INDEX_NAME, manifest.to_json())  # last: its presence means "complete"
     work.delete_tree("")
     store.remove_partials()
+    work.remove_partials()  # (a --work-dir outside OUTPUT)
     chunks = sum(len(r.chunks) for r in results)
     max_frames = config.max_video_frames or "all"
     log.info("Video chunking enabled: %d videos -> %d chunks (max %s frames/chunk)", len(results), chunks, max_frames)
@@ -200,6 +201,8 @@ def _already_written(store, work, config: WriteConfig) -> WriteReport:
     if index.get("config") != config.to_json():
         raise WriterError("OUTPUT's index.json describes a dataset written with other settings: write into a new OUTPUT")
     work.delete_tree("")  # a kill between index.json and clean-up
+    store.remove_partials()
+    work.remove_partials()
     log.info("OUTPUT is complete already; nothing to do")
     totals = index["totals"]
     return WriteReport(videos=totals["videos"], chunks=totals["chunks"], shards=totals["shards"], bytes=totals["bytes"],

@@ -204,17 +204,22 @@ class RemoteStore:
             return sha256_of(f)
 
     def remove_partials(self) -> None:
-        """Multipart uploads of killed tasks under this prefix are aborted (S3 only)."""
-        if not hasattr(self.fs, "list_multipart_uploads"):
+        """Multipart uploads of killed tasks under this prefix are aborted (S3 only), page by
+        page: the bucket may hold other jobs' uploads, more than one listing returns."""
+        if not hasattr(self.fs, "call_s3"):
             return
-        bucket, _, prefix = self.root.partition("/")
-        try:
-            uploads = self.fs.list_multipart_uploads(bucket)
-        except (OSError, ValueError, PermissionError):
-            return
-        for up in uploads:
-            if up["Key"].startswith(prefix.rstrip("/") + "/"):
+        bucket, _, key = self.root.partition("/")
+        page = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else ""}
+        while True:
+            try:
+                listing = self.fs.call_s3("list_multipart_uploads", **page)
+            except (OSError, ValueError, PermissionError):  # e.g. no s3:ListBucketMultipartUploads
+                return
+            for up in listing.get("Uploads", []):
                 self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            if not listing.get("IsTruncated"):
+                return
+            page.update(KeyMarker=listing["NextKeyMarker"], UploadIdMarker=listing["NextUploadIdMarker"])
 
 
 Store = LocalStore | RemoteStore
