@@ -72,3 +72,14 @@ def test_submitted_job_keeps_its_own_code(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["av"]}}))
     assert not engine._submitted_with_code()  # merged: the job's pip plus our py_modules
     assert [os.path.basename(p) for p in engine.code_paths()] == ["streaming", "shardwriter"]
+
+
+def test_the_ray_extra_is_the_full_ray():
+    """docs/operations.md's recipe: `pip install vidshard[ray,s3]` on the head must bring the
+    dashboard's job server (`ray job submit`) and Ray Client (`ray://`): the minimal `ray`
+    has neither (Ray Client: "requires pip package `ray[client]`")."""
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(tests.__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert [d for d in extras["ray"] if d.startswith("ray[default]")], extras["ray"]
