@@ -83,3 +83,21 @@ def test_the_ray_extra_is_the_full_ray():
     with open(os.path.join(os.path.dirname(tests.__file__), os.pardir, "pyproject.toml"), "rb") as f:
         extras = tomllib.load(f)["project"]["optional-dependencies"]
     assert [d for d in extras["ray"] if d.startswith("ray[default]")], extras["ray"]
+
+
+def test_close_returns_when_no_task_can_write_any_more(local_ray, tmp_path):
+    """on_error fail discards what a run wrote right after closing the engine: a cancelled
+    task still running then would write into OUTPUT after the discard."""
+    import time
+
+    engine = RayEngine()
+    path = str(tmp_path / "written")
+    engine.submit(ray_helpers.late_write, path)
+    deadline = time.time() + 60
+    while not os.path.exists(path + ".started") and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(path + ".started")  # running, not queued
+    engine.close()
+    at_close = os.path.exists(path)
+    time.sleep(4)
+    assert os.path.exists(path) == at_close
