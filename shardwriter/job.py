@@ -193,6 +193,9 @@ def _claim_output(store, work, output: str, config: WriteConfig) -> None:
         return
     if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
+    # Without job.json nothing in the work area can be checked against these settings (a run
+    # killed while it discarded its work leaves records and spooled samples): start empty.
+    work.delete_tree("")
     work.write("job.json", wanted)
 
 

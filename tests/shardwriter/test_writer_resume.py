@@ -114,3 +114,23 @@ def test_a_shard_record_with_other_samples_is_refused(small_source, small_datase
     json.dump(entry, open(record, "w"))
     with pytest.raises(WriterError, match="shard-000000.tar from an earlier run lists other samples"):
         write(small_source, out, overlap=6)
+
+
+def test_a_work_area_without_job_json_is_not_trusted(small_source, tmp_path):
+    """A run killed while it discarded its work (on_error fail, or a clean-up) can leave
+    encode records and spooled samples without job.json. A new run, maybe with other
+    settings, starts from nothing: it never takes those for its own."""
+    from shardwriter.encode import EncodeSettings
+
+    out, clean = str(tmp_path / "out"), str(tmp_path / "clean")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    for name in os.listdir(out):
+        if name.endswith(".tar"):
+            os.remove(os.path.join(out, name))
+    os.remove(os.path.join(out, ".vidshard-work", "job.json"))  # half discarded
+    assert os.listdir(os.path.join(out, ".vidshard-work", "videos"))
+    write(small_source, out, overlap=6, encode=EncodeSettings(gop=4))  # the same keys, other bytes
+    write(small_source, clean, overlap=6, encode=EncodeSettings(gop=4))
+    assert digests(out) == digests(clean)
+
