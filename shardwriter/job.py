@@ -7,8 +7,8 @@ Every task runs on the engine (a local process pool or Ray: engine.py) and reads
 the stores itself; the driver handles metadata only (names, frame counts, sizes, hashes),
 and reports its own I/O. OUTPUT's life cycle:
 
-    WORK/job.json                 the settings of the run in progress (WORK: --work-dir,
-    WORK/plan.json                default OUTPUT/.vidshard-work/, a prefix for object
+    WORK/job.json                 the settings of the run in progress (WORK: OUTPUT/.vidshard-work/
+    WORK/plan.json                or --work-dir/vidshard-work-<hash of OUTPUT>/, a prefix for object
     WORK/videos/<id>.json         stores); the plan (the sample order), saved before the
     WORK/spool/<key>.tar          first shard; finished encode tasks (their samples' sizes);
     WORK/shards/<shard>.json      spooled samples; published shards' entries
@@ -64,11 +64,12 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
     """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
-    work_dir is where the plan and the spool live (default OUTPUT/.vidshard-work).
+    The plan and the spool live in OUTPUT/.vidshard-work, or with work_dir in a folder of
+    their own under it (store.work_url).
     """
     marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
-        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output), marks)
+        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), marks)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import posixpath
@@ -245,8 +246,12 @@ def write_json(store: Store, name: str, obj) -> None:
         f.write("".join(batch).encode())
 
 
-def work_url(output: str) -> str:
-    return join(output, WORK_DIR)
+def work_url(output: str, work_dir: str | None = None) -> str:
+    """The work area: OUTPUT/.vidshard-work, or a folder of its own under --work-dir, named
+    after OUTPUT (the writer deletes its work area when done: never the folder given)."""
+    if work_dir is None:
+        return join(output, WORK_DIR)
+    return join(work_dir, f"vidshard-work-{hashlib.sha256(output.encode()).hexdigest()[:16]}")
 
 
 def file_digest(path: str) -> tuple[int, str]:

@@ -134,3 +134,18 @@ def test_a_work_area_without_job_json_is_not_trusted(small_source, tmp_path):
     write(small_source, clean, overlap=6, encode=EncodeSettings(gop=4))
     assert digests(out) == digests(clean)
 
+
+def test_a_work_dir_given_is_a_parent_the_writer_does_not_empty(small_source, small_dataset, tmp_path):
+    """--work-dir names where the work area goes, not a folder to take over: the writer deletes
+    its work area when it finishes (and on a fresh start), never the folder's other files."""
+    from shardwriter.encode import EncodeSettings
+    from shardwriter.job import WriteConfig, write_dataset
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("not the writer's")
+    out = str(tmp_path / "out")
+    config = WriteConfig(max_video_frames=30, overlap=6, shard_bytes=150_000, encode=EncodeSettings(gop=8))
+    write_dataset(small_source, out, config, work_dir=str(scratch))
+    assert digests(out) == digests(small_dataset)
+    assert os.listdir(scratch) == ["mine.txt"]
