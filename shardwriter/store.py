@@ -3,9 +3,10 @@
 OUTPUT is a store, and so is its work area (`OUTPUT/.vidshard-work/`: job.json, the saved
 plan, the spool of encoded samples, task records), so every node that can reach OUTPUT can
 run any task: nothing is shared but the store. Writes are atomic under their final name:
-`create(name)` streams into a hidden `.NAME.partial` file renamed into place (local), or a
-multipart upload completed only when the stream is closed without error (object store; an
-upload that fails is aborted), so nothing partial is ever listed under a final name.
+`create(name)` streams into a hidden `.NAME.<writer>.partial` file of its own, renamed into
+place (local), or a multipart upload completed only when the stream is closed without error
+(object store; an upload that fails is aborted), so nothing partial is ever listed under a
+final name, even while two attempts of one task write it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import posixpath
 import shutil
+import uuid
 from collections.abc import Iterator
 from typing import IO
 
@@ -88,7 +90,9 @@ class LocalStore:
         path = self._path(name)
         folder, base = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{base}.partial")
+        # A name of its own per writer: two attempts of one task (Ray retried it while the
+        # first still runs) must not write into one file, which either could then publish.
+        tmp = os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
         try:
             with open(tmp, "wb") as f:
                 yield f
@@ -134,7 +138,7 @@ class LocalStore:
             return sha256_of(f)
 
     def remove_partials(self) -> None:
-        """A killed task leaves `.NAME.partial` files at the top level; none is ever listed."""
+        """A killed task leaves `.NAME.<writer>.partial` files at the top level; none is ever listed."""
         for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
             if name.startswith(".") and name.endswith(".partial"):
                 self.delete(name)
