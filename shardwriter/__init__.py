@@ -7,7 +7,7 @@
     plan.py      pure planning: chunk ranges, timeline clipping, sample order, shard packing
     encode.py    frame-exact clip encoding (PyAV / libx264)
     keypoints.py per-frame keypoint files -> one stacked npz per chunk and view
-    probe.py     the probe task: one video -> its spec, keypoint schema, fingerprint, pilot sizes
+    probe.py     the probe task: one video -> its spec, keypoint schema, fingerprint
     task.py      the encode task: one video -> its samples, spooled in OUTPUT's store
     spool.py     a spooled sample = its exact tar records; copying them into a shard, checked
     assemble.py  the shard task: spooled samples -> one published shard and its entry

@@ -7,11 +7,11 @@ Every task runs on the engine (a local process pool or Ray: engine.py) and reads
 the stores itself; the driver handles metadata only (names, frame counts, sizes, hashes),
 and reports its own I/O. OUTPUT's life cycle:
 
-    WORK/job.json                 the settings of the run in progress (WORK: --work-dir,
-    WORK/plan.json                default OUTPUT/.vidshard-work/, a prefix for object
-    WORK/videos/<id>.json         stores); the plan, saved before the first shard; finished
-    WORK/spool/<key>.tar          encode tasks; spooled samples; published shards' entries
-    WORK/shards/<shard>.json
+    WORK/job.json                 the settings of the run in progress (WORK: OUTPUT/.vidshard-work/
+    WORK/plan.json                or --work-dir/vidshard-work-<hash of OUTPUT>/, a prefix for object
+    WORK/videos/<id>.json         stores); the plan (the sample order), saved before the
+    WORK/spool/<key>.tar          first shard; finished encode tasks (their samples' sizes);
+    WORK/shards/<shard>.json      spooled samples; published shards' entries
     OUTPUT/shard-NNNNNN.tar       complete shards, published atomically
     OUTPUT/errors.json            skipped videos (--on-error skip)
     OUTPUT/index.json             written last: its presence means "complete"
@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -39,9 +40,10 @@ from .errors import SourceError, WriterError
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
 from .source import check_source
-from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url
+from .store import MIN_PART_BYTES, PART_BYTES, open_store, work_url, write_json
 
 log = logging.getLogger("vidshard.write")
+SHARD_PATTERN = re.compile(r"shard-\d{6,}\.tar")  # assemble.SHARD_NAME
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,11 +64,12 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
     """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
-    work_dir is where the plan and the spool live (default OUTPUT/.vidshard-work).
+    The plan and the spool live in OUTPUT/.vidshard-work, or with work_dir in a folder of
+    their own under it (store.work_url).
     """
     marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
-        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_dir or work_url(output), marks)
+        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), marks)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -123,25 +126,26 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
         for note in probe.spec.warnings:
             log.warning("%s", note)
     schema, origin = _merge_schemas(probes)
-    plan = make_plan(probes, problems, config, schema)
+    plan = make_plan(probes, problems, config)
     check_plan(work, plan, output)
     part_bytes = min(PART_BYTES, max(MIN_PART_BYTES, config.shard_bytes // 4))
-    with tqdm(total=len(plan.shards), desc="shards", unit="shard", disable=None) as bar:
+    with tqdm(total=len(plan.order), desc="published", unit="sample", disable=None) as bar:
         try:
             outcome = run_plan(engine, plan, {p.spec.video_id: p for p in probes}, config, schema, origin,
                                work_at, output, part_bytes, progress=bar)
         except SourceError as exc:  # on_error fail: a video failed while encoding
             engine.close()
-            _discard(store, work, [f"shard-{i:06d}.tar" for i in range(len(plan.shards))])
+            _discard(store, work, [n for n in store.listing() if SHARD_PATTERN.fullmatch(n)])
             _fail([exc])
     problems = sorted(problems + outcome.problems, key=lambda p: (p.video_id or "", p.path))
     results = [outcome.results[v] for v in sorted(outcome.results)]
     if config.on_error == "skip":
         store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
     manifest = _manifest(views, results, outcome.shards, config, skipped=len(problems), schema=schema)
-    store.write(INDEX_NAME, dumps(manifest.to_json()))  # last: its presence means "complete"
+    write_json(store, INDEX_NAME, manifest.to_json())  # last: its presence means "complete"
     work.delete_tree("")
     store.remove_partials()
+    work.remove_partials()  # (a --work-dir outside OUTPUT)
     chunks = sum(len(r.chunks) for r in results)
     max_frames = config.max_video_frames or "all"
     log.info("Video chunking enabled: %d videos -> %d chunks (max %s frames/chunk)", len(results), chunks, max_frames)
@@ -190,6 +194,9 @@ def _claim_output(store, work, output: str, config: WriteConfig) -> None:
         return
     if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
+    # Without job.json nothing in the work area can be checked against these settings (a run
+    # killed while it discarded its work leaves records and spooled samples): start empty.
+    work.delete_tree("")
     work.write("job.json", wanted)
 
 
@@ -198,6 +205,8 @@ def _already_written(store, work, config: WriteConfig) -> WriteReport:
     if index.get("config") != config.to_json():
         raise WriterError("OUTPUT's index.json describes a dataset written with other settings: write into a new OUTPUT")
     work.delete_tree("")  # a kill between index.json and clean-up
+    store.remove_partials()
+    work.remove_partials()
     log.info("OUTPUT is complete already; nothing to do")
     totals = index["totals"]
     return WriteReport(videos=totals["videos"], chunks=totals["chunks"], shards=totals["shards"], bytes=totals["bytes"],

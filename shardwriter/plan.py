@@ -156,13 +156,15 @@ def plan_shards(sample_bytes: Sequence[int], max_shard_bytes: int) -> list[range
 
     Greedy: a shard is closed when the next sample would push it past the limit. A
     sample larger than the limit gets a shard of its own (never split, never dropped).
+    The writer applies the same rule one sample at a time (`closes_shard`), as the
+    samples' sizes become known.
     """
     if max_shard_bytes < 1:
         raise ValueError(f"shard size must be positive, got {max_shard_bytes}")
     shards: list[range] = []
     first, payload = 0, 0
     for i, size in enumerate(sample_bytes):
-        if i > first and tar_file_bytes(payload + size) > max_shard_bytes:
+        if i > first and closes_shard(payload, size, max_shard_bytes):
             shards.append(range(first, i))
             first, payload = i, 0
         payload += size
@@ -171,15 +173,7 @@ def plan_shards(sample_bytes: Sequence[int], max_shard_bytes: int) -> list[range
     return shards
 
 
-def estimate_sample_bytes(member_bytes: Sequence[int]) -> int:
-    """Tar bytes of a sample whose members are estimated at `member_bytes`."""
-    return sum(tar_member_bytes(n) for n in member_bytes)
-
-
-def estimate_clip_bytes(pilot_bytes: int, pilot_frames: int, frames: int) -> int:
-    """A clip of `frames` frames, from a pilot clip of the same view and settings.
-
-    The pilot is the view's first GOP, encoded as the clips are (an I-frame and gop-1
-    P-frames: the pattern every clip repeats), so bytes per frame carry over.
-    """
-    return -(-pilot_bytes * frames // max(1, pilot_frames))
+def closes_shard(payload: int, size: int, max_shard_bytes: int) -> bool:
+    """A shard holding `payload` bytes of samples (at least one) is closed before a sample of
+    `size` bytes: with it, the finished tar would be larger than the limit."""
+    return tar_file_bytes(payload + size) > max_shard_bytes

@@ -1,13 +1,13 @@
-"""The probe task: one source video -> its VideoSpec, keypoint schema, fingerprint and size
-estimate. It runs on the engine like the encode tasks, so the driver never reads media.
+"""The probe task: one source video -> its VideoSpec, keypoint schema and fingerprint. It
+runs on the engine like the encode tasks, so the driver never reads media.
 
     spec         source.load_video: views, frame counts, rates, sizes, timeline (validated)
     schema       source.keypoint_schema of this video alone (the driver keeps, per kind,
                  the first video's in sorted order: the same as scanning them all)
     fingerprint  sha256 over every source file's name, size and mtime: a resumed run
                  refuses a source that changed since the plan was saved
-    pilot        each view's first GOP encoded with the job's settings: the bytes per
-                 frame that the shard plan's size estimate scales (plan.estimate_clip_bytes)
+    encodable    each view's clip settings (size, orientation, colour) are checked here,
+                 so a view the encoder cannot take is a source error before the plan
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 
-from streaming.format import clip_suffix
-
-from .encode import EncodeSettings, encode_chunks, view_encode
+from .encode import EncodeSettings, view_encode
 from .errors import SourceError
 from .keypoints import Schema
 from .source import VideoSpec, keypoint_schema, load_video
@@ -40,17 +37,18 @@ class ProbeResult:
     schema: Schema
     origin: dict[str, str]
     fingerprint: str
-    pilot_frames: int
-    pilot_bytes: tuple[int, ...]  # per view
 
 
 def run_probe_task(task: ProbeTask) -> ProbeResult:
     spec = load_video(task.source, task.video_id, task.views, task.truncate_views, task.encode.autorotate,
                       resize=task.encode.resize is not None)
     schema, origin = keypoint_schema([spec])
-    frames, sizes = _pilot(spec, task.encode)
-    return ProbeResult(spec=spec, schema=schema, origin=origin, fingerprint=fingerprint(task.source, spec),
-                       pilot_frames=frames, pilot_bytes=sizes)
+    for path, source in zip(spec.paths, spec.sources):
+        try:
+            view_encode(path, source, task.encode)
+        except ValueError as exc:
+            raise SourceError(spec.video_id, path, str(exc)) from None
+    return ProbeResult(spec=spec, schema=schema, origin=origin, fingerprint=fingerprint(task.source, spec))
 
 
 def fingerprint(root: str, spec: VideoSpec) -> str:
@@ -64,17 +62,3 @@ def fingerprint(root: str, spec: VideoSpec) -> str:
         digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
-
-def _pilot(spec: VideoSpec, settings: EncodeSettings) -> tuple[int, tuple[int, ...]]:
-    frames = min(settings.gop, spec.num_frames)
-    views = []
-    for path, source in zip(spec.paths, spec.sources):
-        try:
-            views.append(view_encode(path, source, settings))
-        except ValueError as exc:
-            raise SourceError(spec.video_id, path, str(exc)) from None
-    with tempfile.TemporaryDirectory(prefix="vidshard-pilot-") as tmp:
-        clips = [os.path.join(tmp, clip_suffix(v)) for v in spec.views]
-        encode_chunks(spec.video_id, views, frames, spec.fps, settings.resize is not None,
-                      [(0, frames)], [clips], settings, strict_length=False)
-        return frames, tuple(os.path.getsize(c) for c in clips)

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
+
+log = logging.getLogger("vidshard.write")
+CLOSE_WAIT_S = 300  # for cancelled tasks to stop (a task stops when its current call returns)
 
 
 def _call(fn: Callable, task):
@@ -99,8 +103,16 @@ class RayEngine:
         return out
 
     def close(self) -> None:
-        for ref in self._pending:
+        """Cancel what is still queued or running and wait until it has stopped: the driver
+        may discard OUTPUT next (on_error fail), which a task still writing would undo. A
+        running task takes the interrupt when its current call returns."""
+        pending = list(self._pending)
+        for ref in pending:
             self._ray.cancel(ref)
+        if pending:
+            _, left = self._ray.wait(pending, num_returns=len(pending), timeout=CLOSE_WAIT_S)
+            if left:
+                log.warning("%d cancelled task(s) still running after %d s", len(left), CLOSE_WAIT_S)
         self._pending.clear()
 
 

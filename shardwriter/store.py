@@ -3,18 +3,22 @@
 OUTPUT is a store, and so is its work area (`OUTPUT/.vidshard-work/`: job.json, the saved
 plan, the spool of encoded samples, task records), so every node that can reach OUTPUT can
 run any task: nothing is shared but the store. Writes are atomic under their final name:
-`create(name)` streams into a hidden `.NAME.partial` file renamed into place (local), or a
-multipart upload completed only when the stream is closed without error (object store; an
-upload that fails is aborted), so nothing partial is ever listed under a final name.
+`create(name)` streams into a hidden `.NAME.<writer>.partial` file of its own, renamed into
+place (local), or a multipart upload completed only when the stream is closed without error
+(object store; an upload that fails is aborted), so nothing partial is ever listed under a
+final name, even while two attempts of one task write it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import posixpath
 import shutil
+import uuid
 from collections.abc import Iterator
 from typing import IO
 
@@ -86,7 +90,9 @@ class LocalStore:
         path = self._path(name)
         folder, base = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{base}.partial")
+        # A name of its own per writer: two attempts of one task (Ray retried it while the
+        # first still runs) must not write into one file, which either could then publish.
+        tmp = os.path.join(folder, f".{base}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial")
         try:
             with open(tmp, "wb") as f:
                 yield f
@@ -132,7 +138,7 @@ class LocalStore:
             return sha256_of(f)
 
     def remove_partials(self) -> None:
-        """A killed task leaves `.NAME.partial` files at the top level; none is ever listed."""
+        """A killed task leaves `.NAME.<writer>.partial` files at the top level; none is ever listed."""
         for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
             if name.startswith(".") and name.endswith(".partial"):
                 self.delete(name)
@@ -203,17 +209,22 @@ class RemoteStore:
             return sha256_of(f)
 
     def remove_partials(self) -> None:
-        """Multipart uploads of killed tasks under this prefix are aborted (S3 only)."""
-        if not hasattr(self.fs, "list_multipart_uploads"):
+        """Multipart uploads of killed tasks under this prefix are aborted (S3 only), page by
+        page: the bucket may hold other jobs' uploads, more than one listing returns."""
+        if not hasattr(self.fs, "call_s3"):
             return
-        bucket, _, prefix = self.root.partition("/")
-        try:
-            uploads = self.fs.list_multipart_uploads(bucket)
-        except (OSError, ValueError, PermissionError):
-            return
-        for up in uploads:
-            if up["Key"].startswith(prefix.rstrip("/") + "/"):
+        bucket, _, key = self.root.partition("/")
+        page = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else ""}
+        while True:
+            try:
+                listing = self.fs.call_s3("list_multipart_uploads", **page)
+            except (OSError, ValueError, PermissionError):  # e.g. no s3:ListBucketMultipartUploads
+                return
+            for up in listing.get("Uploads", []):
                 self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            if not listing.get("IsTruncated"):
+                return
+            page.update(KeyMarker=listing["NextKeyMarker"], UploadIdMarker=listing["NextUploadIdMarker"])
 
 
 Store = LocalStore | RemoteStore
@@ -223,8 +234,28 @@ def open_store(url: str) -> Store:
     return RemoteStore(url) if is_remote(url) else LocalStore(url.removeprefix("file://"))
 
 
-def work_url(output: str) -> str:
-    return join(output, WORK_DIR)
+def write_json(store: Store, name: str, obj) -> None:
+    """`streaming.format.dumps(obj)`, byte for byte, streamed into `name`: the encoder's
+    pieces are written as they come, so a large index.json is never held whole (with an
+    indent, json.dumps collects tens of small strings per sample before joining them)."""
+    encoder = json.JSONEncoder(sort_keys=True, indent=1, ensure_ascii=False)
+    with store.create(name) as f:
+        batch: list[str] = []
+        for piece in encoder.iterencode(obj):
+            batch.append(piece)
+            if len(batch) >= 4096:
+                f.write("".join(batch).encode())
+                batch.clear()
+        batch.append("\n")
+        f.write("".join(batch).encode())
+
+
+def work_url(output: str, work_dir: str | None = None) -> str:
+    """The work area: OUTPUT/.vidshard-work, or a folder of its own under --work-dir, named
+    after OUTPUT (the writer deletes its work area when done: never the folder given)."""
+    if work_dir is None:
+        return join(output, WORK_DIR)
+    return join(work_dir, f"vidshard-work-{hashlib.sha256(output.encode()).hexdigest()[:16]}")
 
 
 def file_digest(path: str) -> tuple[int, str]:

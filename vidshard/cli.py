@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
     w.add_argument("--mix-videos", type=int, default=64, help="a shard mixes the chunks of up to this many videos")
     w.add_argument("--work-dir", default=None,
-                   help="plan and spool, a folder or URL every worker reaches (default OUTPUT/.vidshard-work)")
+                   help="where the plan and spool go (a folder or URL every worker reaches; the writer uses "
+                        "a subfolder vidshard-work-HASH of its own; default OUTPUT/.vidshard-work)")
     w.add_argument("--engine", choices=("local", "ray"), default="local", help="where the tasks run")
     w.add_argument("--ray-address", default=None, help="Ray cluster: auto, ray://host:10001, or none for a local one")
     w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per task")

@@ -57,3 +57,17 @@ def kill_mid_task(marker_dir: str, fn, task):
     else:
         assemble.copy_fragment = dying(assemble.copy_fragment)
     return fn(task)
+
+
+def late_write(path: str) -> None:
+    """A task that finishes its write although it is cancelled, as one inside a long C call
+    (an encoder, an upload) does: the interrupt lands only after the call returns."""
+    import time
+
+    open(path + ".started", "w").close()
+    try:
+        time.sleep(3)
+    except KeyboardInterrupt:
+        time.sleep(1)
+    with open(path, "w") as f:
+        f.write("late")

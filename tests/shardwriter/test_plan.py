@@ -14,7 +14,6 @@ from shardwriter.plan import (
     chunk_plan,
     clip_timeline,
     interleave,
-    estimate_clip_bytes,
     plan_shards,
     sample_order,
     tar_file_bytes,
@@ -183,7 +182,3 @@ def test_sample_order_mixes_within_a_group_and_follows_the_seed():
     first = {k.rsplit("_", 1)[0] for k in a[:40]}
     assert len(first) == 4  # the first group: four videos, interleaved
     assert sum(x.split("_")[0] == y.split("_")[0] for x, y in zip(a[:40], a[1:40])) < 20
-
-
-def test_clip_estimate_scales_the_pilot():
-    assert estimate_clip_bytes(1600, 16, 1000) == 100_000 and estimate_clip_bytes(1601, 16, 16) == 1601

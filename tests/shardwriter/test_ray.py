@@ -72,3 +72,32 @@ def test_submitted_job_keeps_its_own_code(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"pip": ["av"]}}))
     assert not engine._submitted_with_code()  # merged: the job's pip plus our py_modules
     assert [os.path.basename(p) for p in engine.code_paths()] == ["streaming", "shardwriter"]
+
+
+def test_the_ray_extra_is_the_full_ray():
+    """docs/operations.md's recipe: `pip install vidshard[ray,s3]` on the head must bring the
+    dashboard's job server (`ray job submit`) and Ray Client (`ray://`): the minimal `ray`
+    has neither (Ray Client: "requires pip package `ray[client]`")."""
+    import tomllib
+
+    with open(os.path.join(os.path.dirname(tests.__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert [d for d in extras["ray"] if d.startswith("ray[default]")], extras["ray"]
+
+
+def test_close_returns_when_no_task_can_write_any_more(local_ray, tmp_path):
+    """on_error fail discards what a run wrote right after closing the engine: a cancelled
+    task still running then would write into OUTPUT after the discard."""
+    import time
+
+    engine = RayEngine()
+    path = str(tmp_path / "written")
+    engine.submit(ray_helpers.late_write, path)
+    deadline = time.time() + 60
+    while not os.path.exists(path + ".started") and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(path + ".started")  # running, not queued
+    engine.close()
+    at_close = os.path.exists(path)
+    time.sleep(4)
+    assert os.path.exists(path) == at_close

@@ -85,3 +85,57 @@ def test_failed_upload_is_aborted_and_large_objects_go_in_parts(s3_server):
             f.write(part)
     head = client.head_object(Bucket="vidshard", Key="parts/shard-000001.tar")
     assert head["ContentLength"] == 3 * MIN_PART_BYTES and head["ETag"].strip('"').endswith("-3")  # 3 parts
+
+
+def _uploads(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_multipart_uploads").paginate(Bucket="vidshard", Prefix=prefix)
+    return [u["Key"] for page in pages for u in page.get("Uploads", [])]
+
+
+def test_orphaned_uploads_are_aborted_even_after_a_kill_past_index_json(small_source, s3_server):
+    """A shard task killed mid-upload leaves an incomplete multipart upload (billed, never
+    listed). The job aborts those under OUTPUT when it finishes, also when the driver was
+    killed between index.json and that clean-up and the re-run finds OUTPUT complete."""
+    import boto3
+
+    use_endpoint(s3_server)
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_server}")
+    config = WriteConfig(max_video_frames=30, overlap=6, shard_bytes=150_000, encode=EncodeSettings(gop=8))
+    write_dataset(small_source, "s3://vidshard/orphans", config)
+    for name in ("shard-000001.tar", ".vidshard-work/spool/session_000_00000.tar"):
+        client.create_multipart_upload(Bucket="vidshard", Key=f"orphans/{name}")  # as killed tasks leave them
+    client.create_multipart_upload(Bucket="vidshard", Key="orphans-of-another-job/shard-000000.tar")
+    assert write_dataset(small_source, "s3://vidshard/orphans", config).chunks == 9  # complete: nothing to write
+    assert _uploads(client, "orphans/") == []
+    assert _uploads(client, "orphans-of-another-job/") == ["orphans-of-another-job/shard-000000.tar"]  # not ours
+    for up in client.list_multipart_uploads(Bucket="vidshard", Prefix="orphans-of-another-job/")["Uploads"]:
+        client.abort_multipart_upload(Bucket="vidshard", Key=up["Key"], UploadId=up["UploadId"])
+
+
+def test_orphaned_uploads_are_found_past_the_first_listing_page():
+    """S3 lists at most 1000 uploads per request (moto lists all at once, so S3's paging is
+    played here): a bucket full of other jobs' uploads must not hide ours."""
+    from shardwriter.store import RemoteStore
+
+    class PagingS3:
+        def __init__(self, keys):
+            self.uploads = sorted((k, f"id-{k}") for k in keys)
+
+        def call_s3(self, op, **kw):
+            if op == "abort_multipart_upload":
+                self.uploads.remove((kw["Key"], kw["UploadId"]))
+                return {}
+            assert op == "list_multipart_uploads"
+            after = (kw.get("KeyMarker", ""), kw.get("UploadIdMarker", ""))
+            rest = [u for u in self.uploads if u[0].startswith(kw.get("Prefix", "")) and u > after]
+            page = rest[:2]  # S3 would say 1000
+            out = {"Uploads": [{"Key": k, "UploadId": i} for k, i in page], "IsTruncated": len(rest) > 2}
+            if out["IsTruncated"]:
+                out.update(NextKeyMarker=page[-1][0], NextUploadIdMarker=page[-1][1])
+            return out
+
+    fs = PagingS3([f"another/{i}" for i in range(5)] + [f"out/shard-{i:06d}.tar" for i in range(5)] + ["outer/x"])
+    store = object.__new__(RemoteStore)
+    store.fs, store.root, store.url = fs, "bkt/out", "s3://bkt/out"
+    store.remove_partials()
+    assert [k for k, _ in fs.uploads] == [f"another/{i}" for i in range(5)] + ["outer/x"]

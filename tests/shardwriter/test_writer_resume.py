@@ -85,7 +85,7 @@ def test_plan_is_saved_first_and_a_changed_source_is_refused(source_copy, small_
         write(source_copy, out, overlap=6, engine=StopAfterFirstShard)
     plan = json.load(open(os.path.join(out, ".vidshard-work", "plan.json")))
     published = sorted(n for n in os.listdir(out) if n.endswith(".tar"))
-    assert published and plan["shards"][0] and len(plan["videos"]) == 3
+    assert published and len(plan["order"]) == 9 and len(plan["videos"]) == 3
     with open(os.path.join(source_copy, "annotations", "session_001.json"), "a") as f:
         f.write(" ")  # any change to a source file, even one that keeps every frame count
     with pytest.raises(WriterError, match=r"saved plan no longer holds \(source videos changed since .*session_001"):
@@ -99,3 +99,53 @@ def test_interrupted_run_resumes_from_its_plan(small_source, small_dataset, tmp_
         write(small_source, out, overlap=6, engine=StopAfterFirstShard)
     write(small_source, out, overlap=6, workers=2)
     assert digests(out) == digests(small_dataset)
+
+
+def test_a_shard_record_with_other_samples_is_refused(small_source, small_dataset, tmp_path):
+    """A resumed run keeps a published shard only if it holds exactly the samples this run
+    puts in it (never a shard whose name merely exists)."""
+    out = str(tmp_path / "out")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    record = os.path.join(out, ".vidshard-work", "shards", "shard-000000.tar.json")
+    entry = json.load(open(record))
+    assert entry["nsamples"] >= 2
+    entry["samples"] = entry["samples"][:-1]  # as a run that cut its first shard one sample earlier
+    json.dump(entry, open(record, "w"))
+    with pytest.raises(WriterError, match="shard-000000.tar from an earlier run lists other samples"):
+        write(small_source, out, overlap=6)
+
+
+def test_a_work_area_without_job_json_is_not_trusted(small_source, tmp_path):
+    """A run killed while it discarded its work (on_error fail, or a clean-up) can leave
+    encode records and spooled samples without job.json. A new run, maybe with other
+    settings, starts from nothing: it never takes those for its own."""
+    from shardwriter.encode import EncodeSettings
+
+    out, clean = str(tmp_path / "out"), str(tmp_path / "clean")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    for name in os.listdir(out):
+        if name.endswith(".tar"):
+            os.remove(os.path.join(out, name))
+    os.remove(os.path.join(out, ".vidshard-work", "job.json"))  # half discarded
+    assert os.listdir(os.path.join(out, ".vidshard-work", "videos"))
+    write(small_source, out, overlap=6, encode=EncodeSettings(gop=4))  # the same keys, other bytes
+    write(small_source, clean, overlap=6, encode=EncodeSettings(gop=4))
+    assert digests(out) == digests(clean)
+
+
+def test_a_work_dir_given_is_a_parent_the_writer_does_not_empty(small_source, small_dataset, tmp_path):
+    """--work-dir names where the work area goes, not a folder to take over: the writer deletes
+    its work area when it finishes (and on a fresh start), never the folder's other files."""
+    from shardwriter.encode import EncodeSettings
+    from shardwriter.job import WriteConfig, write_dataset
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("not the writer's")
+    out = str(tmp_path / "out")
+    config = WriteConfig(max_video_frames=30, overlap=6, shard_bytes=150_000, encode=EncodeSettings(gop=8))
+    write_dataset(small_source, out, config, work_dir=str(scratch))
+    assert digests(out) == digests(small_dataset)
+    assert os.listdir(scratch) == ["mine.txt"]
