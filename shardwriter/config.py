@@ -8,7 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
-from streaming.format import RESERVED_VIEWS, SAFE_NAME
+from streaming.format import check_views
 
 from .encode import EncodeSettings
 
@@ -42,7 +42,7 @@ class WriteConfig:
         if self.shard_bytes < 1:
             raise ValueError(f"--shard-size must be positive, got {self.shard_bytes}")
         if self.views is not None:
-            _check_views(tuple(self.views))
+            check_views(tuple(self.views))
         if self.mix_videos < 1:
             raise ValueError(f"--mix-videos must be >= 1, got {self.mix_videos}")
         if self.on_error not in ("fail", "skip"):
@@ -53,15 +53,3 @@ class WriteConfig:
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-
-def _check_views(views: tuple[str, ...]) -> None:
-    if not views:
-        raise ValueError("--views names no view")
-    for view in views:
-        if not SAFE_NAME.fullmatch(view) or view in RESERVED_VIEWS:
-            raise ValueError(
-                f"--views: {view!r} cannot name a tar member: use letters, digits, '_' or '-' "
-                f"(no dots), at most 64 characters, not one of {sorted(RESERVED_VIEWS)}"
-            )
-    if len(set(views)) != len(views):
-        raise ValueError(f"--views lists a view twice: {','.join(views)}")

@@ -21,7 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streaming.format import RESERVED_VIEWS, SAFE_NAME
+from streaming.format import SAFE_NAME, check_views
 
 from .display import HDR_TRANSFERS, Colour, Matrix, display_rotation, mirrored, orientation_filters
 from .errors import SourceError, WriterError
@@ -210,14 +210,11 @@ def probe_view(video_id: str, path: str) -> ViewProbe:
 
 
 def check_view_names(views: tuple[str, ...]) -> None:
-    for view in views:
-        if not SAFE_NAME.fullmatch(view) or view in RESERVED_VIEWS:
-            raise WriterError(
-                f"view name {view!r} cannot name a tar member: use letters, digits, '_' or '-' "
-                f"(no dots), at most 64 characters, not one of {sorted(RESERVED_VIEWS)}"
-            )
-    if len(set(views)) != len(views):
-        raise WriterError(f"views listed twice: {list(views)}")
+    """The views found in the files obey the rules --views does (config.check_views)."""
+    try:
+        check_views(views, where="the views found in the source's file names")
+    except ValueError as exc:
+        raise WriterError(str(exc)) from None
 
 
 def _view_file(video_id: str, folder: str, view: str) -> str:

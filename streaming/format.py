@@ -39,6 +39,20 @@ CLIP_EXT = "mp4"
 KPT_EXT = "kpt.npz"
 
 
+def check_views(views: tuple[str, ...], where: str = "--views") -> None:
+    """ValueError naming `where` when a view cannot name a tar member or is listed twice."""
+    if not views:
+        raise ValueError(f"{where} names no view")
+    for view in views:
+        if not SAFE_NAME.fullmatch(view) or view in RESERVED_VIEWS:
+            raise ValueError(
+                f"{where}: {view!r} cannot name a tar member: use letters, digits, '_' or '-' "
+                f"(no dots), at most 64 characters, not one of {sorted(RESERVED_VIEWS)}"
+            )
+    if len(set(views)) != len(views):
+        raise ValueError(f"{where} lists a view twice: {','.join(views)}")
+
+
 def sample_key(video_id: str, chunk_index: int) -> str:
     """`<video_id>_<chunk:05d>`; video_id must already be a SAFE_NAME."""
     if not SAFE_NAME.fullmatch(video_id):
