@@ -118,7 +118,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
             encoding += 1
         while next_shard < len(plan.shards) and all(v in results or v in failed for v in needs[next_shard]):
             samples = tuple(
-                PlannedSample(key=c.key, size=c.size, nframes=c.end - c.start, nsegments=c.nsegments)
+                PlannedSample(key=c.key, size=c.size, nframes=c.end - c.start, nsegments=c.nsegments, segments=c.segments)
                 for c in (_chunk(results, k) for k in plan.shards[next_shard] if video_of(k) in results)
             )
             if samples:

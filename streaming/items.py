@@ -22,7 +22,7 @@ from .decode import ClipDecoder
 from .errors import DecodeError, KeypointError, ShardFormatError
 from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
 from .npz import read_keypoints
-from .sampling import clip_window, frame_labels, uniform
+from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
 
 
@@ -101,9 +101,11 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     return meta, timeline
 
 
-def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str) -> SampleInfo:
+def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str,
+                 segments: list | None = None) -> SampleInfo:
     """The sample's metadata, checked against what index.json says of it (`nframes`,
-    `nsegments`) before any array is sized from it, and the items it yields."""
+    `nsegments`, and `segments` when it lists them) before any array is sized from it, and
+    the items it yields."""
     key = sample["__key__"]
     if nframes > opts.limits.max_chunk_frames or nsegments > opts.limits.max_segments:
         raise ShardFormatError(f"index.json lists {nframes} frames / {nsegments} segments, over the limits of "
@@ -117,7 +119,17 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
         if not 0 <= s.start < s.end <= frames:
             raise ShardFormatError(f"timeline segment {s.segment_id} [{s.start}, {s.end}) is not inside the chunk's "
                                    f"[0, {frames})", shard=shard, key=key, member=f"{key}.{TIMELINE}")
+    if segments is not None:
+        check_segments(timeline, segments, shard, key)
     return SampleInfo(meta=meta, timeline=timeline, specs=item_specs(meta, timeline, opts, rng), nframes=frames)
+
+
+def check_segments(timeline: list[Segment], segments: list, shard: str, key: str) -> None:
+    """timeline.json must say what index.json's `segments` say (the labels `label_ids` reads)."""
+    found = [[s.label, s.end - s.start] for s in timeline]
+    if found != [list(pair) for pair in segments]:
+        raise ShardFormatError(f"timeline.json's segments (label, frames) {str(found)[:200]} differ from index.json's "
+                               f"{str(segments)[:200]}", shard=shard, key=key, member=f"{key}.{TIMELINE}")
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
@@ -156,6 +168,9 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
     }
     if spec.segment is None:
         item["timeline"] = [dataclasses.asdict(s) for s in timeline]
+        label_id = chunk_label([(opts.label_ids.get(s.label, -1), s.end - s.start) for s in timeline])
+        item["label"] = next((s.label for s in timeline if opts.label_ids.get(s.label) == label_id), None)
+        item["label_id"] = label_id
     else:
         seg = spec.segment
         item["label"], item["label_id"] = seg.label, opts.label_ids.get(seg.label, -1)
