@@ -3,9 +3,11 @@
 
 `ShardHandles` keeps at most `size` open shard files (local shards, or shards' copies in
 the cache), the least recently used closed first. They belong to the process that opened
-them: after a fork (DataLoader workers) the child finds the parent's files, drops its copies
-unused and opens its own, so no file is ever read by two processes. Reads use `os.preadv`
-at explicit offsets, never the file's shared position, so threads may share a handle too.
+them: the map dataset makes its handles in each process on first use there
+(`mapped.VideoShardMapDataset._process`), so a DataLoader worker forked from a process
+that had files open opens its own, and a pickled dataset carries none. Reads use
+`os.preadv` at explicit offsets, never the file's shared position, so threads may share a
+handle too.
 A remote shard without a cache has no handle: each access is one ranged read through the
 process's fsspec client (`remote.open_range`).
 """
@@ -32,14 +34,10 @@ class ShardHandles:
         if size < 1:
             raise ValueError(f"open_shards must be >= 1, got {size}")
         self.size = size
-        self.owner = os.getpid()
         self.files: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
 
     def get(self, shard: int, open_file: Callable[[], BinaryIO | None]) -> BinaryIO | None:
         """The shard's open file, opened with `open_file()` when not held (None: none to hold)."""
-        if self.owner != os.getpid():  # inherited through a fork: the parent's files stay the parent's
-            self.files = collections.OrderedDict()  # (the child's copies of the descriptors close as they go)
-            self.owner = os.getpid()
         f = self.files.get(shard)
         if f is not None:
             self.files.move_to_end(shard)
@@ -54,9 +52,8 @@ class ShardHandles:
         return f
 
     def close(self) -> None:
-        if self.owner == os.getpid():
-            for f in self.files.values():
-                f.close()
+        for f in self.files.values():
+            f.close()
         self.files = collections.OrderedDict()
 
 
