@@ -153,7 +153,13 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
     def _process(self) -> _Local:
         """This process's reader, open files and decoder, made on first use in each process."""
         local = self._local
-        if local is None or local.pid != os.getpid():
+        if local is not None and local.pid != os.getpid():  # inherited through a fork (a DataLoader worker)
+            local.handles.close()  # this process's copies of the parent's descriptors
+            # Never freed here: the decoder's swscale context owns a thread pool of the parent,
+            # and freeing it in a forked child waits forever on threads the child does not have.
+            _INHERITED.append(local)
+            local = None
+        if local is None:
             handles = ShardHandles(self.open_shards)
             reader = sample_reader(self.source, self.stats, HandleReader, handles=handles)
             local = self._local = _Local(pid=os.getpid(), handles=handles, reader=reader,
@@ -180,6 +186,9 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         if isinstance(state["_epoch"], int):
             state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
         self.__dict__.update(state)
+
+
+_INHERITED: list[_Local] = []  # what forked processes got from their parent: kept, never used
 
 
 class _Local:

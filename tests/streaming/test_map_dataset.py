@@ -16,6 +16,7 @@ from streaming.errors import DecodeError, ShardFormatError, ShardReadError
 from streaming.mapindex import NoLabelsError
 from streaming.sampling import chunk_label
 from vidshard.synth import read_barcode
+from vidshard.tools.verify import verify
 
 from .conftest import MAP_TIMELINES, MAP_VIEWS
 
@@ -194,6 +195,8 @@ def test_timeline_disagreeing_with_index_json_is_a_format_error(map_dataset, tmp
         with pytest.raises(ShardFormatError, match="differ from index.json") as info:
             ds[0] if isinstance(ds, VideoShardMapDataset) else list(ds)
         assert info.value.member.endswith(".timeline.json") and info.value.key
+    problems, _ = verify(bad)
+    assert len(problems) == 1 and "timeline.json's segments (label, frames) differ from index.json's" in problems[0]
 
 
 def test_a_bad_sample_raises_naming_it_and_spares_the_others(map_dataset, tmp_path):

@@ -47,8 +47,9 @@ def test_weighted_sampler_with_two_workers_draws_rare_labels_at_their_weight(map
 
 
 def test_shuffled_loader_with_workers_and_distributed_sampler_cover_every_item(map_dataset):
-    ds = VideoShardMapDataset(map_dataset, sample="segment", num_frames=2, views=("left",))
-    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate,
+    ds = VideoShardMapDataset(map_dataset, sample="segment", num_frames=2, views=("left",), img_size=(16, 16))
+    ds[0]  # decoded in the main process first (a notebook does): the forked workers must not hang on its decoder
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate, timeout=30,
                         generator=torch.Generator().manual_seed(3))
     seen, first = [], None
     for batch in loader:
