@@ -69,11 +69,10 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
-        self.source = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
-                                  load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
-                                  cache_limit=cache_limit, verify_cache=verify_cache)
-        self.manifest, self.urls, self.storage = self.source.manifest, self.source.urls, self.source.storage
-        self.cache, self.options = self.source.cache, self.source.options
+        src = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
+                          load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
+                          cache_limit=cache_limit, verify_cache=verify_cache)
+        self.manifest, self.urls, self.storage, self.cache, self.options = src.manifest, src.urls, src.storage, src.cache, src.options
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
         self.block_bytes = None if shuffle_block == "shard" else max(1, parse_bytes(shuffle_block))
@@ -196,7 +195,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise SampleError(f"rank {world.rank}, worker {world.worker}: {exc}", shard=redact(self.urls[0])) from None
 
     def _reader(self) -> SampleReader:
-        return sample_reader(self.source, self.stats)
+        return sample_reader(self, self.stats)
 
     def _item(self, held: _Held, position: int, epoch: int, decoder: ClipDecoder) -> dict:
         shard, index, sub = held.coordinates(position)

@@ -58,10 +58,10 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         verify_cache: bool = True,
         open_shards: int = OPEN_SHARDS,
     ):
-        self.source = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
-                                  load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
-                                  cache_limit=cache_limit, verify_cache=verify_cache)
-        self.manifest, self.urls, self.options = self.source.manifest, self.source.urls, self.source.options
+        src = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
+                          load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
+                          cache_limit=cache_limit, verify_cache=verify_cache)
+        self.manifest, self.urls, self.storage, self.cache, self.options = src.manifest, src.urls, src.storage, src.cache, src.options
         self.seed, self.transform, self.decode_threads = seed, transform, decode_threads
         ShardHandles(open_shards)  # refuse a bad size here, not in the first worker
         self.open_shards = open_shards
@@ -161,7 +161,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
             local = None
         if local is None:
             handles = ShardHandles(self.open_shards)
-            reader = sample_reader(self.source, self.stats, HandleReader, handles=handles)
+            reader = sample_reader(self, self.stats, HandleReader, handles=handles)
             local = self._local = _Local(pid=os.getpid(), handles=handles, reader=reader,
                                          decoder=ClipDecoder(threads=self.decode_threads))
         return local

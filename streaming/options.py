@@ -87,8 +87,9 @@ def sample_items(manifest: Manifest, mode: str, videos: Sequence[str] | None) ->
     return [np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in manifest.shards]
 
 
-def sample_reader(src: Source, stats: Counter, cls: type[SampleReader] = SampleReader, **extra) -> SampleReader:
-    """The reader of the members the options need (those of the selected views only)."""
+def sample_reader(src, stats: Counter, cls: type[SampleReader] = SampleReader, **extra) -> SampleReader:
+    """The reader of the members `src.options` need (those of the selected views only). `src`:
+    a `Source` or a dataset (the `manifest`, `urls`, `storage`, `cache`, `options` it holds now)."""
     opts = src.options
     wanted = {META, TIMELINE} | {clip_suffix(v) for v in opts.views if opts.load_rgb} | \
         {kpt_suffix(v) for v in opts.views if opts.load_kpt}

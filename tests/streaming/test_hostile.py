@@ -259,6 +259,14 @@ def set_sample(field, value):
     return change
 
 
+def without_segments(change):
+    """`change` on an index.json written before samples listed their segments' labels."""
+    def edit(index):
+        change(index)
+        del index["shardlist"][0]["samples"][0]["segments"]
+    return edit
+
+
 def set_keypoint_dtype(index):
     index["keypoints"]["sam3d_body.frame"]["dtype"] = "|O"
 
@@ -272,7 +280,9 @@ INDEX_CASES = [
     ("url-dotdot-inside", set_first("url", "a/../../x.tar"), r"shardlist\[0\]\.url"),
     ("offset-past-the-end", set_sample("offset", 10**12), r"shardlist\[0\]\.samples\[0\]\.offset/size"),
     ("nframes-1e13", set_sample("nframes", 10**13), r"10000000000000 frames .* over the limits"),
-    ("nsegments-1e12", set_sample("nsegments", 10**12), r"1000000000000 segments for sample .* over the limits"),
+    ("nsegments-1e12", without_segments(set_sample("nsegments", 10**12)), r"1000000000000 segments for sample .* over the limits"),
+    ("nsegments-1e12-labelled", set_sample("nsegments", 10**12),
+     r"shardlist\[0\]\.samples\[0\]\.segments is .* expected 1000000000000 \[label, frames\] pairs"),
     ("keypoint-dtype-object", set_keypoint_dtype, r"keypoints\['sam3d_body\.frame'\]"),
 ]
 
