@@ -30,6 +30,7 @@ class PlannedSample:
     size: int  # bytes of its fragment, as the encode task wrote it
     nframes: int
     nsegments: int
+    segments: list[list]  # [label, frames] per timeline segment (SampleEntry.segments)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +78,7 @@ def run_shard_task(task: ShardTask) -> ShardEntry:
             if size != sample.size:
                 raise WriterError(f"{where}: {size} bytes, its encode task wrote {sample.size}")
             entries.append(SampleEntry(key=sample.key, offset=offset, size=size, nframes=sample.nframes,
-                                       nsegments=sample.nsegments))
+                                       nsegments=sample.nsegments, segments=sample.segments))
             offset += size
         tail = end_of_archive(offset)
         out.write(tail)

@@ -147,4 +147,4 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
 
 
 def _planned(chunk: ChunkRecord) -> PlannedSample:
-    return PlannedSample(key=chunk.key, size=chunk.size, nframes=chunk.end - chunk.start, nsegments=chunk.nsegments)
+    return PlannedSample(key=chunk.key, size=chunk.size, nframes=chunk.end - chunk.start, nsegments=chunk.nsegments, segments=chunk.segments)

@@ -47,6 +47,7 @@ class ChunkRecord:
     end: int
     nsegments: int
     size: int  # bytes of the sample's tar records, as spooled (headers included)
+    segments: list[list]  # [label, frames] of each of its timeline segments: index.json's `segments`
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,7 +115,8 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
             size = write_fragment(f, key, members.items())
         for path in clip_paths[index]:
             os.remove(path)
-        records.append(ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), size=size))
+        records.append(ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), size=size,
+                                   segments=[[s.label, s.end - s.start] for s in segments]))
 
     encode_chunks(
         spec.video_id,

@@ -1,4 +1,5 @@
-"""vidshard's reader: stream chunk samples from shards with bounded memory.
+"""vidshard's reader: stream chunk samples from shards with bounded memory, or read any
+item by index (`VideoShardMapDataset`).
 
 `streaming.format` (the sample format shared with the writer) imports without torch; the
 dataset and collate function load torch on first use.
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["VideoShardDataset", "collate", "World"]
+__all__ = ["VideoShardDataset", "VideoShardMapDataset", "collate", "World"]
 
 if TYPE_CHECKING:
     from .collation import collate
     from .dataset import VideoShardDataset
+    from .mapped import VideoShardMapDataset
     from .world import World
 
 
@@ -24,6 +26,10 @@ def __getattr__(name: str):
         from .dataset import VideoShardDataset
 
         return VideoShardDataset
+    if name == "VideoShardMapDataset":
+        from .mapped import VideoShardMapDataset
+
+        return VideoShardMapDataset
     if name == "collate":
         from .collation import collate
 

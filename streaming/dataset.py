@@ -20,26 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import ShardCache
 from .decode import ClipDecoder
 from .errors import SampleError
-from .format import KPT_EXT, META, TIMELINE, clip_suffix, kpt_suffix, label_ids, video_of
-from .items import Options, SampleInfo, build_item, parse_sample
+from .items import SampleInfo, build_item, parse_sample
 from .ledger import Ledger, NothingToPad, Planned, deliver
-from .npz import npz_bound
+from .options import clip_rng, open_source, sample_items, sample_reader
 from .order import blocks
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
 from .remote import StorageOptions, redact
 from .resume import STATE_KEY, check_same_run, fingerprint
-from .sampling import MODES
-from .shards import resolve_source
 from .tario import Limits
 from .units import parse_bytes
 from .world import World
 
 log = logging.getLogger("vidshard.streaming")
-_CLIP_STREAM = 3  # RNG stream id of clip-mode window starts
 
 
 class VideoShardDataset(torch.utils.data.IterableDataset):
@@ -73,57 +68,21 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         verify_cache: bool = True,
     ):
         super().__init__()
-        if sample not in MODES:
-            raise ValueError(f"sample must be one of {MODES}, got {sample!r}")
-        if sample == "clip" and num_frames is None:
-            raise ValueError('sample="clip" needs num_frames')
         if on_error not in ("raise", "skip"):
             raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
-        if not (load_rgb or load_kpt):
-            raise ValueError("nothing to load: set load_rgb and/or load_kpt")
-        self.storage = storage or StorageOptions()
-        self.manifest, self.urls = resolve_source(source, self.storage)
-        _check_counts(self.manifest, limits)
-        self.cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
-        views = tuple(views) if views is not None else tuple(self.manifest.views)
-        unknown = [v for v in views if v not in self.manifest.views]
-        if unknown or not views:
-            raise ValueError(f"views {unknown or list(views)} not in the dataset's views {self.manifest.views}")
-        if load_kpt and not self.manifest.keypoints:
-            raise ValueError("load_kpt=True, but the dataset was written without keypoints")
-        self.options = Options(
-            mode=sample,
-            num_frames=num_frames,
-            stride=stride,
-            img_size=tuple(img_size) if img_size else None,
-            views=views,
-            load_rgb=load_rgb,
-            load_kpt=load_kpt,
-            label_ids=label_ids(self.manifest.labels),
-            limits=limits,
-            keypoint_schema=self.manifest.keypoints,
-        )
+        src = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
+                          load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
+                          cache_limit=cache_limit, verify_cache=verify_cache)
+        self.manifest, self.urls, self.storage, self.cache, self.options = src.manifest, src.urls, src.storage, src.cache, src.options
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.buffer_bytes = parse_bytes(shuffle_buffer)
         self.block_bytes = None if shuffle_block == "shard" else max(1, parse_bytes(shuffle_block))
         self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
         self.limits = limits
-        # A video subset (e.g. a train/val split by video) keeps the catalog's shape: samples
-        # of other videos count zero items, so epoch lengths stay exact.
-        wanted = set(videos) if videos is not None else None
-        per_sample = (lambda s: s.nsegments) if sample == "segment" else (lambda s: 1)
-
-        def items(s) -> int:
-            return per_sample(s) if wanted is None or video_of(s.key) in wanted else 0
-
         self.catalog = Catalog(
-            sample_items=[np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
+            sample_items=sample_items(self.manifest, sample, videos, limits),
             sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
         )
-        total = sum(int(a.sum()) for a in self.catalog.sample_items)
-        if total > limits.max_epoch_items:  # index.json's counts size the plan's arrays: 2 MB of it can ask for 15 GiB
-            raise ValueError(f"index.json lists {total} items for an epoch, over the limit of {limits.max_epoch_items} "
-                             "(streaming.tario.Limits.max_epoch_items)")
         dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
         if self.cache is not None and _blocks_split_shards(self.catalog, self.block_bytes) and self.cache.limit < dataset_bytes:
             # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
@@ -244,16 +203,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
             raise SampleError(f"rank {world.rank}, worker {world.worker}: {exc}", shard=redact(self.urls[0])) from None
 
     def _reader(self) -> SampleReader:
-        opts = self.options
-        wanted = {META, TIMELINE} | {clip_suffix(v) for v in opts.views if opts.load_rgb} | \
-            {kpt_suffix(v) for v in opts.views if opts.load_kpt}
-        schema = self.manifest.keypoints
-
-        def member_limit(entry, suffix: str) -> int | None:  # a kpt.npz holds what the schema says, for its frames
-            return min(npz_bound(schema, entry.nframes), self.limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
-
-        return SampleReader(manifest=self.manifest, urls=self.urls, storage=self.storage, cache=self.cache, limits=self.limits,
-                            want=wanted.__contains__, member_limit=member_limit, stats=self.stats)
+        return sample_reader(self, self.stats)
 
     def _item(self, held: _Held, position: int, epoch: int, decoder: ClipDecoder) -> dict:
         shard, index, sub = held.coordinates(position)
@@ -265,8 +215,8 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     def _parse(self, sample: dict, shard: int, index: int, epoch: int) -> SampleInfo:
         entry = self.manifest.shards[shard].samples[index]
-        rng = np.random.default_rng([self.seed, epoch, _CLIP_STREAM, shard, index])
-        return parse_sample(sample, entry.nframes, entry.nsegments, self.options, rng, redact(self.urls[shard]))
+        rng = clip_rng(self.seed, epoch, shard, index)
+        return parse_sample(sample, entry.nframes, entry.nsegments, self.options, rng, redact(self.urls[shard]), entry.segments)
 
 
 class _Held:
@@ -313,13 +263,3 @@ def _blocks_split_shards(catalog: Catalog, block_bytes: int | None) -> bool:
     if block_bytes is None or not len(catalog.sizes):
         return False
     return int(blocks(catalog, block_bytes)[-1]) + 1 > int((catalog.lengths > 0).sum())
-
-
-def _check_counts(manifest, limits: Limits) -> None:
-    """index.json's counts size the epoch plan's arrays: bounded before any is built."""
-    for shard in manifest.shards:
-        for s in shard.samples:
-            if s.nframes > limits.max_chunk_frames or s.nsegments > limits.max_segments:
-                raise ValueError(f"index.json lists {s.nframes} frames / {s.nsegments} segments for sample {s.key!r} of "
-                                 f"{shard.url!r}, over the limits of {limits.max_chunk_frames} / {limits.max_segments} "
-                                 "(streaming.tario.Limits)")

@@ -113,6 +113,10 @@ class SampleEntry:
     size: int  # bytes of the sample's tar records (headers + padded data)
     nframes: int  # frames in the chunk
     nsegments: int  # timeline segments intersecting the chunk (segment-mode items)
+    # [[label, frames], ...]: each of those segments in timeline order, its label and the chunk
+    # frames it covers (item labels without opening a shard). None: an index.json written before
+    # vidshard recorded them; everything but label lookups works without.
+    segments: list | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -171,8 +175,9 @@ class Manifest:
         if obj.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported format_version {obj.get('format_version')!r}")
         shards = []
+        names: dict[str, str] = {}  # one str object per distinct label, however many segments carry it
         for s in _typed_list(obj, "shardlist"):
-            samples = [_typed(SampleEntry, x) for x in _typed_list(s, "samples")]
+            samples = [_shared_labels(_typed(SampleEntry, x), names) for x in _typed_list(s, "samples")]
             shards.append(_typed(ShardEntry, {**s, "samples": samples}))
         fields = {f.name for f in dataclasses.fields(cls)} - {"shards"}
         missing = sorted(f for f in fields if f not in obj)
@@ -208,6 +213,7 @@ def check_manifest(m: Manifest) -> None:
                f"keypoints[{name!r}]", info, 'an array name with {"shape": [non-negative ints], "dtype": a fixed-size numpy type}')
     for field in ("totals", "encoder", "config"):
         _check(isinstance(getattr(m, field), dict), field, getattr(m, field), "an object")
+    vocabulary = set(m.labels)
     for i, s in enumerate(m.shards):
         where = f"shardlist[{i}]"
         _check(SHARD_URL.fullmatch(s.url) is not None, f"{where}.url", s.url,
@@ -225,7 +231,32 @@ def check_manifest(m: Manifest) -> None:
             _check(end <= e.offset and 0 < e.size and e.offset + e.size <= s.filesize, f"{at}.offset/size", (e.offset, e.size),
                    f"a byte range after the previous sample's (ending at {end}) and inside the shard's {s.filesize} bytes")
             _check(e.nframes >= 1 and e.nsegments >= 0, f"{at}.nframes/nsegments", (e.nframes, e.nsegments), "nframes >= 1, nsegments >= 0")
+            if e.segments is not None:
+                _check(_segments_ok(e, vocabulary), f"{at}.segments", e.segments,
+                       f"{e.nsegments} [label, frames] pairs: labels of the vocabulary, frames >= 1, {e.nframes} frames in all at most")
             end = e.offset + e.size
+
+
+def _segments_ok(e: SampleEntry, vocabulary: set[str]) -> bool:
+    segments = e.segments
+    if not isinstance(segments, list) or len(segments) != e.nsegments:
+        return False
+    total = 0
+    for pair in segments:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and pair[0] in vocabulary
+                and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] >= 1):
+            return False
+        total += pair[1]
+    return total <= e.nframes  # segments are disjoint inside the chunk
+
+
+def _shared_labels(entry: SampleEntry, names: dict[str, str]) -> SampleEntry:
+    """The entry with its segment labels replaced by one shared str per label (checked later)."""
+    if isinstance(entry.segments, list):
+        for pair in entry.segments:
+            if isinstance(pair, list) and pair and isinstance(pair[0], str):
+                pair[0] = names.setdefault(pair[0], pair[0])
+    return entry
 
 
 def _check(ok: Any, field: str, value: Any, want: str) -> None:
@@ -258,6 +289,8 @@ def _typed(cls: type, obj: Any) -> Any:
         raise ValueError(f"{cls.__name__}: expected an object, got {type(obj).__name__}")
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if f.name not in obj and f.default is not dataclasses.MISSING:
+            continue  # a field added later, with its default for files written before it
         if f.name not in obj:
             raise ValueError(f"{cls.__name__}: missing field {f.name!r}")
         value = obj[f.name]

@@ -19,7 +19,7 @@ from .decode import ClipDecoder
 from .errors import DecodeError, KeypointError, ShardFormatError
 from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
 from .npz import read_keypoints
-from .sampling import clip_window, frame_labels, uniform
+from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
 
 
@@ -104,9 +104,11 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     return meta, timeline
 
 
-def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str) -> SampleInfo:
+def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str,
+                 segments: list | None = None) -> SampleInfo:
     """The sample's metadata, checked against what index.json says of it (`nframes`,
-    `nsegments`) before any array is sized from it, and the items it yields."""
+    `nsegments`, and `segments` when it lists them) before any array is sized from it, and
+    the items it yields."""
     key = sample["__key__"]
     if nframes > opts.limits.max_chunk_frames or nsegments > opts.limits.max_segments:
         raise ShardFormatError(f"index.json lists {nframes} frames / {nsegments} segments, over the limits of "
@@ -128,6 +130,8 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
                                    f"{s.start}, before the previous one's end {end})", shard=shard, key=key,
                                    member=f"{key}.{TIMELINE}")
         end = s.end
+    if segments is not None:
+        check_segments(timeline, segments, shard, key)
     table = np.array([(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline], dtype=np.int64).reshape(-1, 3)
     # Only what items use stays with the window: meta.json may hold anything else, up to
     # max_json_bytes of it, and parsed JSON takes some 25 times its bytes (16 MB of "[],"
@@ -140,6 +144,14 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
 
 
 _META_KEPT = ("start_frame", "end_frame", "gop", "fps_rational", "video_id", "chunk_index", "fps")
+
+
+def check_segments(timeline: list[Segment], segments: list, shard: str, key: str) -> None:
+    """timeline.json must say what index.json's `segments` say (the labels `label_ids` reads)."""
+    found = [[s.label, s.end - s.start] for s in timeline]
+    if found != [list(pair) for pair in segments]:
+        raise ShardFormatError(f"timeline.json's segments (label, frames) {str(found)[:200]} differ from index.json's "
+                               f"{str(segments)[:200]}", shard=shard, key=key, member=f"{key}.{TIMELINE}")
 
 
 def item_specs(meta: dict, timeline: list[Segment], opts: Options, rng: np.random.Generator) -> list[ItemSpec]:
@@ -176,6 +188,9 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
     }
     if spec.segment is None:
         item["timeline"] = [dataclasses.asdict(s) for s in timeline]
+        label_id = chunk_label([(opts.label_ids.get(s.label, -1), s.end - s.start) for s in timeline])
+        item["label"] = next((s.label for s in timeline if opts.label_ids.get(s.label) == label_id), None)
+        item["label_id"] = label_id
     else:
         seg = spec.segment
         item["label"], item["label_id"] = seg.label, opts.label_ids.get(seg.label, -1)

@@ -88,20 +88,26 @@ class SampleReader:
     def _open(self, shard: int, offset: int, length: int) -> io.BufferedReader:
         """A stream over [offset, offset + length) of a shard: from the local cache when one
         is configured and the shard fits (downloading it whole once), else from its URL."""
-        url, entry = self.urls[shard], self.manifest.shards[shard]
-        if self.cache is not None:
-            try:
-                local = self.cache.open(entry.sha256, entry.filesize,
-                                        lambda dst: download(url, entry.filesize, dst, self.storage, self.stats), self.stats)
-            except StorageError:
-                raise
-            except OSError as exc:  # the cache's own disk (full, read-only): read past it
-                self.stats["cache_errors"] += 1
-                log.warning("cache %s: %s; reading %s by range", self.cache.dir, exc, redact(url))
-                local = None
-            if local is not None:
-                return open_range(local, offset, length, self.storage, self.stats)
+        local = self.cached(shard)
+        if local is not None:
+            return open_range(local, offset, length, self.storage, self.stats)
         # With a cache the user opted into whole-shard transfers: a shard it could not take,
         # from a server that ignores Range, is read from a plain GET rather than stopping.
-        return open_range(url, offset, length, self.storage, self.stats,
+        return open_range(self.urls[shard], offset, length, self.storage, self.stats,
                           whole_get=WholeGetReader if self.cache is not None else None)
+
+    def cached(self, shard: int) -> io.BufferedReader | None:
+        """The shard's copy in the cache, open (downloaded whole first when missing), or None:
+        no cache, the shard does not fit, or the cache's own disk fails (read by range)."""
+        if self.cache is None:
+            return None
+        url, entry = self.urls[shard], self.manifest.shards[shard]
+        try:
+            return self.cache.open(entry.sha256, entry.filesize,
+                                   lambda dst: download(url, entry.filesize, dst, self.storage, self.stats), self.stats)
+        except StorageError:
+            raise
+        except OSError as exc:  # the cache's own disk (full, read-only): read past it
+            self.stats["cache_errors"] += 1
+            log.warning("cache %s: %s; reading %s by range", self.cache.dir, exc, redact(url))
+            return None

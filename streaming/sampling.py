@@ -43,3 +43,15 @@ def frame_labels(frames: np.ndarray, segments) -> np.ndarray:
     inside[inside] = frames[inside] < table[at[inside], 1]
     labels[inside] = table[at[inside], 2]
     return labels
+
+
+def chunk_label(segments: list[tuple[int, int]]) -> int:
+    """The label id of a chunk (the label of chunk- and clip-mode items): the one covering
+    the most of its frames, from (label_id, frames) of its segments (-1 ids ignored); ties
+    go to the lower id; -1 when no segment covers a frame. One function for the item and
+    for index.json, so `ds.label_ids` and `ds[i]["label_id"]` cannot disagree."""
+    totals: dict[int, int] = {}
+    for label_id, frames in segments:
+        if label_id >= 0:
+            totals[label_id] = totals.get(label_id, 0) + frames
+    return min(totals, key=lambda i: (-totals[i], i)) if totals else -1

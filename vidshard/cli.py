@@ -158,7 +158,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from vidshard.bench.harness import run
 
-    run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle)
+    run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
+        only_random_access=args.random_access)
     return 0
 
 
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engines", action="store_true", help="only: writer throughput, local engine vs Ray, 1 and 2 CPUs")
     b.add_argument("--shuffle", action="store_true",
                    help="only: shuffle quality, resume planning and items/s of each shuffle scheme (local disk, local S3)")
+    b.add_argument("--random-access", action="store_true",
+                   help="only: random-access items/s (VideoShardMapDataset) beside streaming items/s, local disk and local S3")
     b.set_defaults(func=cmd_bench)
     return parser
 

@@ -92,9 +92,11 @@ def test_sample_members_line_up(small_dataset, small_source):
             source_timeline = json.load(f)["timeline"]
         segments = timeline_from_json(json.loads(members["timeline.json"]))
         assert entries[key]["nsegments"] == len(segments)
-        for seg in segments:
+        for seg, (label, frames) in zip(segments, entries[key]["segments"], strict=True):
             src = source_timeline[seg.segment_id]
             assert seg.label == src["label"] and seg.global_start == max(src["start"], start)
+            # index.json's labels: the source's, with the frames the segment covers in this chunk
+            assert label == src["label"] and frames == min(src["end"], end) - max(src["start"], start)
         for v, view in enumerate(VIEWS):
             with np.load(io.BytesIO(members[f"{view}.kpt.npz"]), allow_pickle=False) as npz:
                 mask, frame = npz["mask"], npz[f"{KPT_KIND}.frame"]

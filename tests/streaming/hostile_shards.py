@@ -256,5 +256,13 @@ def set_sample(field, value):
     return change
 
 
+def without_segments(change):
+    """`change` on an index.json written before samples listed their segments' labels."""
+    def edit(index):
+        change(index)
+        del index["shardlist"][0]["samples"][0]["segments"]
+    return edit
+
+
 def set_keypoint_dtype(index):
     index["keypoints"]["sam3d_body.frame"]["dtype"] = "|O"

@@ -22,7 +22,7 @@ from .hostile_shards import (
     GiB, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
     long_name_first, many_segments, meta_start_frame_1e19, meta_view_height_infinity, meta_views_8192_squared, meta_with,
     npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, set_first, set_keypoint_dtype,
-    set_sample, symlink, timeline_span, zip_declaring_1gib, zip_of,
+    set_sample, symlink, timeline_span, without_segments, zip_declaring_1gib, zip_of,
 )
 from .sandbox import isolated
 
@@ -143,7 +143,9 @@ INDEX_CASES = [
     ("url-dotdot-inside", set_first("url", "a/../../x.tar"), r"shardlist\[0\]\.url"),
     ("offset-past-the-end", set_sample("offset", 10**12), r"shardlist\[0\]\.samples\[0\]\.offset/size"),
     ("nframes-1e13", set_sample("nframes", 10**13), r"10000000000000 frames .* over the limits"),
-    ("nsegments-1e12", set_sample("nsegments", 10**12), r"1000000000000 segments for sample .* over the limits"),
+    ("nsegments-1e12", without_segments(set_sample("nsegments", 10**12)), r"1000000000000 segments for sample .* over the limits"),
+    ("nsegments-1e12-labelled", set_sample("nsegments", 10**12),
+     r"shardlist\[0\]\.samples\[0\]\.segments is .* expected 1000000000000 \[label, frames\] pairs"),
     ("keypoint-dtype-object", set_keypoint_dtype, r"keypoints\['sam3d_body\.frame'\]"),
 ]
 

@@ -6,7 +6,8 @@ Cases: the original loader (re-implemented with PyAV) for whole videos, 1000 and
 chunks; vidshard chunk mode, segment mode (16 frames), keypoints only; the FFmpeg CLI decoding
 the same clips to rgb24 and a raw read of the shard bytes (the limits); the writer against
 the FFmpeg CLI transcoding the same frames; a memory sweep over source lengths; a soak; shuffle
-quality, resume planning and items/s per shuffle scheme (bench/shuffle.py).
+quality, resume planning and items/s per shuffle scheme (bench/shuffle.py); random access
+against streaming items/s, local and S3 (bench/random_access.py).
 """
 
 from __future__ import annotations
@@ -133,7 +134,15 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
 
 
 def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
-        only_shuffle: bool = False) -> dict:
+        only_shuffle: bool = False, only_random_access: bool = False) -> dict:
+    if only_random_access:
+        from vidshard.bench import random_access
+
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick,
+                  "random_access": random_access.report(quick)}
+        _emit(result, "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.",
+                                  *random_access.markdown(result["random_access"])]) + "\n", json_out, md_out)
+        return result
     if only_shuffle:
         from vidshard.bench.shuffle import markdown as shuffle_markdown
         from vidshard.bench.shuffle import report as shuffle_report
@@ -195,6 +204,9 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         result["memory_sweep"] = memory_sweep(s, tmp)
     result["soak"] = soak(s.soak_epochs)
     result["shuffle"] = shuffle_report(quick)
+    from vidshard.bench import random_access
+
+    result["random_access"] = random_access.report(quick)
     result["ratios"] = ratios(result, s)
     print(markdown(result))
     if json_out:
@@ -293,7 +305,21 @@ def markdown(result: dict) -> str:
         from vidshard.bench.shuffle import markdown as shuffle_markdown
 
         lines += shuffle_markdown(result["shuffle"])
+    if "random_access" in result:
+        from vidshard.bench import random_access
+
+        lines += random_access.markdown(result["random_access"])
     return "\n".join(lines) + "\n"
+
+
+def _emit(result: dict, text: str, json_out: str | None, md_out: str | None) -> None:
+    print(text)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=1)
+    if md_out:
+        with open(md_out, "w") as f:
+            f.write(text)
 
 
 def machine() -> str:

@@ -1,5 +1,5 @@
 """`vidshard verify OUTPUT|URL [--decode]`: every shard against index.json, every sample's
-members and JSON fields, every sample's offset and size (they must frame exactly that
+members and JSON fields (timeline.json's labels against index.json's), every sample's offset and size (they must frame exactly that
 sample's tar records, PAX headers of long names included: a reader fetches a sample by
 that byte range), and with --decode every clip's frame count. Exit 0 only if all hold.
 """
@@ -101,6 +101,8 @@ def _check_sample(sample, entry, url, views, schema, decode, counts, limits) -> 
         problems.append(f"{where}: meta.json key is {meta.get('key')!r}")
     if frames != entry.nframes or len(timeline) != entry.nsegments:
         problems.append(f"{where}: {frames} frames / {len(timeline)} segments, index.json says {entry.nframes} / {entry.nsegments}")
+    if entry.segments is not None and [[t.label, t.end - t.start] for t in timeline] != entry.segments:
+        problems.append(f"{where}: timeline.json's segments (label, frames) differ from index.json's {str(entry.segments)[:200]}")
     for view in views:
         clip = sample.get(clip_suffix(view))
         if clip is None:

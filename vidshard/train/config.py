@@ -40,6 +40,7 @@ class DataConfig:
     shuffle_buffer: str = "256MB"
     seed: int = 0
     val_fraction: float = 0.0  # share of VIDEOS held out for validation
+    sampler: str = "stream"  # stream: VideoShardDataset's shuffle | balanced: labels drawn equally often (map-style)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,10 +27,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from streaming.collation import collate
 from streaming.dataset import VideoShardDataset
 from streaming.format import video_of
+from streaming.mapped import VideoShardMapDataset
 from streaming.resume import continued_progress, merge_loader_states
 from streaming.shards import resolve_source
 
 from .config import Config, ConfigError, load_config
+from .data import SAMPLERS, EpochWeightedSampler, inverse_frequency
 from .model import VideoClassifier, keypoint_dim, keypoint_features
 
 log = logging.getLogger("vidshard.train")
@@ -102,15 +104,29 @@ class Trainer:
         torch.manual_seed(cfg.data.seed)
         random.seed(cfg.data.seed)
         d = cfg.data
+        if d.sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler: {d.sampler!r} is not one of {list(SAMPLERS)}")
         self.manifest, _ = resolve_source(shards)
         train_ids, self.val_ids = split_videos([video_of(s.key) for sh in self.manifest.shards for s in sh.samples],
                                                d.val_fraction, d.seed)
         # Our own checkpoint, never shard content; weights_only refuses pickled code anyway.
         checkpoint = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-        resume_from, loader_state = loader_resume(checkpoint, rank=self.rank, world=self.world,
-                                                  num_workers=d.num_workers) if checkpoint else (None, None)
-        self.train_ds = self._dataset(train_ids, shuffle=True, resume_from=resume_from)
-        self.loader = StatefulDataLoader(self.train_ds, batch_size=d.batch_size, num_workers=d.num_workers,
+        same_shape = checkpoint is not None and checkpoint["world"] == [self.world, d.num_workers]
+        self.sampler, loader_state = None, None
+        if d.sampler == "balanced":
+            # Map-style: each rank draws its own items, labels equally often (vidshard/train/data.py).
+            self.train_ds = self._map_dataset(train_ids)
+            self.sampler = EpochWeightedSampler(inverse_frequency(self.train_ds.label_ids),
+                                                max(1, len(self.train_ds) // self.world), seed=d.seed, rank=self.rank)
+            if same_shape:
+                loader_state = checkpoint["loader_states"][self.rank]
+            elif checkpoint is not None:
+                log.info("data.sampler balanced: resuming on another world shape restarts the interrupted epoch")
+        else:
+            resume_from, loader_state = loader_resume(checkpoint, rank=self.rank, world=self.world,
+                                                      num_workers=d.num_workers) if checkpoint else (None, None)
+            self.train_ds = self._dataset(train_ids, shuffle=True, resume_from=resume_from)
+        self.loader = StatefulDataLoader(self.train_ds, batch_size=d.batch_size, num_workers=d.num_workers, sampler=self.sampler,
                                          collate_fn=collate, pin_memory=self.device.type == "cuda")
         views = len(self.train_ds.options.views)
         model = VideoClassifier(backbone=cfg.model.backbone, num_classes=len(self.manifest.labels), view_fusion=cfg.model.view_fusion,
@@ -134,6 +150,19 @@ class Trainer:
         return VideoShardDataset(self.shards, sample="segment", num_frames=d.num_frames or 8, img_size=d.img_size, views=d.views,
                                  load_rgb=True, load_kpt=d.load_kpt, shuffle=shuffle, seed=d.seed,
                                  shuffle_buffer=d.shuffle_buffer, videos=videos, resume_from=resume_from)
+
+    def _map_dataset(self, videos) -> VideoShardMapDataset:
+        d = self.cfg.data
+        return VideoShardMapDataset(self.shards, sample="segment", num_frames=d.num_frames or 8, img_size=d.img_size,
+                                    views=d.views, load_rgb=True, load_kpt=d.load_kpt, seed=d.seed, videos=videos)
+
+    def _start_epoch(self) -> int:
+        """Tell the data the epoch; the items this rank yields in it."""
+        self.train_ds.set_epoch(self.epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+            return len(self.sampler)
+        return len(self.train_ds)
 
     def _loss(self, batch) -> torch.Tensor:
         video = batch["video"].to(self.device, non_blocking=True)
@@ -186,8 +215,7 @@ class Trainer:
         history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0, "items": []}  # items: [key, segment_id, padded] as delivered
         self.model.train()
         while self.epoch < cfg.trainer.max_epochs:
-            self.train_ds.set_epoch(self.epoch)
-            per_epoch = len(self.train_ds)  # this epoch's batches on every rank (equal by construction)
+            per_epoch = self._start_epoch()  # this epoch's items on every rank (equal by construction)
             check_every = max(1, int(per_epoch / cfg.data.batch_size * cfg.trainer.val_check_interval))
             first_step = len(history["losses"])
             for i, batch in enumerate(self.loader):

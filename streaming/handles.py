@@ -1,0 +1,119 @@
+"""Random access to samples: a few shard files kept open per process, each sample read by
+`pread` from its byte range.
+
+`ShardHandles` keeps at most `size` open shard files (local shards, or shards' copies in
+the cache), the least recently used closed first. They belong to the process that opened
+them: the map dataset makes its handles in each process on first use there
+(`mapped.VideoShardMapDataset._process`), so a DataLoader worker forked from a process
+that had files open opens its own, and a pickled dataset carries none. Reads use
+`os.preadv` at explicit offsets, never the file's shared position, so threads may share a
+handle too.
+A remote shard without a cache has no handle: each access is one ranged read through the
+process's fsspec client (`remote.open_range`).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .errors import ShardReadError
+from .norange import WholeGetReader
+from .reading import SampleReader
+from .remote import READ_BUFFER, open_range, protocol_of, redact
+
+OPEN_SHARDS = 8  # files kept open per process by default
+
+
+class ShardHandles:
+    """Open shard files of this process, keyed by shard number; least recently used out first."""
+
+    def __init__(self, size: int = OPEN_SHARDS):
+        if size < 1:
+            raise ValueError(f"open_shards must be >= 1, got {size}")
+        self.size = size
+        self.files: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
+
+    def get(self, shard: int, open_file: Callable[[], BinaryIO | None]) -> BinaryIO | None:
+        """The shard's open file, opened with `open_file()` when not held (None: none to hold)."""
+        f = self.files.get(shard)
+        if f is not None:
+            self.files.move_to_end(shard)
+            return f
+        f = open_file()
+        if f is None:
+            return None
+        self.files[shard] = f
+        while len(self.files) > self.size:
+            _, oldest = self.files.popitem(last=False)
+            oldest.close()
+        return f
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files = collections.OrderedDict()
+
+
+class PreadRange(io.RawIOBase):
+    """[offset, offset + length) of an open file, read at explicit offsets; closing it leaves
+    the file open. Seeks forward only, relative (what tarfile and `tario.Span` ask for)."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int):
+        self.fd, self.pos, self.end = f.fileno(), offset, offset + length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self.fd, [memoryview(buf)[:n]], self.pos)
+        self.pos += got
+        return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_CUR or offset < 0:
+            raise io.UnsupportedOperation("only forward relative seeks")
+        self.pos = min(self.pos + offset, self.end)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+class HandleReader(SampleReader):
+    """The streaming reader's checks and errors, reading through this process's handles."""
+
+    def __init__(self, *, handles: ShardHandles, **kwargs):
+        super().__init__(**kwargs)
+        self.handles = handles
+
+    def _open(self, shard: int, offset: int, length: int) -> io.BufferedReader:
+        f = self.handles.get(shard, lambda: self._open_file(shard))
+        if f is None:  # as SampleReader._open: with a cache, a server ignoring Range is read by plain GET
+            return open_range(self.urls[shard], offset, length, self.storage, self.stats,
+                              whole_get=WholeGetReader if self.cache is not None else None)
+        return io.BufferedReader(PreadRange(f, offset, length), buffer_size=READ_BUFFER)
+
+    def _open_file(self, shard: int) -> BinaryIO | None:
+        """A file to hold: the cached copy when there is a cache, the shard itself when it is
+        local; None for a remote shard read by range."""
+        if self.cache is not None:
+            return self.cached(shard)  # None: not cacheable now, read by range
+        url = self.urls[shard]
+        if protocol_of(url) != "file":
+            return None
+        try:
+            f = open(url.removeprefix("file://"), "rb")  # noqa: SIM115 (held by ShardHandles)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=redact(url)) from None
+        self.stats["shards_opened"] += 1
+        return f
