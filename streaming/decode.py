@@ -10,6 +10,7 @@ float copy, no full-resolution copy when resizing, no frames beyond the last wan
 from __future__ import annotations
 
 import io
+import os
 import sys
 from fractions import Fraction
 
@@ -17,6 +18,10 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
+
+# Reformatters made by a parent process and let go in a forked child (a DataLoader worker,
+# or the garbage collector there): never freed in the child, see ClipDecoder.__del__.
+_INHERITED: list[VideoReformatter] = []
 
 _GBRP_TO_RGB = (1, 2, 0)  # gbrp planes are G, B, R: their channel in RGB order
 
@@ -48,10 +53,18 @@ class ClipDecoder:
     """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
 
     def __init__(self, threads: int = 1):
-        self.threads = threads
+        self.threads = threads  # FFmpeg's decoder threads and swscale's slice threads (reformat's default is one per CPU)
+        self.pid = os.getpid()
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
         self._spare: np.ndarray | None = None
         self._planar_ok: dict[tuple, bool] = {}  # (width, height, colour) -> gbrp proven right here
+
+    def __del__(self) -> None:
+        # A swscale context with slice threads (threads > 1) owns a thread pool of the process
+        # that made it: freeing it in a forked child waits forever on threads the child does
+        # not have (a DataLoader worker collecting its parent's garbage hung that way).
+        if getattr(self, "pid", None) not in (None, os.getpid()):
+            _INHERITED.append(self.reformatter)
 
     def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for the next item's frames.
@@ -118,12 +131,12 @@ class ClipDecoder:
             # Planar RGB straight from swscale, copied row-contiguously into [3, H, W]:
             # packed rgb24 + a HWC->CHW transpose was 3.7x slower (docs/performance.md).
             planes = self.reformatter.reformat(frame, format="gbrp", width=width, height=height,
-                                               interpolation=interpolation, **colour).planes
+                                               interpolation=interpolation, threads=self.threads, **colour).planes
             for channel, plane in zip(_GBRP_TO_RGB, planes):
                 out[channel] = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :width]
         else:
             plane = self.reformatter.reformat(frame, format="rgb24", width=width, height=height,
-                                              interpolation=interpolation, **colour).planes[0]
+                                              interpolation=interpolation, threads=self.threads, **colour).planes[0]
             packed = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, : 3 * width]
             np.copyto(out, packed.reshape(height, width, 3).transpose(2, 0, 1))
 

@@ -155,10 +155,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         local = self._local
         if local is not None and local.pid != os.getpid():  # inherited through a fork (a DataLoader worker)
             local.handles.close()  # this process's copies of the parent's descriptors
-            # Never freed here: the decoder's swscale context owns a thread pool of the parent,
-            # and freeing it in a forked child waits forever on threads the child does not have.
-            _INHERITED.append(local)
-            local = None
+            local = None  # its decoder is let go safely (decode.ClipDecoder.__del__)
         if local is None:
             handles = ShardHandles(self.open_shards)
             reader = sample_reader(self, self.stats, HandleReader, handles=handles)
@@ -186,9 +183,6 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         if isinstance(state["_epoch"], int):
             state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
         self.__dict__.update(state)
-
-
-_INHERITED: list[_Local] = []  # what forked processes got from their parent: kept, never used
 
 
 class _Local:

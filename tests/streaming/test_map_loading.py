@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +95,36 @@ def test_open_files_are_bounded_and_per_process(map_dataset):
     assert dict(ds._local.handles.files) == held and all(not f.closed for f in held.values())
     ds.close()
     assert all(f.closed for f in held.values())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_forked_worker_collecting_its_parents_decoders_does_not_hang(map_dataset, threads):
+    """A decoder the parent used and left in a reference cycle (an error's traceback holds
+    one) is garbage that the collector frees in a forked DataLoader worker: freeing swscale's
+    slice threads there waited forever on threads only the parent has (the weighted-sampler
+    test hung that way). swscale now runs with decode_threads (1: no thread pool), and a
+    decoder of another process keeps its swscale context (decode.ClipDecoder.__del__)."""
+    ds = VideoShardMapDataset(map_dataset, views=("left",), img_size=(16, 16), decode_threads=threads)
+    ds[0]
+    cycle: list = [ds]
+    cycle.append(cycle)
+    del ds, cycle
+    gc.disable()  # the cycle stays uncollected until the child runs
+    try:
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+        deadline = time.monotonic() + 30
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not done[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung freeing its parent's decoder")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        gc.enable()
 
 
 def test_pickled_dataset_carries_no_open_file_and_keeps_its_epoch(map_dataset):
