@@ -157,9 +157,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vidshard.bench.harness import run
+    from vidshard.bench.shuffle import BenchSetupError
 
-    run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
-        only_random_access=args.random_access)
+    try:
+        run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
+            only_random_access=args.random_access)
+    except BenchSetupError as exc:
+        print(f"vidshard bench: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -135,6 +135,10 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
 
 def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
         only_shuffle: bool = False, only_random_access: bool = False) -> dict:
+    if not only_engines:  # the shuffle and random-access cases read from a local S3 server: checked before any work
+        from vidshard.bench.shuffle import require_local_s3
+
+        require_local_s3("vidshard bench" + (" --shuffle" if only_shuffle else " --random-access" if only_random_access else ""))
     if only_random_access:
         from vidshard.bench import random_access
 

@@ -78,6 +78,9 @@ def throughput(quick: bool) -> list[dict]:
 
 
 def report(quick: bool) -> dict:
+    from vidshard.bench.shuffle import require_local_s3
+
+    require_local_s3("the random-access bench")
     return {"throughput": throughput(quick)}
 
 

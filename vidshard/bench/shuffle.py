@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import socket
 import shutil
@@ -216,9 +217,27 @@ BENCH_BUFFER = "256KB"
 SCALED_REQUEST = 5 * 2**10
 
 
+class BenchSetupError(RuntimeError):
+    """What a bench case needs is missing or does not start; the message says what to install."""
+
+
+# moto's S3 server, the client that uploads to it, and the reader's S3 filesystem: the
+# `bench` extra (pyproject.toml), not a dependency of the library.
+LOCAL_S3_MODULES = ("moto", "boto3", "s3fs")
+
+
+def require_local_s3(what: str) -> None:
+    """BenchSetupError naming the missing modules and the extra, before any work starts."""
+    missing = [name for name in LOCAL_S3_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BenchSetupError(f"{what} reads from a local S3 server (moto), which needs {', '.join(missing)}: "
+                              "pip install 'vidshard[bench]'")
+
+
 @contextlib.contextmanager
 def local_s3(root: str, prefix: str):
     """moto's S3 server in its own process, `root`'s files uploaded; yields the dataset URL."""
+    require_local_s3("the local S3 bench")
     import boto3
     import s3fs
 
@@ -238,7 +257,7 @@ def local_s3(root: str, prefix: str):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto's S3 server did not start") from None
+                    raise BenchSetupError("moto's S3 server did not start (python -m moto.server)") from None
                 time.sleep(0.2)
         os.environ.update(env)
         s3fs.S3FileSystem.clear_instance_cache()
@@ -316,6 +335,7 @@ def throughput(quick: bool) -> list[dict]:
 
 
 def report(quick: bool) -> dict:
+    require_local_s3("the shuffle bench")
     return {"quality": quality_table(), "resume_planning": resume_planning(), "throughput": throughput(quick)}
 
 
