@@ -60,11 +60,19 @@ def test_random_items_deliver_the_frames_they_claim(map_dataset, mode):
         ds[len(ds)]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_one_pass_is_one_streaming_epoch(map_dataset, mode):
+# The options a user combines: resized, a subset of the views in another order, a subset of the videos.
+SUBSETS = [
+    ("chunk", {"img_size": (24, 24), "views": ("left",), "videos": ["session_000", "session_002"]}),
+    ("segment", {"num_frames": 3, "img_size": (16, 20), "views": ("left", "front")}),
+    ("clip", {"num_frames": 5, "stride": 2, "views": ("front",), "videos": ["session_001"]}),
+]
+
+
+@pytest.mark.parametrize("mode, options", [(m, {}) for m in MODES] + SUBSETS, ids=[*MODES, *(f"{m}-subset" for m, _ in SUBSETS)])
+def test_one_pass_is_one_streaming_epoch(map_dataset, mode, options):
     """Field for field: keys, segments, frame indices, labels, pixels, keypoints; clip windows
-    of the same epoch included."""
-    kw = {**MODES[mode], "load_kpt": True}
+    of the same epoch included; with img_size, views and videos subsets too."""
+    kw = {**MODES[mode], "load_kpt": True, **options}
     ds = VideoShardMapDataset(map_dataset, sample=mode, **kw)
     stream = VideoShardDataset(map_dataset, sample=mode, shuffle=True, **kw)
     ds.set_epoch(1)
@@ -72,7 +80,11 @@ def test_one_pass_is_one_streaming_epoch(map_dataset, mode):
     mapped = sorted((ds[i] for i in range(len(ds))), key=identity)
     streamed = sorted(stream, key=identity)
     assert len(mapped) == len(ds) == len(streamed) > 0
+    assert {a["meta"]["video_id"] for a in mapped} == set(options.get("videos", ds.video_ids))
+    views = options.get("views", MAP_VIEWS)
     for a, b in zip(mapped, streamed):
+        check_pixels(a, views=views)
+        assert a["video"].shape[-2:] == options.get("img_size", (32, 32)) and a["meta"]["views"] == list(views)
         assert identity(a) == identity(b)
         same_item({k: v for k, v in a.items() if k != "keypoints"}, {k: v for k, v in b.items() if k != "keypoints"})
         assert all(torch.equal(a["keypoints"][n], b["keypoints"][n]) for n in a["keypoints"])
