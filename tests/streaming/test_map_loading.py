@@ -6,7 +6,9 @@ import gc
 import json
 import os
 import pickle
+import shutil
 import signal
+import tarfile
 import time
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from streaming import VideoShardMapDataset, collate
+from streaming.errors import DecodeError
 from streaming.remote import RangeReader
 
 from ..servers import upload, use_endpoint
@@ -189,3 +192,37 @@ def test_random_access_from_s3(map_dataset, s3_server, tmp_path, monkeypatch, ca
         assert ds.stats["cache_downloads"] >= 1 and len(os.listdir(tmp_path / "cache")) >= 1
     else:
         assert not any(k.startswith("cache") for k in ds.stats)
+
+
+def test_random_access_from_s3_in_forked_workers(map_dataset, s3_server):
+    """The parent reads from S3 first (its fsspec client and event-loop thread exist when the
+    workers fork): each worker must make its own and deliver every item once, as from disk."""
+    upload(map_dataset, "map-fork", s3_server)
+    use_endpoint(s3_server)
+    kw = dict(sample="segment", num_frames=2, views=("left",), img_size=(16, 16))
+    ds = VideoShardMapDataset("s3://vidshard/map-fork/", **kw)
+    ds[0]
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate, timeout=60,
+                        generator=torch.Generator().manual_seed(5))
+    seen, first = [], None
+    for batch in loader:
+        seen += [(m["key"], m["segment_id"]) for m in batch["meta"]]
+        first = first or batch
+    assert sorted(seen) == every_item(VideoShardMapDataset(map_dataset, **kw))
+    check_pixels({"video": first["video"][0], "frame_index": first["frame_index"][0], "meta": first["meta"][0]}, views=("left",))
+
+
+def test_a_bad_sample_in_a_worker_reaches_the_main_process_typed_and_named(map_dataset, tmp_path):
+    broken = str(tmp_path / "broken")
+    shutil.copytree(map_dataset, broken)
+    ds = VideoShardMapDataset(broken, views=("left",))
+    shard, key, _ = ds.locate(2)
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name == f"{key}.left.mp4")
+    with open(shard, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(b"\xff" * member.size)
+    loader = DataLoader(ds, batch_size=1, sampler=[0, 2], num_workers=1, collate_fn=collate, timeout=60)
+    with pytest.raises(DecodeError) as info:  # torch rebuilds the worker's error from its message: the type stays
+        list(loader)
+    assert f"shard={shard}, key={key}, member={key}.left.mp4, view=left" in str(info.value)
