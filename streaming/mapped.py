@@ -13,6 +13,7 @@ building an item and a few open shard files (`handles.py`); nothing is read ahea
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import multiprocessing.context
 import operator
@@ -31,6 +32,8 @@ from .mapindex import item_index, item_labels, video_items
 from .options import clip_rng, open_source, sample_items, sample_reader
 from .remote import StorageOptions, redact
 from .tario import Limits
+
+log = logging.getLogger("vidshard.streaming")
 
 
 class VideoShardMapDataset(torch.utils.data.Dataset):
@@ -65,7 +68,18 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         self.seed, self.transform, self.decode_threads = seed, transform, decode_threads
         ShardHandles(open_shards)  # refuse a bad size here, not in the first worker
         self.open_shards = open_shards
-        self.index = item_index(sample_items(self.manifest, sample, videos, limits))
+        items = sample_items(self.manifest, sample, videos, limits)
+        self.index = item_index(items)
+        needed = sum(shard.filesize for shard, counts in zip(self.manifest.shards, items) if counts.any())
+        if self.cache is not None and self.cache.limit < needed:
+            # Items come in any order: a cache that cannot hold every shard they lie in evicts
+            # shards still needed and downloads a whole shard again for most items (measured with
+            # open_shards=1 at half the dataset: a whole-shard download per access; open handles
+            # hide that only by keeping evicted shards on disk). By range an item costs itself.
+            log.warning("cache_limit (%d bytes) is below the %d bytes of the shards this dataset reads: random access "
+                        "would download whole shards again and again; reading by range, without the cache. To use "
+                        "the cache: a cache_limit that holds them (docs/streaming.md)", self.cache.limit, needed)
+            self.cache = None
         # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
         # main process reaches persistent workers too (clip windows depend on the epoch).
         self._epoch = multiprocessing.RawValue("q", 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -226,3 +227,27 @@ def test_a_bad_sample_in_a_worker_reaches_the_main_process_typed_and_named(map_d
     with pytest.raises(DecodeError) as info:  # torch rebuilds the worker's error from its message: the type stays
         list(loader)
     assert f"shard={shard}, key={key}, member={key}.left.mp4, view=left" in str(info.value)
+
+
+def test_a_cache_that_cannot_hold_the_shards_read_is_not_used(map_dataset, tmp_path, caplog):
+    """Random order through a cache smaller than the shards it reads downloaded a whole shard
+    for every access (open_shards=1, cache at half the dataset): such a cache is refused with
+    a warning and items are read by range; one that holds them downloads each shard once."""
+    shards = json.load(open(os.path.join(map_dataset, "index.json")))["shardlist"]
+    mine = [sh["filesize"] for sh in shards if any(s["key"].startswith("session_001_") for s in sh["samples"])]
+    assert 1 < len(mine) < len(shards)
+    order = np.random.default_rng(4).permutation(3 * 4)
+    kw = dict(load_rgb=False, load_kpt=True, open_shards=1)
+    with caplog.at_level(logging.WARNING, logger="vidshard.streaming"):
+        small = VideoShardMapDataset(map_dataset, cache_dir=str(tmp_path / "small"), cache_limit=sum(mine) - 1,
+                                     videos=["session_001"], **kw)
+    for i in np.concatenate([order % len(small)] * 2).tolist():
+        small[i]
+    assert small.stats["cache_downloads"] == 0 and not os.listdir(tmp_path / "small"), dict(small.stats)
+    assert "reading by range, without the cache" in caplog.text
+    caplog.clear()
+    enough = VideoShardMapDataset(map_dataset, cache_dir=str(tmp_path / "enough"), cache_limit=sum(mine),
+                                  videos=["session_001"], **kw)  # the shards of session_001 only: they fit
+    for i in np.concatenate([order % len(enough)] * 2).tolist():
+        enough[i]
+    assert enough.stats["cache_downloads"] == len(mine) and not caplog.text
