@@ -86,3 +86,25 @@ def test_unknown_sampler_is_refused_by_name(balanced_config):
     config, shards = balanced_config
     with pytest.raises(ConfigError, match="data.sampler: 'weighted' is not one of"):
         Trainer(load_config(config, {"data.sampler": "weighted"}), shards)
+
+
+def test_balanced_resume_on_another_shape_restarts_the_epoch(balanced_config, tmp_path):
+    """Saved with 2 workers, resumed with 1: the interrupted epoch starts again from its first
+    draw (docs/training.md), with the model, optimizer, epoch and step restored."""
+    from vidshard.cli import main
+    from vidshard.train.trainer import Trainer, run_train
+
+    config, shards = balanced_config
+    cfg = load_config(config)
+    reference = Trainer(cfg, shards)
+    reference._start_epoch()
+    batches = iter(reference.loader)
+    expected = [[m["key"], m["segment_id"], m["padded"]] for _ in range(4) for m in next(batches)["meta"]]
+    del batches, reference
+
+    ckpt = str(tmp_path / "ckpt.pt")
+    assert main(["-q", "train", "--config", config, "--checkpoint", ckpt, "--max-steps", "2"]) == 0
+    one_worker = tmp_path / "one.yaml"
+    one_worker.write_text(open(config).read().replace("num_workers: 2", "num_workers: 1"))
+    history = run_train(str(one_worker), resume=ckpt, max_steps=6, checkpoint=ckpt)
+    assert history["items"] == expected  # steps 3-6 draw the epoch's first 4 batches again
