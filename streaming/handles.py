@@ -1,13 +1,13 @@
-"""Random access to samples: a few shard files kept open per process, each sample read by
+"""Random access to samples: a few shard files kept open per thread, each sample read by
 `pread` from its byte range.
 
 `ShardHandles` keeps at most `size` open shard files (local shards, or shards' copies in
-the cache), the least recently used closed first. They belong to the process that opened
-them: the map dataset makes its handles in each process on first use there
-(`mapped.VideoShardMapDataset._process`), so a DataLoader worker forked from a process
-that had files open opens its own, and a pickled dataset carries none. Reads use
-`os.preadv` at explicit offsets, never the file's shared position, so threads may share a
-handle too.
+the cache), the least recently used closed first. They belong to the thread and process
+that opened them: the map dataset makes its handles in each thread of each process on
+first use there (`mapped.VideoShardMapDataset._process`), so a DataLoader worker forked
+from a process that had files open opens its own, a thread never has a file closed under
+it by another's eviction, and a pickled dataset carries none. Reads use `os.preadv` at
+explicit offsets, never the file's shared position.
 A remote shard without a cache has no handle: each access is one ranged read through the
 process's fsspec client (`remote.open_range`).
 """
@@ -25,7 +25,7 @@ from .norange import WholeGetReader
 from .reading import SampleReader
 from .remote import READ_BUFFER, open_range, protocol_of, redact
 
-OPEN_SHARDS = 8  # files kept open per process by default
+OPEN_SHARDS = 8  # files kept open per thread (one per DataLoader worker) by default
 
 
 class ShardHandles:

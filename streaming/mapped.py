@@ -6,8 +6,9 @@ its place among the sample's items. `ds[i]` reads exactly that sample's byte ran
 ranged read; the members of the selected views only), checks it as the streaming reader
 does (the same `SampleReader`, tar and meta checks and limits), and decodes only the frames
 the item needs (the same `build_item`): the items are those of `VideoShardDataset` with
-the same arguments, field for field. Per process it holds one sample's bytes while
-building an item and a few open shard files (`handles.py`); nothing is read ahead.
+the same arguments, field for field. Per thread of each process it holds one sample's
+bytes while building an item, a decoder and a few open shard files (`handles.py`);
+nothing is read ahead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import multiprocessing
 import multiprocessing.context
 import operator
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,7 +88,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         self.stats: collections.Counter = collections.Counter()
         self._labels: np.ndarray | None = None  # computed on first use, from index.json
         self._videos: dict[str, np.ndarray] | None = None
-        self._local: _Local | None = None  # this process's open files and decoder
+        self._local = threading.local()  # .state: this thread's open files and decoder (_Local)
 
     # -- epoch -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -165,28 +167,32 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         return self.transform(item) if self.transform else item
 
     def _process(self) -> _Local:
-        """This process's reader, open files and decoder, made on first use in each process."""
-        local = self._local
+        """This thread's reader, open files and decoder, made on first use in each thread of
+        each process: threads calling ds[i] at once never share a decoder (its swscale context
+        and output buffer: shared, they mixed two items' pixels) or the LRU of open files
+        (one thread's eviction closed a file another was reading)."""
+        local = getattr(self._local, "state", None)
         if local is not None and local.pid != os.getpid():  # inherited through a fork (a DataLoader worker)
             local.handles.close()  # this process's copies of the parent's descriptors
             local = None  # its decoder is let go safely (decode.ClipDecoder.__del__)
         if local is None:
             handles = ShardHandles(self.open_shards)
             reader = sample_reader(self, self.stats, HandleReader, handles=handles)
-            local = self._local = _Local(pid=os.getpid(), handles=handles, reader=reader,
-                                         decoder=ClipDecoder(threads=self.decode_threads))
+            local = self._local.state = _Local(pid=os.getpid(), handles=handles, reader=reader,
+                                               decoder=ClipDecoder(threads=self.decode_threads))
         return local
 
     def close(self) -> None:
-        """Close this process's open shard files (they reopen on the next access)."""
-        if self._local is not None:
-            self._local.handles.close()
-            self._local = None
+        """Close this thread's open shard files (they reopen on the next access)."""
+        local = getattr(self._local, "state", None)
+        if local is not None:
+            local.handles.close()
+            self._local.state = None
 
     # -- pickling (DataLoader workers under spawn, a notebook's copies) ------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_local"] = None  # open files, decoder buffers: every process makes its own
+        del state["_local"]  # open files, decoder buffers: every process and thread makes its own
         state["_labels"] = state["_videos"] = None  # derived from index.json: recomputed where used
         if multiprocessing.context.get_spawning_popen() is None:
             # Not a process start (pickle.dumps, copy.deepcopy): the shared epoch cannot be sent, its value is.
@@ -196,7 +202,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state["_epoch"], int):
             state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
-        self.__dict__.update(state)
+        self.__dict__.update(state, _local=threading.local())
 
 
 class _Local:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import json
 import logging
@@ -10,7 +11,9 @@ import pickle
 import shutil
 import signal
 import tarfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from streaming import VideoShardMapDataset, collate
+from streaming.decode import ClipDecoder
 from streaming.errors import DecodeError
 from streaming.remote import RangeReader
 
@@ -78,25 +82,25 @@ def test_open_files_are_bounded_and_per_process(map_dataset):
     shards = len(json.load(open(os.path.join(map_dataset, "index.json")))["shardlist"])
     for i in range(len(ds)):
         ds[i]
-        assert len(ds._local.handles.files) <= 2
+        assert len(ds._local.state.handles.files) <= 2
     assert ds.stats["shards_opened"] == shards > 2  # items in shard order: each shard opened once
     ds[0]
     assert ds.stats["shards_opened"] == shards + 1  # its shard had been closed (least recently used)
-    held = dict(ds._local.handles.files)
+    held = dict(ds._local.state.handles.files)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a forked worker: it must open its own files, never read through the parent's
         ok = False
         try:
             ds[0]
-            mine = ds._local.handles.files
+            mine = ds._local.state.handles.files
             ok = all(mine.get(s) is not f for s, f in held.items()) and ds.stats["shards_opened"] == shards + 2
         finally:
             os.write(write, b"1" if ok else b"0")
             os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
-    assert dict(ds._local.handles.files) == held and all(not f.closed for f in held.values())
+    assert dict(ds._local.state.handles.files) == held and all(not f.closed for f in held.values())
     ds.close()
     assert all(f.closed for f in held.values())
 
@@ -135,9 +139,9 @@ def test_pickled_dataset_carries_no_open_file_and_keeps_its_epoch(map_dataset):
     ds = VideoShardMapDataset(map_dataset, sample="clip", num_frames=3)
     ds.set_epoch(4)
     item = ds[2]
-    assert ds._local.handles.files  # a file is open in this process ...
+    assert ds._local.state.handles.files  # a file is open in this process ...
     copy = pickle.loads(pickle.dumps(ds))  # ... and pickling does not try to send it
-    assert copy._local is None and copy.epoch == 4
+    assert getattr(copy._local, "state", None) is None and copy.epoch == 4
     same_item(copy[2], item)
     copy.set_epoch(5)
     assert ds.epoch == 4  # a copy, not the shared value of a worker
@@ -251,3 +255,26 @@ def test_a_cache_that_cannot_hold_the_shards_read_is_not_used(map_dataset, tmp_p
     for i in np.concatenate([order % len(enough)] * 2).tolist():
         enough[i]
     assert enough.stats["cache_downloads"] == len(mine) and not caplog.text
+
+
+def test_threads_calling_ds_at_once_each_have_their_own_decoder_and_files(map_dataset, monkeypatch):
+    """A thread pool over ds[i]: with one decoder and one LRU of open files per process, two
+    threads resized into the same swscale context and buffer (a barcode came out garbled
+    within 600 items) and one thread's eviction closed a file another was reading."""
+    used = collections.defaultdict(set)  # decoder -> the threads that decoded with it
+    decode = ClipDecoder.decode
+
+    def traced(self, *args, **kwargs):
+        used[id(self)].add(threading.get_ident())
+        time.sleep(0.002)  # threads overlap inside the decoder
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipDecoder, "decode", traced)
+    ds = VideoShardMapDataset(map_dataset, sample="segment", num_frames=4, img_size=(24, 24), open_shards=1)
+    order = np.random.default_rng(6).integers(0, len(ds), 96).tolist()
+    with ThreadPoolExecutor(4) as pool:
+        items = list(pool.map(ds.__getitem__, order))
+    for i, item in zip(order, items):
+        assert item["meta"]["key"] == ds.locate(i)[1]
+        check_pixels(item)
+    assert len(used) > 1 and all(len(threads) == 1 for threads in used.values()), used
