@@ -59,12 +59,12 @@ class ClipDecoder:
         self._spare: np.ndarray | None = None
         self._planar_ok: dict[tuple, bool] = {}  # (width, height, colour) -> gbrp proven right here
 
-    def __del__(self) -> None:
+    def __del__(self, _getpid=os.getpid, _kept=_INHERITED) -> None:  # (bound now: module globals may be gone at exit)
         # A swscale context with slice threads (threads > 1) owns a thread pool of the process
         # that made it: freeing it in a forked child waits forever on threads the child does
         # not have (a DataLoader worker collecting its parent's garbage hung that way).
-        if getattr(self, "pid", None) not in (None, os.getpid()):
-            _INHERITED.append(self.reformatter)
+        if getattr(self, "pid", None) not in (None, _getpid()):
+            _kept.append(self.reformatter)
 
     def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for the next item's frames.
