@@ -12,9 +12,9 @@ import pytest
 
 from streaming import VideoShardMapDataset
 
-from .hostile_shards import GiB, edit_index
+from .hostile_shards import GiB, edit_index, many_segments
 from .sandbox import isolated
-from .test_hostile import INDEX_CASES, SAMPLE_CASES
+from .test_hostile import INDEX_CASES, KPT, SAMPLE_CASES
 from .test_hostile import copy  # noqa: F401 (the fixture: a private copy of the small dataset)
 
 
@@ -67,3 +67,13 @@ def test_index_counts_cannot_size_the_item_index_past_memory(copy):  # noqa: F81
     assert outcome.kind == "error" and outcome.error == "ValueError", outcome
     assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
+
+
+def test_overlapping_segments_are_refused_by_name(copy):  # noqa: F811 (the fixture)
+    """5,000 overlapping segments over one sample's 30 frames (an index.json without segment
+    labels agrees): refused at once, not 5,000 passes over 5,000 segments."""
+    key = many_segments(copy)
+    raised = isolated(broken_item, copy, key, {"sample": "segment", "num_frames": 2, **KPT})
+    assert raised.kind == "typed" and raised.error == "ShardFormatError", raised
+    assert "segments overlap or are out of order" in raised.message and raised.fields["key"] == key
+    assert raised.fields["member"].endswith(".timeline.json") and raised.seconds < 10
