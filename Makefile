@@ -31,7 +31,7 @@ demo: $(STAMP) sysdeps
 	$(VENV)/bin/vidshard demo --config configs/demo.yaml
 
 test: $(STAMP) sysdeps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope  # one worker per core; a module's tests share a worker (its servers, clusters)
 
 clean:
 	rm -rf $(VENV) demo-out bench-out

@@ -160,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vidshard.bench.shuffle import BenchSetupError
 
     try:
-        run(args.quick, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
+        run(args.level, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
             only_random_access=args.random_access)
     except BenchSetupError as exc:
         print(f"vidshard bench: error: {exc}", file=sys.stderr)
@@ -250,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     b = sub.add_parser("bench", help="measure throughput against a baseline measured in the same run")
-    b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="level", action="store_const", const="quick", default="full",
+                      help="smaller sizes, every case (minutes)")
+    size.add_argument("--smoke", dest="level", action="store_const", const="smoke",
+                      help="the smallest sizes, one round: checks that every case runs and reports (CI); figures mean nothing")
     b.add_argument("--json", default=None, help="write the results as JSON here")
     b.add_argument("--out-md", default=None, help="write the markdown tables here")
     b.add_argument("--engines", action="store_true", help="only: writer throughput, local engine vs Ray, 1 and 2 CPUs")

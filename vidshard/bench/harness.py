@@ -1,5 +1,5 @@
-"""`vidshard bench [--quick] [--json OUT] [--out-md OUT]`: every figure next to its baseline,
-measured in the same run. Each case runs in its own process (streaming/benchcases.py),
+"""`vidshard bench [--quick | --smoke] [--json OUT] [--out-md OUT]`: every figure next to its baseline,
+measured in the same run. Each case runs in its own process (vidshard/bench/cases.py),
 first pinned to one core, then with every core.
 
 Cases: the original loader (re-implemented with PyAV) for whole videos, 1000 and 500-frame
@@ -41,6 +41,9 @@ class Sizes:
 
 FULL = Sizes(videos=8, frames=3000, size=224, chunks=(1000, 500), sweep=(1000, 3000, 10000, 30000), soak_epochs=20)
 QUICK = Sizes(videos=2, frames=600, size=96, chunks=(200, 100), sweep=(200, 600, 1200, 2400), soak_epochs=3)
+# CI's smoke test: every case runs and every ratio is reported, in about a minute; its figures mean nothing.
+SMOKE = Sizes(videos=1, frames=120, size=48, chunks=(40, 20), sweep=(40, 120), soak_epochs=2)
+LEVELS = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 VIEWS = ("front", "left", "right")
 
 
@@ -133,7 +136,7 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
     return rows
 
 
-def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
+def run(level: str, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
         only_shuffle: bool = False, only_random_access: bool = False) -> dict:
     if not only_engines:  # the shuffle and random-access cases read from a local S3 server: checked before any work
         from vidshard.bench.shuffle import require_local_s3
@@ -142,8 +145,8 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
     if only_random_access:
         from vidshard.bench import random_access
 
-        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick,
-                  "random_access": random_access.report(quick)}
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "level": level,
+                  "random_access": random_access.report(level)}
         _emit(result, "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.",
                                   *random_access.markdown(result["random_access"])]) + "\n", json_out, md_out)
         return result
@@ -151,15 +154,9 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         from vidshard.bench.shuffle import markdown as shuffle_markdown
         from vidshard.bench.shuffle import report as shuffle_report
 
-        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick, "shuffle": shuffle_report(quick)}
-        text = "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.", *shuffle_markdown(result["shuffle"])]) + "\n"
-        print(text)
-        if json_out:
-            with open(json_out, "w") as f:
-                json.dump(result, f, indent=1)
-        if md_out:
-            with open(md_out, "w") as f:
-                f.write(text)
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "level": level, "shuffle": shuffle_report(level)}
+        _emit(result, "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.",
+                                  *shuffle_markdown(result["shuffle"])]) + "\n", json_out, md_out)
         return result
     if only_engines:
         rows = engines()
@@ -174,9 +171,9 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
 
     from shardwriter.job import WriteConfig, write_dataset
 
-    s = QUICK if quick else FULL
+    s = LEVELS[level]
     ncores = len(os.sched_getaffinity(0))
-    result: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick, "sizes": dataclasses.asdict(s)}
+    result: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "level": level, "sizes": dataclasses.asdict(s)}
     with tempfile.TemporaryDirectory(prefix="vidshard-bench-") as tmp:
         src = os.path.join(tmp, "src")
         synth_source(src, videos=s.videos, frames=s.frames, views=VIEWS, size=(s.size, s.size), fps=Fraction(30))
@@ -199,7 +196,7 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
             index = json.load(f)
         raw = [(os.path.join(shards[s.chunks[0]], sh["url"]), sh["nsamples"], sh["nframes"] * len(VIEWS)) for sh in index["shardlist"]]
         cases = []
-        for cores in sorted({1, ncores}):
+        for cores in [1] if level == "smoke" else sorted({1, ncores}):  # the ratios use the 1-core cases
             cases += reader_cases(s, src, shards, clips, raw, cores)
         cases += [{"name": "vidshard write, 1 worker", "cores": 1, "frames_per_s": writer},
                   {"name": "vidshard write, 1 worker, with per-frame keypoint files", "cores": 1, "frames_per_s": writer_kpt},
@@ -207,18 +204,12 @@ def run(quick: bool, json_out: str | None, md_out: str | None = None, only_engin
         result["cases"] = cases
         result["memory_sweep"] = memory_sweep(s, tmp)
     result["soak"] = soak(s.soak_epochs)
-    result["shuffle"] = shuffle_report(quick)
+    result["shuffle"] = shuffle_report(level)
     from vidshard.bench import random_access
 
-    result["random_access"] = random_access.report(quick)
+    result["random_access"] = random_access.report(level)
     result["ratios"] = ratios(result, s)
-    print(markdown(result))
-    if json_out:
-        with open(json_out, "w") as f:
-            json.dump(result, f, indent=1)
-    if md_out:
-        with open(md_out, "w") as f:
-            f.write(markdown(result))
+    _emit(result, markdown(result), json_out, md_out)
     return result
 
 

@@ -40,17 +40,17 @@ def _random_items_per_s(make, seed: int = 0) -> float:
     return len(order) / (time.perf_counter() - start)
 
 
-def throughput(quick: bool) -> list[dict]:
+def throughput(level: str) -> list[dict]:
     from shardwriter.job import WriteConfig, write_dataset
     from streaming import VideoShardDataset, VideoShardMapDataset
     from vidshard.bench.shuffle import local_s3
     from vidshard.synth import synth_source
 
-    rounds = 1 if quick else 5
+    rounds = 5 if level == "full" else 1
     rows = []
     with tempfile.TemporaryDirectory(prefix="vidshard-random-") as tmp:
         src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
-        synth_source(src, videos=4, frames=150 if quick else 300, size=(64, 64), fps=Fraction(30))
+        synth_source(src, videos=4, frames={"full": 300, "quick": 150, "smoke": 60}[level], size=(64, 64), fps=Fraction(30))
         write_dataset(src, out, WriteConfig(max_video_frames=20, shard_bytes=300_000), workers=1)
         with local_s3(out, "ds") as s3:
             for source_name, url, cached in (("local disk", out, False), ("S3 (moto)", s3, False),
@@ -77,11 +77,11 @@ def throughput(quick: bool) -> list[dict]:
     return rows
 
 
-def report(quick: bool) -> dict:
+def report(level: str) -> dict:
     from vidshard.bench.shuffle import require_local_s3
 
     require_local_s3("the random-access bench")
-    return {"throughput": throughput(quick)}
+    return {"throughput": throughput(level)}
 
 
 def markdown(result: dict) -> list[str]:
@@ -95,4 +95,4 @@ def markdown(result: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(markdown(report(quick="--quick" in sys.argv))))
+    print("\n".join(markdown(report("quick" if "--quick" in sys.argv else "full"))))

@@ -293,7 +293,7 @@ def _items_per_s(make: Callable[[], object], epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def throughput(quick: bool) -> list[dict]:
+def throughput(level: str) -> list[dict]:
     """items/s of one in-process reader per (source, mode, scheme). Each round runs the schemes
     back to back, in alternating order; the figures are medians over rounds, and `vs_shard`
     the median of each round's ratio, so a slower or busier moment of the machine hits both
@@ -305,7 +305,7 @@ def throughput(quick: bool) -> list[dict]:
     from vidshard.synth import synth_source
 
     modes = {"chunk (decode)": dict(load_rgb=True), "keypoints only (reading)": dict(load_rgb=False, load_kpt=True)}
-    epochs, rounds = (2, 2) if quick else (3, 7)
+    epochs, rounds = {"full": (3, 7), "quick": (2, 2), "smoke": (1, 1)}[level]
     rows = []
     with tempfile.TemporaryDirectory(prefix="vidshard-shuffle-") as tmp:
         src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
@@ -316,7 +316,7 @@ def throughput(quick: bool) -> list[dict]:
             sources = [("local disk", out, None), ("S3 (moto), 4 MiB requests", s3, None),
                        ("S3 (moto), 5 KiB requests (scaled)", s3, scaled)]
             for source_name, url, storage in sources:
-                for mode_name, kw in modes.items():
+                for mode_name, kw in list(modes.items())[: 1 if level == "smoke" else None]:
                     def make(block: str, url=url, storage=storage, kw=kw) -> VideoShardDataset:
                         return VideoShardDataset(url, shuffle_buffer=BENCH_BUFFER, shuffle_block=block, storage=storage, **kw)
 
@@ -334,9 +334,9 @@ def throughput(quick: bool) -> list[dict]:
     return rows
 
 
-def report(quick: bool) -> dict:
+def report(level: str) -> dict:
     require_local_s3("the shuffle bench")
-    return {"quality": quality_table(), "resume_planning": resume_planning(), "throughput": throughput(quick)}
+    return {"quality": quality_table(), "resume_planning": resume_planning(), "throughput": throughput(level)}
 
 
 def markdown(result: dict) -> list[str]:
@@ -359,4 +359,4 @@ def markdown(result: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(markdown(report(quick="--quick" in sys.argv))))
+    print("\n".join(markdown(report("quick" if "--quick" in sys.argv else "full"))))
