@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -57,9 +58,15 @@ def cluster(s3_server, tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     use_endpoint(s3_server)
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TMPDIR", "RAY_TMPDIR")}
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TMPDIR", "RAY_TMPDIR", "RAY_AUTH_MODE")}
     os.environ.pop("PYTHONPATH", None)
-    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
+    # The drivers run with an empty HOME (no ~/.ray/auth_token): a token-auth mode leaking in
+    # from the environment (seen once under pytest-xdist) must not reach the cluster or them.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Short: Ray's AF_UNIX socket paths under it must stay under 108 bytes (pytest-xdist's
+    # basetemp adds a popen-gwN level).
+    ray_tmp = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = ray_tmp
     tmpdirs = [str(tmp_path_factory.mktemp(f"node{i}-tmp")) for i in range(2)]
     os.environ["TMPDIR"] = tmpdirs[0]
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node0": 1}, "include_dashboard": False})
@@ -74,6 +81,7 @@ def cluster(s3_server, tmp_path_factory):
     c.tmpdirs = tmpdirs
     yield c
     c.shutdown()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def driver(source: str, url: str, address: str, tmp_path, name: str, wait: bool = True):
@@ -81,7 +89,7 @@ def driver(source: str, url: str, address: str, tmp_path, name: str, wait: bool 
     home, cwd = tmp_path / f"{name}-home", tmp_path / f"{name}-cwd"
     home.mkdir(exist_ok=True)
     cwd.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOME": str(home), "RAY_AUTH_MODE": "disabled"}
     code = f"import sys; sys.path.insert(0, {ROOT!r}); from vidshard.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", code, "write", source, url, *ARGS, "--engine", "ray", "--ray-address", address]
     if not wait:
