@@ -75,7 +75,11 @@ def run_video_task(task: VideoTask) -> VideoResult:
     work = open_store(task.work)
     name = result_name(task.spec.video_id)
     if work.exists(name):  # finished by an earlier attempt or run
-        return VideoResult.from_json(json.loads(work.read(name)))
+        stored = json.loads(work.read(name))
+        # A record without the chunks' segment labels was left by a vidshard from before
+        # index.json listed them: the video is encoded again (the same bytes) to get them.
+        if all("segments" in c for c in stored["chunks"]):
+            return VideoResult.from_json(stored)
     with tempfile.TemporaryDirectory(prefix="vidshard-clips-") as tmp:
         result = _write_samples(task, tmp, work)
     work.write(name, dumps(result.to_json()))
