@@ -50,7 +50,7 @@ def open_source(
     if not (load_rgb or load_kpt):
         raise ValueError("nothing to load: set load_rgb and/or load_kpt")
     storage = storage or StorageOptions()
-    manifest, urls = resolve_source(source, storage)
+    manifest, urls = resolve_source(source, storage, limits)
     check_counts(manifest, limits)
     cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
     views = tuple(views) if views is not None else tuple(manifest.views)

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import random
 import re
 import sys
@@ -56,7 +57,8 @@ class StorageOptions:
     fs_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra fsspec options per protocol
 
 
-_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|sig|token|key)=)[^&\s'\"]+", re.I)
+# sig/token/key only as URL parameters: a SampleError's "[shard=..., key=<sample key>]" is no secret.
+_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|(?<=[?&])(?:sig|token|key))=)[^&\s'\"]+", re.I)
 _USERINFO = re.compile(r"(//)[^/@\s]+@")
 
 
@@ -180,18 +182,32 @@ class RangeReader(io.RawIOBase):
             self.whole.close()
         super().close()
 
-    def _get(self, start: int, end: int | None) -> bytes:
+    def size(self) -> int | None:
+        """The file's size where the storage tells it (an HTTP server may not)."""
+        try:
+            size = self.fs.size(self.path)
+        except Exception:  # noqa: BLE001 (the read that follows retries the same request and reports it)
+            return None
+        return size if isinstance(size, int) else None
+
+    def _get(self, start: int, end: int | None, cap: int | None = None) -> bytes:
         if self.http:
-            return fsspec.asyn.sync(self.fs.loop, _http_get, self.fs, self.path, start, end, redact(self.url))
+            return fsspec.asyn.sync(self.fs.loop, _http_get, self.fs, self.path, start, end, redact(self.url), cap)
+        if end is None and cap is not None:  # object stores know each object's size: ask for no more than cap
+            size = self.fs.size(self.path)
+            end = cap if size is None else min(size, cap)
+            if end == 0:
+                return b""  # no byte range to ask for
         return self.fs.cat_file(self.path, start=start, end=end)
 
-    def _fetch(self, start: int, end: int | None) -> bytes:
-        """Bytes [start, end) (end None: to the end of the file), retrying transient faults."""
+    def _fetch(self, start: int, end: int | None, cap: int | None = None) -> bytes:
+        """Bytes [start, end) (end None: to the end of the file, or at most `cap` bytes),
+        retrying transient faults."""
         got = b""
         wait = self.options.backoff_s
         for attempt in range(self.options.retries + 1):
             try:
-                part = self._get(start + len(got), end)
+                part = self._get(start + len(got), end, cap)
                 if end is not None and len(part) > end - start - len(got):
                     # s3fs/gcsfs return whatever body comes back: a server that ignores Range
                     # sends the object from its first byte, which must not pass for the range.
@@ -218,8 +234,9 @@ class RangeReader(io.RawIOBase):
         raise AssertionError("unreachable")
 
 
-async def _http_get(fs, path: str, start: int, end: int | None, shown: str) -> bytes:
-    """GET bytes [start, end) (end None: the whole file), refusing a server that ignores Range."""
+async def _http_get(fs, path: str, start: int, end: int | None, shown: str, cap: int | None = None) -> bytes:
+    """GET bytes [start, end) (end None: the whole file, or its first `cap` bytes), refusing
+    a server that ignores Range."""
     session = await fs.set_session()
     kwargs = dict(fs.kwargs)
     headers = dict(kwargs.pop("headers", None) or {})
@@ -231,8 +248,16 @@ async def _http_get(fs, path: str, start: int, end: int | None, shown: str) -> b
         if r.status == 416:
             return b""  # the range starts past the end: a short body, reported by the caller
         r.raise_for_status()
-        if end is None:
+        if end is None and cap is None:
             return await r.read()
+        if end is None:
+            body = bytearray()
+            while len(body) < cap:  # a body longer than cap is not read further
+                block = await r.content.read(cap - len(body))
+                if not block:
+                    break
+                body += block
+            return bytes(body)
         if r.status == 200 and start == 0 and r.content_length == end:
             return await r.content.readexactly(end)  # the whole file was asked for: a 200 is the right answer
         if r.status != 206:
@@ -250,13 +275,26 @@ async def _http_get(fs, path: str, start: int, end: int | None, shown: str) -> b
             return exc.partial  # cut short: the caller retries from the first missing byte
 
 
-def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None) -> bytes:
-    """A whole (small) file, e.g. index.json, with the same retries."""
+def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, max_bytes: int | None = None) -> bytes:
+    """A whole (small) file, e.g. index.json, with the same retries. With `max_bytes`, a
+    larger file is refused (ValueError naming it, its size and the limit) by its size where
+    the storage tells it, before reading; in any case at most max_bytes + 1 bytes are read."""
     if "://" not in url or url.startswith("file://"):
         with open(url.removeprefix("file://"), "rb") as f:
-            return f.read()
-    reader = RangeReader(url, 0, 0, options, stats if stats is not None else Counter())
-    return reader._fetch(0, None)
+            if max_bytes is None:
+                return f.read()
+            size = os.fstat(f.fileno()).st_size  # 0 for a pipe or /dev/zero: the bounded read decides
+            data = b"" if size > max_bytes else f.read(max_bytes + 1)
+    else:
+        reader = RangeReader(url, 0, 0, options, stats if stats is not None else Counter())
+        if max_bytes is None:
+            return reader._fetch(0, None)
+        size = reader.size() or 0
+        data = b"" if size > max_bytes else reader._fetch(0, None, cap=max_bytes + 1)
+    if size > max_bytes or len(data) > max_bytes:
+        held = f"{size} bytes" if size > max_bytes else f"more than {max_bytes} bytes"
+        raise ValueError(f"{redact(url)}: {held}, over the limit of {max_bytes} bytes")
+    return data
 
 
 def download(url: str, size: int, dst: io.BufferedWriter, options: StorageOptions, stats: Counter) -> str:

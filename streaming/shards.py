@@ -24,7 +24,8 @@ def _join(base: str, name: str) -> str:
     return posixpath.join(base, name) if base else name
 
 
-def resolve_source(source: str | Sequence[str], storage: StorageOptions = StorageOptions()) -> tuple[Manifest, list[str]]:
+def resolve_source(source: str | Sequence[str], storage: StorageOptions = StorageOptions(),
+                   limits: Limits = Limits()) -> tuple[Manifest, list[str]]:
     """(manifest, absolute shard URLs) for an OUTPUT dir, its index.json, or shard URLs.
 
     Shard URLs (a list or a brace pattern) select a subset of the shards listed by the
@@ -32,7 +33,7 @@ def resolve_source(source: str | Sequence[str], storage: StorageOptions = Storag
     """
     if isinstance(source, str) and "{" not in source and not source.endswith(".tar"):
         index_url = source if source.endswith(".json") else _join(source.rstrip("/"), INDEX_NAME)
-        manifest = load_manifest(index_url, storage)
+        manifest = load_manifest(index_url, storage, limits.max_index_bytes)
         base = posixpath.dirname(index_url)
         return manifest, [_join(base, s.url) for s in manifest.shards]
     urls = [u for pattern in ([source] if isinstance(source, str) else source) for u in braceexpand.braceexpand(pattern)]
@@ -41,7 +42,7 @@ def resolve_source(source: str | Sequence[str], storage: StorageOptions = Storag
     base = posixpath.dirname(urls[0])
     if any(posixpath.dirname(u) != base for u in urls):
         raise ValueError("shard URLs must share one folder (with its index.json)")
-    manifest = load_manifest(_join(base, INDEX_NAME), storage)
+    manifest = load_manifest(_join(base, INDEX_NAME), storage, limits.max_index_bytes)
     by_name = {s.url: s for s in manifest.shards}
     missing = [u for u in urls if posixpath.basename(u) not in by_name]
     if missing:
@@ -50,11 +51,16 @@ def resolve_source(source: str | Sequence[str], storage: StorageOptions = Storag
     return dataclasses.replace(manifest, shards=shards), urls
 
 
-def load_manifest(url: str, storage: StorageOptions = StorageOptions()) -> Manifest:
+def load_manifest(url: str, storage: StorageOptions = StorageOptions(), max_bytes: int = Limits().max_index_bytes) -> Manifest:
+    """index.json, refused (ValueError) when it holds more than `max_bytes` before it is read whole."""
     try:
-        raw = json.loads(read_bytes(url, storage))
+        data = read_bytes(url, storage, max_bytes=max_bytes)
     except FileNotFoundError:
         raise FileNotFoundError(f"{redact(url)}: no such index.json (write the dataset with `vidshard write`)") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc} (streaming.tario.Limits.max_index_bytes)") from None
+    try:
+        raw = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"{redact(url)}: not valid JSON ({exc})") from None
     try:
@@ -64,12 +70,13 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions()) -> Manif
 
 
 def read_run(stream, url: str, entries: Sequence[SampleEntry], want=lambda suffix: True,
-             limits: Limits = Limits()) -> Iterator[dict]:
+             limits: Limits = Limits(), limit=lambda suffix: None) -> Iterator[dict]:
     """The samples `entries` (consecutive in their shard), in order, from a stream positioned
     at the first one's header (open_range); each is parsed from exactly its own byte range.
-    Only members `want` accepts are read; the first bad sample raises its ShardFormatError."""
+    Only members `want` accepts are read, each bounded by `limit(suffix)` where it gives one
+    (tario.check_member); the first bad sample raises its ShardFormatError."""
     with stream:
         for entry in entries:
             span = Span(stream, entry.size, url)
-            yield read_sample(span, url, entry.key, limits, want)
+            yield read_sample(span, url, entry.key, limits, want, limit)
             span.drain()

@@ -47,6 +47,9 @@ class Limits:
     max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
     max_segments: int = 100_000  # timeline segments of one chunk
     max_epoch_items: int = 100_000_000  # items of one epoch (index.json's counts): each is several int64s in every worker's plan
+    # index.json, read whole before parsing: it takes about 220 bytes per sample, so 1 GiB
+    # lists about 4.5M samples; parsed, JSON takes many times its bytes in Python objects.
+    max_index_bytes: int = 1024**3
 
 
 def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:

@@ -7,6 +7,7 @@ import logging
 import sys
 from fractions import Fraction
 
+from streaming.errors import SampleError
 from streaming.units import parse_bytes
 
 from shardwriter.encode import EncodeSettings
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     av.logging.set_level(av.logging.VERBOSE if args.verbose else None)
     try:
         return args.func(args)
-    except (WriterError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (WriterError, SampleError, ValueError, KeyError, FileNotFoundError) as exc:  # SampleError: a bad shard (`show`)
         from streaming.remote import redact
 
         print(f"vidshard {args.command}: error: {redact(str(exc))}", file=sys.stderr)  # messages name URLs

@@ -117,6 +117,42 @@ def test_random_sample_and_missing_key(small_dataset, tmp_path, capsys):
     assert "no sample 'nope_00000'" in capsys.readouterr().err
 
 
+def show_cli(path: str, out: str, key: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["show", path, "--key", key, "--out", out])
+    return code, err.getvalue()
+
+
+def test_show_refuses_hostile_keypoints_naming_shard_and_key(small_dataset, tmp_path):
+    """`vidshard show` reads keypoint archives as the reader does: a 200-byte header declaring
+    10**12 entries (np.load allocates it), entries declaring 1 GiB uncompressed, and a 3 MB
+    deflate bomb of 1 GiB per entry (refused from its tar header: more bytes than index.json's
+    schema allows) end in exit code 2 and a message naming shard, key and member, in a child
+    capped at 1 GiB, without a MemoryError."""
+    import shutil
+
+    from ..streaming.hostile_shards import change_first, deflate_bomb, npz_declaring_huge_shape, replace, zip_declaring_1gib
+    from ..streaming.sandbox import isolated
+
+    for name, hostile, reason in (("header", npz_declaring_huge_shape, r"declares shape \(1000000000000,\)"),
+                                  ("declared", zip_declaring_1gib, "declares 1073741824 bytes uncompressed"),
+                                  ("bomb", deflate_bomb, r"member declares \d+ bytes, over the limit of \d+")):
+        copy = str(tmp_path / name)
+        shutil.copytree(small_dataset, copy)
+        key = change_first(copy, replace("front.kpt.npz", hostile))
+        outcome = isolated(show_cli, copy, str(tmp_path / f"{name}.png"), key, timeout=60)
+        assert outcome.kind == "ok", outcome
+        code, err = outcome.value
+        assert code == 2 and err.startswith("vidshard show: error: "), err
+        assert re.search(reason, err) and "shard-000000.tar" in err and f"key={key}" in err and "front.kpt.npz" in err, err
+        assert "MemoryError" not in err and not os.path.exists(tmp_path / f"{name}.png")
+        assert outcome.peak_rss < 1 << 30
+
+
 def verify_problems(path: str) -> list[str]:
     from vidshard.tools.verify import verify
 

@@ -181,3 +181,50 @@ def test_pickle_payload_is_never_executed(copy, tmp_path, ext):
     assert main(["verify", copy, "--decode"]) == 0  # extra members are ignored, never decoded
     assert main(["inspect", copy]) == 0 and main(["ls", copy]) == 0
     assert not marker.exists()
+
+
+def test_index_json_over_the_limit_is_refused_before_it_is_read(copy):
+    """index.json is read whole before it is parsed: one larger than Limits.max_index_bytes
+    is refused by its size, naming the file, its size and the limit, in both datasets."""
+    from streaming import VideoShardMapDataset
+
+    index = os.path.join(copy, "index.json")
+    size = os.path.getsize(index)
+    for cls in (VideoShardDataset, VideoShardMapDataset):
+        with pytest.raises(ValueError, match=rf"{index}: {size} bytes, over the limit of {size - 1} bytes .*max_index_bytes"):
+            cls(copy, sample="chunk", limits=Limits(max_index_bytes=size - 1))
+        assert len(cls(copy, sample="chunk", limits=Limits(max_index_bytes=size))) > 0
+
+
+def _open_endless_index(path: str) -> str:
+    try:
+        VideoShardDataset(path, sample="chunk", limits=Limits(max_index_bytes=1 << 20))
+    except ValueError as exc:
+        return str(exc)
+    return "loaded"
+
+
+def test_index_json_without_a_size_is_read_with_a_bound(tmp_path):
+    """A file whose size the system does not give (here /dev/zero: st_size 0, endless) is
+    read to at most the limit + 1 bytes, then refused; unbounded, it would fill the memory
+    of the (1 GiB capped) child."""
+    from .sandbox import isolated
+
+    os.symlink("/dev/zero", tmp_path / "index.json")
+    outcome = isolated(_open_endless_index, str(tmp_path), timeout=30)
+    assert outcome.kind == "ok", outcome
+    assert outcome.value == f"{tmp_path}/index.json: more than {1 << 20} bytes, over the limit of {1 << 20} bytes " \
+                            "(streaming.tario.Limits.max_index_bytes)"
+
+
+def test_redact_strips_url_secrets_but_keeps_sample_keys():
+    """The CLI redacts every error message: a SampleError's `key=<sample key>` stays readable."""
+    from streaming.errors import KeypointError
+    from streaming.remote import redact
+
+    err = str(KeypointError("bad", shard="s3://b/shard-000000.tar", key="session_000_00001", view="front"))
+    assert redact(err) == err and "key=session_000_00001" in err
+    assert redact("https://u:pw@h/x.tar?key=S1&sig=S2&token=S3&X-Amz-Signature=S4") == \
+        "https://***@h/x.tar?key=***&sig=***&token=***&X-Amz-Signature=***"
+    header = redact("AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=abc123")
+    assert "AKIA" not in header and "abc123" not in header

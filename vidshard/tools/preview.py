@@ -16,9 +16,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from streaming.decode import ClipDecoder
-from streaming.format import META, TIMELINE, clip_suffix, kpt_suffix
+from streaming.errors import ShardFormatError
+from streaming.format import KPT_EXT, META, TIMELINE, Manifest, SampleEntry, clip_suffix, kpt_suffix
 from streaming.items import parse_json
+from streaming.npz import npz_bound, read_keypoints
 from streaming.sampling import uniform
+from streaming.tario import Limits
 
 PAD, LEFT, STAMP_H, BAR_H, BAR_LABEL_H, MIN_TILE_H = 6, 64, 14, 16, 14, 96
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -50,11 +53,15 @@ def layout(columns: int, sizes: list[tuple[int, int]]) -> Layout:
     return Layout(size=size, scale=scale, tiles=tiles, column=column, bar_y=rows_h)
 
 
-def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6, keypoints: bool = True) -> Image.Image:
+def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEntry, columns: int = 6, keypoints: bool = True,
+                  limits: Limits = Limits()) -> Image.Image:
     meta = parse_json(sample, META, shard)
     segments = parse_json(sample, TIMELINE, shard)["segments"]
     views = meta["views"]
     length = meta["end_frame"] - meta["start_frame"]
+    if length != entry.nframes:  # the keypoint arrays are sized by index.json's count
+        raise ShardFormatError(f"meta.json gives {length} frames, index.json says {entry.nframes}", shard=shard, key=entry.key,
+                               member=f"{entry.key}.{META}")
     frames = np.unique(uniform(0, length, min(columns, length)))
     sizes = [(meta["view_sizes"][view]["width"], meta["view_sizes"][view]["height"]) for view in views]
     lay = layout(len(frames), sizes)
@@ -66,7 +73,7 @@ def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6,
         draw.text((PAD, lay.box(v, 0)[1] + lay.tiles[v][1] // 2 - 6), view, fill=(0, 0, 0), font=font)
         pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
         decoder.decode(sample[clip_suffix(view)], frames, Fraction(meta["fps_rational"]), meta["gop"], (h, w), pixels)
-        points = _points(sample.get(kpt_suffix(view)), frames) if keypoints else None
+        points = _points(sample.get(kpt_suffix(view)), frames, manifest.keypoints, entry, limits, shard, view) if keypoints else None
         for c, frame in enumerate(frames.tolist()):
             x0, y0, x1, y1 = lay.box(v, c)
             tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tiles[v], Image.NEAREST)
@@ -76,21 +83,21 @@ def contact_sheet(sample: dict, shard: str, labels: list[str], columns: int = 6,
                     cx, cy = x0 + px * lay.scale, y0 + py * lay.scale
                     draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(255, 40, 40))
             draw.text((x0, y1 + 1), f"f={meta['start_frame'] + frame}", fill=(0, 0, 0), font=font)
-    _timeline(draw, font, lay, segments, length, labels, frames)
+    _timeline(draw, font, lay, segments, length, manifest.labels, frames)
     return sheet
 
 
-def _points(data: bytes | None, frames: np.ndarray) -> list[np.ndarray] | None:
-    """Per shown frame, the (x, y) points of every 2D keypoint array present on that frame."""
+def _points(data: bytes | None, frames: np.ndarray, schema: dict, entry: SampleEntry, limits: Limits, shard: str,
+            view: str) -> list[np.ndarray] | None:
+    """Per shown frame, the (x, y) points of every 2D keypoint array present on that frame.
+    The archive is untrusted: read as the reader reads it (streaming/npz.py), every declared
+    size checked against index.json's schema before numpy allocates (KeypointError otherwise)."""
     if data is None:
         return None
-    import io
-
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        mask = npz["mask"][frames]
-        arrays = [npz[n][frames] for n in npz.files if n != "mask" and npz[n].ndim >= 2 and npz[n].shape[-1] == 2
-                  and npz[n].dtype.kind == "f"]
-    return [np.concatenate([a[i].reshape(-1, 2) for a in arrays]) if arrays and mask[i] else np.zeros((0, 2))
+    arrays, mask = read_keypoints(data, schema, entry.nframes, frames, max_bytes=limits.max_member_bytes, shard=shard,
+                                  key=entry.key, view=view)
+    points = [a for a in arrays.values() if a.ndim >= 2 and a.shape[-1] == 2 and a.dtype.kind == "f"]  # (frames, ..., 2)
+    return [np.concatenate([a[i].reshape(-1, 2) for a in points]) if points and mask[i] else np.zeros((0, 2))
             for i in range(len(frames))]
 
 
@@ -118,14 +125,16 @@ def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels
     draw.text((PAD, y0 + 2), "timeline", fill=(0, 0, 0), font=font)
 
 
-def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
-    """(sample, shard url, label vocabulary) for `key`, or a random sample when key is None."""
+def load_sample(source: str, key: str | None, limits: Limits = Limits()) -> tuple[dict, str, Manifest, SampleEntry]:
+    """(sample, shard url, manifest, index.json entry) for `key`, or a random sample when key
+    is None. Members are read with the reader's bounds: a kpt.npz no larger than index.json's
+    schema allows for the sample's frames."""
     from collections import Counter
 
     from streaming.remote import StorageOptions, open_range
     from streaming.shards import read_run, resolve_source
 
-    manifest, urls = resolve_source(source)
+    manifest, urls = resolve_source(source, limits=limits)
     entries = [(url, s) for url, shard in zip(urls, manifest.shards) for s in shard.samples]
     if key is None:
         url, entry = entries[int(np.random.default_rng().integers(len(entries)))]
@@ -134,12 +143,17 @@ def load_sample(source: str, key: str | None) -> tuple[dict, str, list[str]]:
         if not found:
             raise KeyError(f"no sample {key!r} in {source}")
         url, entry = found[0]
+    schema = manifest.keypoints
+
+    def member_limit(suffix: str) -> int | None:
+        return min(npz_bound(schema, entry.nframes), limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
+
     stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
-    sample = next(read_run(stream, url, [entry]))
-    return sample, url, manifest.labels
+    sample = next(read_run(stream, url, [entry], limits=limits, limit=member_limit))
+    return sample, url, manifest, entry
 
 
-def show(source: str, key: str | None, out: str, columns: int = 6, keypoints: bool = True) -> str:
-    sample, url, labels = load_sample(source, key)
-    contact_sheet(sample, url, labels, columns=columns, keypoints=keypoints).save(out)
+def show(source: str, key: str | None, out: str, columns: int = 6, keypoints: bool = True, limits: Limits = Limits()) -> str:
+    sample, url, manifest, entry = load_sample(source, key, limits)
+    contact_sheet(sample, url, manifest, entry, columns=columns, keypoints=keypoints, limits=limits).save(out)
     return sample["__key__"]
