@@ -58,7 +58,10 @@ class StorageOptions:
 
 
 # sig/token/key only as URL parameters: a SampleError's "[shard=..., key=<sample key>]" is no secret.
-_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|(?<=[?&])(?:sig|token|key))=)[^&\s'\"]+", re.I)
+# A bare `key=` is a sample key in our typed errors (kept); as a URL parameter, or with a
+# prefix (secret_key=, access_key=, api-key=), it is a secret, as are tokens and passwords.
+_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|(?<=[?&])(?:sig|key)|"
+                      r"[A-Za-z]+[_-]key|[A-Za-z_-]*(?:token|password|passwd|secret))=)[^&\s'\"]+", re.I)
 _USERINFO = re.compile(r"(//)[^/@\s]+@")
 
 

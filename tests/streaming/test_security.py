@@ -226,5 +226,7 @@ def test_redact_strips_url_secrets_but_keeps_sample_keys():
     assert redact(err) == err and "key=session_000_00001" in err
     assert redact("https://u:pw@h/x.tar?key=S1&sig=S2&token=S3&X-Amz-Signature=S4") == \
         "https://***@h/x.tar?key=***&sig=***&token=***&X-Amz-Signature=***"
+    loose = redact("aws_secret_access_key=S5 secret_key=S6 api-key=S7 session_token=S8 password=S9 token=S10")
+    assert not any(f"S{i}" in loose for i in range(5, 11)), loose
     header = redact("AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=abc123")
     assert "AKIA" not in header and "abc123" not in header
