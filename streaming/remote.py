@@ -60,8 +60,8 @@ class StorageOptions:
 # sig/token/key only as URL parameters: a SampleError's "[shard=..., key=<sample key>]" is no secret.
 # A bare `key=` is a sample key in our typed errors (kept); as a URL parameter, or with a
 # prefix (secret_key=, access_key=, api-key=), it is a secret, as are tokens and passwords.
-_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|(?<=[?&])(?:sig|key)|"
-                      r"[A-Za-z]+[_-]key|[A-Za-z_-]*(?:token|password|passwd|secret))=)[^&\s'\"]+", re.I)
+_SECRETS = re.compile(r"((?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|Credential|Expires|sig|(?<=[?&;])key|"
+                      r"[A-Za-z]+[_-]?key|[A-Za-z_-]*(?:token|password|passwd|secret))=)[^&;\s'\"]+", re.I)
 _USERINFO = re.compile(r"(//)[^/@\s]+@")
 
 
@@ -278,6 +278,19 @@ async def _http_get(fs, path: str, start: int, end: int | None, shown: str, cap:
             return exc.partial  # cut short: the caller retries from the first missing byte
 
 
+class TooLargeError(ValueError):
+    """A file over the byte limit its reader was given (read_bytes' max_bytes)."""
+
+
+def _read_at_most(f, n: int) -> bytes:
+    """Up to n bytes, in pieces: f.read(n) reserves all n bytes first (1 GiB for a 2 KB index.json)."""
+    pieces, got = [], 0
+    while got < n and (piece := f.read(min(1 << 20, n - got))):
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
 def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, max_bytes: int | None = None) -> bytes:
     """A whole (small) file, e.g. index.json, with the same retries. With `max_bytes`, a
     larger file is refused (ValueError naming it, its size and the limit) by its size where
@@ -287,7 +300,7 @@ def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, 
             if max_bytes is None:
                 return f.read()
             size = os.fstat(f.fileno()).st_size  # 0 for a pipe or /dev/zero: the bounded read decides
-            data = b"" if size > max_bytes else f.read(max_bytes + 1)
+            data = b"" if size > max_bytes else _read_at_most(f, max_bytes + 1)
     else:
         reader = RangeReader(url, 0, 0, options, stats if stats is not None else Counter())
         if max_bytes is None:
@@ -296,7 +309,7 @@ def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, 
         data = b"" if size > max_bytes else reader._fetch(0, None, cap=max_bytes + 1)
     if size > max_bytes or len(data) > max_bytes:
         held = f"{size} bytes" if size > max_bytes else f"more than {max_bytes} bytes"
-        raise ValueError(f"{redact(url)}: {held}, over the limit of {max_bytes} bytes")
+        raise TooLargeError(f"{redact(url)}: {held}, over the limit of {max_bytes} bytes")
     return data
 
 

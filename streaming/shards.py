@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import braceexpand
 
 from .format import INDEX_NAME, Manifest, SampleEntry
-from .remote import StorageOptions, read_bytes, redact
+from .remote import StorageOptions, TooLargeError, read_bytes, redact
 from .tario import Limits, Span, read_sample
 
 
@@ -57,7 +57,7 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions(), max_byte
         data = read_bytes(url, storage, max_bytes=max_bytes)
     except FileNotFoundError:
         raise FileNotFoundError(f"{redact(url)}: no such index.json (write the dataset with `vidshard write`)") from None
-    except ValueError as exc:
+    except TooLargeError as exc:
         raise ValueError(f"{exc} (streaming.tario.Limits.max_index_bytes)") from None
     try:
         raw = json.loads(data)

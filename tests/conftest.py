@@ -8,11 +8,17 @@ import logging
 import os
 
 import pytest
+from hypothesis import settings
 
 from vidshard.synth import synth_source
 
 from .helpers import VIEWS, write
 from .servers import SECRET, free_port
+
+# `make test` runs two xdist workers on two cores: an example of a pure planner may take
+# longer than hypothesis' 200 ms deadline without being slow. The examples' count stays.
+settings.register_profile("vidshard", deadline=None)
+settings.load_profile("vidshard")
 
 
 @pytest.fixture(scope="session")

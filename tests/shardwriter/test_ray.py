@@ -22,10 +22,18 @@ from .test_writer_resume import digests  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray():
+    # A local ray.init() turns token auth on for the rest of the process (RAY_AUTH_MODE=token,
+    # a token written to ~/.ray): kept off, so no later test in this worker inherits it.
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     # Tests run wrappers from this package on the workers: ship it with the writer's code.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env([tests]))
     yield
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
 
 
 @pytest.fixture(scope="module")

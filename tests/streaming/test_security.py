@@ -183,6 +183,21 @@ def test_pickle_payload_is_never_executed(copy, tmp_path, ext):
     assert not marker.exists()
 
 
+def _read_index(path: str) -> int:
+    from streaming.remote import StorageOptions, read_bytes
+
+    return len(read_bytes(path, StorageOptions(), max_bytes=1 << 30))
+
+
+def test_a_small_index_json_is_read_without_reserving_the_limit(copy):
+    """The bound is on what is read, not what is reserved: f.read(limit + 1) asked for 1 GiB of
+    address space for every index.json (a MemoryError under `ulimit -v` or in this sandbox)."""
+    from .sandbox import isolated
+
+    outcome = isolated(_read_index, os.path.join(copy, "index.json"), memory=64 << 20)
+    assert outcome.kind == "ok" and outcome.value == os.path.getsize(os.path.join(copy, "index.json")), outcome
+
+
 def test_index_json_over_the_limit_is_refused_before_it_is_read(copy):
     """index.json is read whole before it is parsed: one larger than Limits.max_index_bytes
     is refused by its size, naming the file, its size and the limit, in both datasets."""
@@ -226,7 +241,9 @@ def test_redact_strips_url_secrets_but_keeps_sample_keys():
     assert redact(err) == err and "key=session_000_00001" in err
     assert redact("https://u:pw@h/x.tar?key=S1&sig=S2&token=S3&X-Amz-Signature=S4") == \
         "https://***@h/x.tar?key=***&sig=***&token=***&X-Amz-Signature=***"
-    loose = redact("aws_secret_access_key=S5 secret_key=S6 api-key=S7 session_token=S8 password=S9 token=S10")
-    assert not any(f"S{i}" in loose for i in range(5, 11)), loose
+    loose = redact("aws_secret_access_key=S5 secret_key=S6 api-key=S7 session_token=S8 password=S9 token=S10 "
+                   "https://h/x?apiKey=S11&SecretKey=S12 DefaultEndpointsProtocol=https;AccountName=a;AccountKey=S13; "
+                   "https://h/x;key=S14 sig=S15")
+    assert not any(f"S{i}" in loose for i in range(5, 16)), loose
     header = redact("AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=abc123")
     assert "AKIA" not in header and "abc123" not in header
