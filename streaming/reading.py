@@ -21,7 +21,8 @@ from .cache import ShardCache
 from .errors import SampleError, ShardReadError, StorageError
 from .format import Manifest, SampleEntry
 from .norange import WholeGetReader
-from .remote import StorageOptions, download, open_range, redact
+from .remote import StorageOptions, open_range, redact
+from .wholefile import download
 from .tario import Limits, Span, read_sample
 
 log = logging.getLogger("vidshard.streaming")

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import braceexpand
 
 from .format import INDEX_NAME, Manifest, SampleEntry
-from .remote import StorageOptions, TooLargeError, read_bytes, redact
+from .remote import StorageOptions, redact
+from .wholefile import TooLargeError, read_bytes
 from .tario import Limits, Span, read_sample
 
 

@@ -184,7 +184,8 @@ def test_pickle_payload_is_never_executed(copy, tmp_path, ext):
 
 
 def _read_index(path: str) -> int:
-    from streaming.remote import StorageOptions, read_bytes
+    from streaming.remote import StorageOptions
+    from streaming.wholefile import read_bytes
 
     return len(read_bytes(path, StorageOptions(), max_bytes=1 << 30))
 

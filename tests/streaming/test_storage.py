@@ -252,7 +252,7 @@ def test_a_whole_download_longer_than_index_json_never_outgrows_its_reservation(
     partial file never holds more than the size reserved for it."""
     import io
 
-    from streaming.remote import download
+    from streaming.wholefile import download
 
     class Tracking(io.BytesIO):
         peak = 0
