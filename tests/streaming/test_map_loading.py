@@ -170,9 +170,9 @@ def test_random_access_from_s3(map_dataset, s3_server, tmp_path, monkeypatch, ca
     requests = []
     get = RangeReader._get
 
-    def counted(self, start, end):
+    def counted(self, start, end, *rest):
         requests.append((start, end))
-        return get(self, start, end)
+        return get(self, start, end, *rest)
 
     monkeypatch.setattr(RangeReader, "_get", counted)
     kw = dict(sample="segment", num_frames=3)
