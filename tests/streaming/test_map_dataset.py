@@ -23,6 +23,19 @@ from .conftest import MAP_TIMELINES, MAP_VIEWS
 MODES = {"chunk": {}, "segment": {"num_frames": 5}, "clip": {"num_frames": 4, "stride": 3}}
 
 
+def spoil_clip(ds, i: int, view: str) -> tuple[str, str]:
+    """Overwrite item i's clip of `view` in its shard with garbage of the same size: (shard, key)."""
+    import tarfile
+
+    shard, key, _ = ds.locate(i)
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name == f"{key}.{view}.mp4")
+    with open(shard, "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(b"\xff" * member.size)
+    return shard, key
+
+
 def check_pixels(item, views=MAP_VIEWS):
     video, frames = item["video"], item["frame_index"].tolist()
     assert video.shape[:2] == (len(views), len(frames))
@@ -212,17 +225,10 @@ def test_timeline_disagreeing_with_index_json_is_a_format_error(map_dataset, tmp
 
 
 def test_a_bad_sample_raises_naming_it_and_spares_the_others(map_dataset, tmp_path):
-    import tarfile
-
     broken = str(tmp_path / "broken")
     shutil.copytree(map_dataset, broken)
     ds = VideoShardMapDataset(broken)
-    shard, key, _ = ds.locate(1)
-    with tarfile.open(shard) as tar:
-        member = next(m for m in tar if m.name == f"{key}.left.mp4")
-    with open(shard, "r+b") as f:
-        f.seek(member.offset_data)
-        f.write(b"\xff" * member.size)
+    shard, key = spoil_clip(ds, 1, "left")
     with pytest.raises(DecodeError) as info:
         ds[1]
     assert (info.value.key, info.value.view, info.value.shard) == (key, "left", shard)

@@ -10,7 +10,6 @@ import os
 import pickle
 import shutil
 import signal
-import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,16 @@ from streaming.errors import DecodeError
 from streaming.remote import RangeReader
 
 from ..servers import upload, use_endpoint
-from .test_map_dataset import check_pixels, identity, same_item
+from .test_map_dataset import check_pixels, identity, same_item, spoil_clip
+
+
+def drain(loader) -> tuple[list[tuple], dict]:
+    """(key, segment_id) of every item a loader yields, and its first batch."""
+    seen, first = [], None
+    for batch in loader:
+        seen += [(m["key"], m["segment_id"]) for m in batch["meta"]]
+        first = first or batch
+    return seen, first
 
 
 def every_item(ds) -> list[tuple]:
@@ -62,10 +70,7 @@ def test_shuffled_loader_with_workers_and_distributed_sampler_cover_every_item(m
     ds[0]  # decoded in the main process first (a notebook does): the forked workers must not hang on its decoder
     loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate, timeout=30,
                         generator=torch.Generator().manual_seed(3))
-    seen, first = [], None
-    for batch in loader:
-        seen += [(m["key"], m["segment_id"]) for m in batch["meta"]]
-        first = first or batch
+    seen, first = drain(loader)
     assert sorted(seen) == every_item(ds)
     check_pixels({"video": first["video"][0], "frame_index": first["frame_index"][0], "meta": first["meta"][0]}, views=("left",))
     ranks = []
@@ -209,10 +214,7 @@ def test_random_access_from_s3_in_forked_workers(map_dataset, s3_server):
     ds[0]
     loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=collate, timeout=60,
                         generator=torch.Generator().manual_seed(5))
-    seen, first = [], None
-    for batch in loader:
-        seen += [(m["key"], m["segment_id"]) for m in batch["meta"]]
-        first = first or batch
+    seen, first = drain(loader)
     assert sorted(seen) == every_item(VideoShardMapDataset(map_dataset, **kw))
     check_pixels({"video": first["video"][0], "frame_index": first["frame_index"][0], "meta": first["meta"][0]}, views=("left",))
 
@@ -221,12 +223,7 @@ def test_a_bad_sample_in_a_worker_reaches_the_main_process_typed_and_named(map_d
     broken = str(tmp_path / "broken")
     shutil.copytree(map_dataset, broken)
     ds = VideoShardMapDataset(broken, views=("left",))
-    shard, key, _ = ds.locate(2)
-    with tarfile.open(shard) as tar:
-        member = next(m for m in tar if m.name == f"{key}.left.mp4")
-    with open(shard, "r+b") as f:
-        f.seek(member.offset_data)
-        f.write(b"\xff" * member.size)
+    shard, key = spoil_clip(ds, 2, "left")
     loader = DataLoader(ds, batch_size=1, sampler=[0, 2], num_workers=1, collate_fn=collate, timeout=60)
     with pytest.raises(DecodeError) as info:  # torch rebuilds the worker's error from its message: the type stays
         list(loader)

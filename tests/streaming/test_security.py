@@ -16,9 +16,11 @@ import pytest
 from vidshard.cli import main
 from streaming import VideoShardDataset
 from streaming.errors import DecodeError, KeypointError, ShardFormatError
+from streaming.remote import StorageOptions
 from streaming.tario import Limits, iter_samples
 
 from ..helpers import members_of, rebuild_shard
+from ..servers import upload, use_endpoint
 
 
 @pytest.fixture
@@ -248,3 +250,28 @@ def test_redact_strips_url_secrets_but_keeps_sample_keys():
     assert not any(f"S{i}" in loose for i in range(5, 16)), loose
     header = redact("AWS4-HMAC-SHA256 Credential=AKIA/x, SignedHeaders=host, Signature=abc123")
     assert "AKIA" not in header and "abc123" not in header
+
+
+_FAST = StorageOptions(block_bytes=16 * 1024, backoff_s=0.01, max_backoff_s=0.05, retries=30, timeout_s=1)
+
+
+def test_s3_index_json_over_the_limit_is_refused(small_dataset, s3_server, monkeypatch):
+    """index.json over Limits.max_index_bytes on S3: refused by the object's size before it
+    is read; where the size is not known first, by reading at most the limit + 1 bytes."""
+    from streaming.remote import RangeReader
+    from streaming.tario import Limits
+
+    upload(small_dataset, "bigindex", s3_server)
+    use_endpoint(s3_server)
+    size = os.path.getsize(os.path.join(small_dataset, "index.json"))
+    url = "s3://vidshard/bigindex/index.json"
+    with pytest.raises(ValueError, match=rf"{url}: {size} bytes, over the limit of {size - 1} bytes"):
+        VideoShardDataset("s3://vidshard/bigindex/", storage=_FAST, limits=Limits(max_index_bytes=size - 1))
+    assert len(VideoShardDataset("s3://vidshard/bigindex/", storage=_FAST, limits=Limits(max_index_bytes=size))) > 0
+    monkeypatch.setattr(RangeReader, "size", lambda self: None)
+    got, get = [], RangeReader._get
+    monkeypatch.setattr(RangeReader, "_get", lambda self, *args: got.append(get(self, *args)) or got[-1])
+    with pytest.raises(ValueError, match=rf"{url}: more than {size - 101} bytes, over the limit of {size - 101} bytes"):
+        VideoShardDataset("s3://vidshard/bigindex/", storage=_FAST, limits=Limits(max_index_bytes=size - 101))
+    assert [len(b) for b in got] == [size - 100]  # the limit + 1 bytes, never the whole file
+    assert len(VideoShardDataset("s3://vidshard/bigindex/", storage=_FAST, limits=Limits(max_index_bytes=size))) > 0

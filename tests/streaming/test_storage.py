@@ -387,25 +387,3 @@ def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
     for key in lost:
         assert any(key in r.getMessage() and "shard-000001.tar" in r.getMessage() for r in caplog.records), key
     assert any("not read: an earlier sample of its run failed" in r.getMessage() for r in caplog.records)
-
-
-def test_s3_index_json_over_the_limit_is_refused(small_dataset, s3_server, monkeypatch):
-    """index.json over Limits.max_index_bytes on S3: refused by the object's size before it
-    is read; where the size is not known first, by reading at most the limit + 1 bytes."""
-    from streaming.remote import RangeReader
-    from streaming.tario import Limits
-
-    upload(small_dataset, "bigindex", s3_server)
-    use_endpoint(s3_server)
-    size = os.path.getsize(os.path.join(small_dataset, "index.json"))
-    url = "s3://vidshard/bigindex/index.json"
-    with pytest.raises(ValueError, match=rf"{url}: {size} bytes, over the limit of {size - 1} bytes"):
-        VideoShardDataset("s3://vidshard/bigindex/", storage=FAST, limits=Limits(max_index_bytes=size - 1))
-    assert len(VideoShardDataset("s3://vidshard/bigindex/", storage=FAST, limits=Limits(max_index_bytes=size))) > 0
-    monkeypatch.setattr(RangeReader, "size", lambda self: None)
-    got, get = [], RangeReader._get
-    monkeypatch.setattr(RangeReader, "_get", lambda self, *args: got.append(get(self, *args)) or got[-1])
-    with pytest.raises(ValueError, match=rf"{url}: more than {size - 101} bytes, over the limit of {size - 101} bytes"):
-        VideoShardDataset("s3://vidshard/bigindex/", storage=FAST, limits=Limits(max_index_bytes=size - 101))
-    assert [len(b) for b in got] == [size - 100]  # the limit + 1 bytes, never the whole file
-    assert len(VideoShardDataset("s3://vidshard/bigindex/", storage=FAST, limits=Limits(max_index_bytes=size))) > 0
