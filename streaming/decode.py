@@ -5,10 +5,19 @@ so the keyframe before frame f is f - f % gop: the decoder seeks there whenever 
 frames, decodes forward, converts only the wanted frames to RGB (resizing in the same
 swscale call, with the clip's colour matrix and range) and stops after the last one. No
 float copy, no full-resolution copy when resizing, no frames beyond the last wanted one.
+
+Nothing meta.json says about a clip is believed where the clip can be asked (`Claims`):
+its header must declare the same codec, frame count, size and frame rate before a frame
+is decoded, and every decoded frame must be the one expected: its pts on the frame grid,
+one after the previous frame (a keyframe at f - f % gop after a seek), the declared size
+and pixel format before it is converted. The decoder itself refuses a frame of more pixels
+than the declared size could need (FFmpeg's `max_pixels`), so a stream that switches to
+16000x16000 mid-way never allocates it. Any disagreement is a `ClipMismatch`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import sys
@@ -49,6 +58,31 @@ def rgb_conversion(colorspace: int, color_range: int) -> dict:
     }
 
 
+CLIP_CODEC = "h264"  # what the writer encodes (docs/format.md): anything else is not a vidshard clip
+
+
+class ClipMismatch(ValueError):
+    """A clip whose header or decoded frames disagree with what meta.json says of it."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Claims:
+    """What meta.json (and index.json) say of one view's clip: each is checked against the clip."""
+
+    frames: int  # frames in the clip (end_frame - start_frame)
+    height: int  # stored size (view_sizes)
+    width: int
+    fps: Fraction  # fps_rational: the clip's frame rate, pts = index / fps
+    gop: int  # a keyframe exactly every gop frames, the first included
+
+
+def _max_pixels(claims: Claims) -> int:
+    """FFmpeg's max_pixels for this clip: its frames' pixels with the decoder's padding
+    (linesizes aligned to 64 bytes, heights to macroblock pairs), nothing like a frame of
+    another size. Measured: a 48x32 clip needs 2048."""
+    return (claims.width + 128) * (claims.height + 64)
+
+
 class ClipDecoder:
     """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
 
@@ -80,51 +114,92 @@ class ClipDecoder:
         self._spare = np.empty(shape, dtype=np.uint8)
         return self._spare
 
-    def decode(
-        self, data: bytes, wanted: np.ndarray, fps: Fraction, gop: int, size: tuple[int, int] | None, out: np.ndarray,
-        expect: tuple[int, int, int] | None = None,
-    ) -> None:
+    def decode(self, data: bytes, wanted: np.ndarray, claims: Claims, size: tuple[int, int] | None, out: np.ndarray) -> None:
         """Fill out[i] with frame wanted[i] (strictly increasing) as RGB, resized to size=(H, W).
 
-        `expect` = (frames, height, width) the clip must declare (from meta.json), checked
-        from the container's header before anything is decoded.
+        ClipMismatch when the clip disagrees with `claims`; EOFError when it ends early.
         """
         with av.open(io.BytesIO(data), "r", format="mp4") as container:
-            if not container.streams.video:
-                raise ValueError("no video stream in the clip")
-            stream = container.streams.video[0]
-            if expect is not None:
-                declared = (stream.frames, stream.codec_context.height, stream.codec_context.width)
-                if declared != expect:
-                    raise ValueError(f"clip declares (frames, height, width) = {declared}, meta.json says {expect}")
-            stream.codec_context.thread_count = self.threads
-            ticks_per_frame = 1 / (fps * stream.time_base)  # pts step between frames
-            frames_per_tick = float(fps * stream.time_base)  # exact enough: pts < 2**53
-            height, width = size if size else (stream.codec_context.height, stream.codec_context.width)
+            stream, ticks = self._checked_stream(container, claims)
+            height, width = size if size else (claims.height, claims.width)
             interpolation = Interpolation.AREA if size else None
             # The clip's own matrix and range (meta.json's view_colour says the same), not
             # swscale's guess; without this a full-range or BT.709 clip comes out shifted.
             colour = rgb_conversion(stream.codec_context.colorspace, stream.codec_context.color_range)
             next_frame, frames = -1, None  # index the decoder will produce next
             for i, target in enumerate(wanted.tolist()):
-                keyframe = target - target % gop
+                keyframe = target - target % claims.gop
                 if frames is None or keyframe > next_frame:
-                    container.seek(round(keyframe * ticks_per_frame), stream=stream, backward=True)
-                    frames = container.decode(stream)
+                    container.seek(round(keyframe * ticks), stream=stream, backward=True)
+                    frames, next_frame = container.decode(stream), keyframe
+                    entered = True  # the next frame must be that keyframe
                 while True:
                     frame = next(frames, None)
                     if frame is None:
                         raise EOFError(f"clip ends before frame {target}")
-                    index = round(frame.pts * frames_per_tick)
-                    next_frame = index + 1
-                    if index == target:
+                    self._check_frame(frame, next_frame, ticks, claims, stream, entered)
+                    entered = False
+                    next_frame += 1
+                    if next_frame > target:
                         break
-                    if index > target:
-                        raise EOFError(f"frame {target} missing: decoder jumped to {index}")
                 planar = size is not None and size != (frame.height, frame.width)
                 if not planar:
                     planar = self._unscaled_planar_ok(width, height, interpolation, colour)
                 self._convert(frame, width, height, interpolation, colour, planar, out[i])
+
+    def check(self, data: bytes, claims: Claims) -> int:
+        """Decode every frame of the clip, checking each as `decode` does and every keyframe
+        at its place (`vidshard verify --decode`); the frames decoded."""
+        with av.open(io.BytesIO(data), "r", format="mp4") as container:
+            stream, ticks = self._checked_stream(container, claims)
+            count = 0
+            for frame in container.decode(stream):
+                if count >= claims.frames:
+                    raise ClipMismatch(f"clip decodes to more than the {claims.frames} frames meta.json says")
+                self._check_frame(frame, count, ticks, claims, stream, count % claims.gop == 0)
+                if frame.key_frame and count % claims.gop:
+                    raise ClipMismatch(f"frame {count} is a keyframe; meta.json's gop {claims.gop} puts them at multiples of {claims.gop}")
+                count += 1
+            if count != claims.frames:
+                raise ClipMismatch(f"clip decodes to {count} frames, meta.json says {claims.frames}")
+            return count
+
+    def _checked_stream(self, container, claims: Claims):
+        """(the clip's video stream, pts ticks per frame), after its header agreed with `claims`."""
+        streams = container.streams
+        if len(streams) != 1 or not streams.video:
+            raise ClipMismatch(f"a clip holds exactly one video stream; this one holds "
+                               f"{', '.join(s.type for s in streams) or 'none'}")
+        stream = streams.video[0]
+        context = stream.codec_context
+        declared = (context.name, stream.frames, context.height, context.width, stream.average_rate)
+        said = (CLIP_CODEC, claims.frames, claims.height, claims.width, claims.fps)
+        if declared != said:
+            names = ("codec", "frames", "height", "width", "frame rate")
+            diff = ", ".join(f"{n} {d} (meta.json: {w})" for n, d, w in zip(names, declared, said) if d != w)
+            raise ClipMismatch(f"clip header disagrees with meta.json: {diff}")
+        if stream.time_base is None or stream.start_time not in (0, None):
+            raise ClipMismatch(f"clip starts at pts {stream.start_time} (time base {stream.time_base}), not 0")
+        ticks = 1 / (claims.fps * stream.time_base)  # pts step between frames
+        if ticks < 1:
+            raise ClipMismatch(f"clip time base {stream.time_base} is coarser than its frame rate {claims.fps}")
+        context.thread_count = self.threads
+        # Checked by FFmpeg before it allocates a frame: the per-frame check below comes after.
+        context.options = {"max_pixels": str(_max_pixels(claims))}
+        return stream, ticks
+
+    @staticmethod
+    def _check_frame(frame, index: int, ticks: Fraction, claims: Claims, stream, keyframe: bool) -> None:
+        """The decoded frame must be frame `index`: its pts, size and format, and a keyframe where one is due."""
+        if frame.pts != round(index * ticks):
+            raise ClipMismatch(f"decoded frame has pts {frame.pts}, frame {index} of a {claims.fps} fps clip has "
+                               f"{round(index * ticks)} (time base {stream.time_base}): frames missing, repeated or "
+                               "at another rate than meta.json says")
+        if (frame.height, frame.width) != (claims.height, claims.width) or frame.format.name != stream.codec_context.pix_fmt:
+            raise ClipMismatch(f"frame {index} decodes to {frame.width}x{frame.height} {frame.format.name}; the clip declares "
+                               f"{claims.width}x{claims.height} {stream.codec_context.pix_fmt}")
+        if keyframe and not frame.key_frame:
+            raise ClipMismatch(f"frame {index} is not a keyframe; meta.json's gop {claims.gop} says it is")
 
     def _convert(self, frame, width, height, interpolation, colour: dict, planar: bool, out: np.ndarray) -> None:
         if planar:

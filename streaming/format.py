@@ -67,6 +67,17 @@ def video_of(key: str) -> str:
     return key.rsplit("_", 1)[0]
 
 
+def chunk_start(key: str, max_video_frames: int | None, overlap: int) -> tuple[int, int]:
+    """(chunk index, first frame) a sample key names, for a dataset of these settings: chunk i
+    of a video starts at i * (max_video_frames - overlap) (shardwriter.plan.chunk_plan).
+    ValueError for a key without a chunk number."""
+    chunk = key.rsplit("_", 1)[-1]
+    if "_" not in key or not chunk.isdigit():
+        raise ValueError(f"sample key {key!r} does not end in _<chunk number>")
+    index = int(chunk)
+    return index, index * (max_video_frames - overlap) if max_video_frames else 0
+
+
 def clip_suffix(view: str) -> str:
     return f"{view}.{CLIP_EXT}"
 
@@ -213,21 +224,37 @@ def check_manifest(m: Manifest) -> None:
                f"keypoints[{name!r}]", info, 'an array name with {"shape": [non-negative ints], "dtype": a fixed-size numpy type}')
     for field in ("totals", "encoder", "config"):
         _check(isinstance(getattr(m, field), dict), field, getattr(m, field), "an object")
+    mvf = m.max_video_frames
+    _check(mvf is None or (isinstance(mvf, int) and not isinstance(mvf, bool) and mvf >= 1), "max_video_frames", mvf,
+           "null or an integer >= 1")
+    _check(isinstance(m.overlap, int) and not isinstance(m.overlap, bool) and 0 <= m.overlap < (mvf or 1), "overlap", m.overlap,
+           "an integer in [0, max_video_frames), 0 without chunking")
     vocabulary = set(m.labels)
+    # Dataset-wide: a shard listed twice (or two entries of the same bytes) would deliver its
+    # samples twice per epoch, and a key's place (chunk_start) must name one sample.
+    urls: set[str] = set()
+    digests: set[str] = set()
+    keys: set[str] = set()
     for i, s in enumerate(m.shards):
         where = f"shardlist[{i}]"
         _check(SHARD_URL.fullmatch(s.url) is not None, f"{where}.url", s.url,
                "a relative path to a .tar inside the dataset's folder (no '..', no leading '/', no scheme)")
         _check(SHA256_HEX.fullmatch(s.sha256) is not None, f"{where}.sha256", s.sha256, "64 lowercase hex digits")
+        _check(s.url not in urls, f"{where}.url", s.url, "a shard listed once (this url is listed before)")
+        _check(s.sha256 not in digests, f"{where}.sha256", s.sha256, "a shard listed once (another entry has this sha256)")
+        urls.add(s.url)
+        digests.add(s.sha256)
         _check(s.filesize >= 0 and s.nsamples == len(s.samples), f"{where}.nsamples", s.nsamples,
                f"the number of samples listed ({len(s.samples)})")
         _check(s.nframes == sum(e.nframes for e in s.samples) and s.nsegments == sum(e.nsegments for e in s.samples),
                f"{where}.nframes/nsegments", (s.nframes, s.nsegments), "the sums over its samples")
-        end, keys = 0, set()
+        end = 0
         for j, e in enumerate(s.samples):
             at = f"{where}.samples[{j}]"
-            _check(SAMPLE_KEY.fullmatch(e.key) is not None and e.key not in keys, f"{at}.key", e.key, "a distinct sample key")
+            _check(SAMPLE_KEY.fullmatch(e.key) is not None and e.key not in keys, f"{at}.key", e.key,
+                   "a sample key distinct across the dataset")
             keys.add(e.key)
+            _check(mvf is None or e.nframes <= mvf, f"{at}.nframes", e.nframes, f"at most max_video_frames ({mvf})")
             _check(end <= e.offset and 0 < e.size and e.offset + e.size <= s.filesize, f"{at}.offset/size", (e.offset, e.size),
                    f"a byte range after the previous sample's (ending at {end}) and inside the shard's {s.filesize} bytes")
             _check(e.nframes >= 1 and e.nsegments >= 0, f"{at}.nframes/nsegments", (e.nframes, e.nsegments), "nframes >= 1, nsegments >= 0")

@@ -15,9 +15,9 @@ import av
 import numpy as np
 import torch
 
-from .decode import ClipDecoder
+from .decode import Claims, ClipDecoder, ClipMismatch
 from .errors import DecodeError, KeypointError, ShardFormatError
-from .format import KPT_EXT, META, TIMELINE, Segment, clip_suffix, kpt_suffix, timeline_from_json
+from .format import KPT_EXT, META, TIMELINE, Segment, chunk_start, clip_suffix, kpt_suffix, timeline_from_json, video_of
 from .npz import read_keypoints
 from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
@@ -49,6 +49,7 @@ class Options:
     label_ids: dict[str, int]
     limits: Limits
     keypoint_schema: dict = dataclasses.field(default_factory=dict)  # index.json's: what each kpt.npz must hold
+    chunking: tuple[int | None, int] = (None, 0)  # index.json's (max_video_frames, overlap): where each key's chunk starts
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,7 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
     if frames != nframes or len(timeline) != nsegments:
         raise ShardFormatError(f"meta.json/timeline.json give {frames} frames / {len(timeline)} segments, "
                                f"index.json says {nframes} / {nsegments}", shard=shard, key=key, member=f"{key}.{META}")
+    check_place(meta, key, opts.chunking, shard)
     end = 0
     for s in timeline:
         if not 0 <= s.start < s.end <= frames:
@@ -144,6 +146,21 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
 
 
 _META_KEPT = ("start_frame", "end_frame", "gop", "fps_rational", "video_id", "chunk_index", "fps")
+
+
+def check_place(meta: dict, key: str, chunking: tuple[int | None, int], shard: str) -> None:
+    """meta.json's video, chunk and first frame must be the ones the key names in a dataset
+    of index.json's max_video_frames and overlap: frame_index is start_frame + position, and
+    a start_frame no other member can contradict would shift every frame silently."""
+    try:
+        chunk, start = chunk_start(key, *chunking)
+    except ValueError as exc:
+        raise ShardFormatError(str(exc), shard=shard, key=key) from None
+    said = (meta["video_id"], meta["chunk_index"], meta["start_frame"])
+    if said != (video_of(key), chunk, start):
+        raise ShardFormatError(f"meta.json says video {said[0]!r} chunk {said[1]} from frame {said[2]}; the key and index.json "
+                               f"(max_video_frames {chunking[0]}, overlap {chunking[1]}) give video {video_of(key)!r} chunk "
+                               f"{chunk} from frame {start}", shard=shard, key=key, member=f"{key}.{META}")
 
 
 def check_segments(timeline: list[Segment], segments: list, shard: str, key: str) -> None:
@@ -224,9 +241,11 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
             )
+        claims = Claims(frames=meta["end_frame"] - meta["start_frame"], height=stored[0], width=stored[1], fps=fps, gop=meta["gop"])
         try:
-            expect = (meta["end_frame"] - meta["start_frame"], *stored)
-            decoder.decode(data, wanted, fps, meta["gop"], opts.img_size, decoded[v], expect=expect)
+            decoder.decode(data, wanted, claims, opts.img_size, decoded[v])
+        except ClipMismatch as exc:
+            raise DecodeError(str(exc), shard=shard, key=key, view=view, member=f"{key}.{clip_suffix(view)}") from None
         # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
         except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,

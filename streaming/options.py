@@ -70,6 +70,7 @@ def open_source(
         label_ids=label_ids(manifest.labels),
         limits=limits,
         keypoint_schema=manifest.keypoints,
+        chunking=(manifest.max_video_frames, manifest.overlap),
     )
     return Source(manifest=manifest, urls=urls, storage=storage, cache=cache, options=options)
 

@@ -166,7 +166,7 @@ def many_segments(path: str) -> str:
 
 def meta_views_8192_squared(key, data):
     """Every view 8192 x 8192: 3 views x 30 frames is an 18 GiB item, under max_item_bytes (32
-    GiB), which the node (here: the child's 1 GiB) cannot hold."""
+    GiB), which a worker should never fill: the clips say 64 x 48."""
     meta = json.loads(data)
     meta["view_sizes"] = {view: {"height": 8192, "width": 8192} for view in meta["view_sizes"]}
     return json.dumps(meta).encode()
@@ -268,3 +268,27 @@ def without_segments(change):
 
 def set_keypoint_dtype(index):
     index["keypoints"]["sam3d_body.frame"]["dtype"] = "|O"
+
+
+def unchunked(change):
+    """`change` on an index.json of a dataset written with one chunk per video."""
+    def edit(index):
+        index["max_video_frames"], index["overlap"] = None, 0
+        change(index)
+    return edit
+
+
+def shard_listed_twice(index):
+    """The first shard's entry again at the end: every sample of it twice per epoch."""
+    index["shardlist"].append(json.loads(json.dumps(index["shardlist"][0])))
+
+
+def shard_copied_under_another_name(index):
+    """The first shard's entry again under another url: same bytes, same keys."""
+    shard_listed_twice(index)
+    index["shardlist"][-1]["url"] = "copy-of-shard-000000.tar"
+
+
+def key_in_two_shards(index):
+    """A key of the first shard named again in the second (with its own bytes)."""
+    index["shardlist"][1]["samples"][0]["key"] = index["shardlist"][0]["samples"][0]["key"]

@@ -22,7 +22,8 @@ from .hostile_shards import (
     GiB, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
     long_name_first, many_segments, meta_start_frame_1e19, meta_view_height_infinity, meta_views_8192_squared, meta_with,
     npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, set_first, set_keypoint_dtype,
-    set_sample, symlink, timeline_span, without_segments, zip_declaring_1gib, zip_of,
+    set_sample, shard_copied_under_another_name, shard_listed_twice, key_in_two_shards, symlink, timeline_span, unchunked,
+    without_segments, zip_declaring_1gib, zip_of,
 )
 from .sandbox import isolated
 
@@ -62,8 +63,10 @@ SAMPLE_CASES = [
      "ShardFormatError", "frame range, gop or chunk_index out of bounds", r"\.meta\.json$", "format"),
     ("meta-view-height-infinity", lambda p: change_first(p, replace("meta.json", meta_view_height_infinity)), {"img_size": (16, 16)},
      "ShardFormatError", "no view_sizes for 'front'", r"\.meta\.json$", "format"),
-    ("meta-item-larger-than-memory", lambda p: change_first(p, replace("meta.json", meta_views_8192_squared)), {},
-     "ShardFormatError", r"cannot allocate the item's \d+ bytes", r"\.meta\.json$", "format"),
+    # An 18 GiB item under max_item_bytes: the allocation is granted lazily (no cap here), the
+    # clips' headers (64x48) refute meta.json before a frame is decoded into it.
+    ("meta-views-8192-squared", lambda p: change_first(p, replace("meta.json", meta_views_8192_squared)), {},
+     "DecodeError", r"clip header disagrees with meta.json: height 48 \(meta.json: 8192\), width 64", r"\.front\.mp4$", "decode"),
     ("meta-fps-1e400", lambda p: change_first(p, replace("meta.json", meta_with(fps_rational="1e400"))), {"img_size": (16, 16)},
      "ShardFormatError", r"fps_rational '1e400' is not a frame rate", r"\.meta\.json$", "format"),
     ("json-nested-deep", lambda p: change_first(p, replace("meta.json", lambda k, d: b"[" * 200_000 + b"]" * 200_000)), KPT,
@@ -142,7 +145,11 @@ INDEX_CASES = [
     ("url-other-host", set_first("url", "http://evil.example/x.tar"), r"shardlist\[0\]\.url"),
     ("url-dotdot-inside", set_first("url", "a/../../x.tar"), r"shardlist\[0\]\.url"),
     ("offset-past-the-end", set_sample("offset", 10**12), r"shardlist\[0\]\.samples\[0\]\.offset/size"),
-    ("nframes-1e13", set_sample("nframes", 10**13), r"10000000000000 frames .* over the limits"),
+    ("nframes-1e13", unchunked(set_sample("nframes", 10**13)), r"10000000000000 frames .* over the limits"),
+    ("nframes-over-max-video-frames", set_sample("nframes", 31), r"samples\[0\]\.nframes is 31, expected at most max_video_frames \(30\)"),
+    ("shard-listed-twice", shard_listed_twice, r"shardlist\[3\]\.url is 'shard-000000\.tar', expected a shard listed once"),
+    ("shard-copied-under-another-name", shard_copied_under_another_name, r"shardlist\[3\]\.sha256 .* expected a shard listed once"),
+    ("key-in-two-shards", key_in_two_shards, r"shardlist\[1\]\.samples\[0\]\.key .* distinct across the dataset"),
     ("nsegments-1e12", without_segments(set_sample("nsegments", 10**12)), r"1000000000000 segments for sample .* over the limits"),
     ("nsegments-1e12-labelled", set_sample("nsegments", 10**12),
      r"shardlist\[0\]\.samples\[0\]\.segments is .* expected 1000000000000 \[label, frames\] pairs"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streaming import VideoShardDataset
-from streaming.decode import ClipDecoder
+from streaming.decode import Claims, ClipDecoder
 
 from ..helpers import write
 from ..recordings import FRAMES_PER_VIEW, display_frames, prove_frames, psnr, recording_source
@@ -89,7 +89,7 @@ def test_reader_converts_with_the_clips_matrix_and_range(matrix, rng, width, tmp
     reference = display_frames(path)
     data = open(path, "rb").read()
     out = np.empty((len(reference), 3, 72, width), np.uint8)
-    ClipDecoder().decode(data, np.arange(len(reference)), Fraction(30), 4, None, out)
+    ClipDecoder().decode(data, np.arange(len(reference)), Claims(frames=len(reference), height=72, width=width, fps=Fraction(30), gop=4), None, out)
     got = out.transpose(0, 2, 3, 1)
     # The CLI is FFmpeg 5.1 and the reader PyAV's own FFmpeg: the same conversion, give or
     # take a rounding step. Any other matrix or range is 8+ levels off on these bars.
@@ -121,7 +121,7 @@ def test_reader_converts_resized_frames_with_the_clips_colour(matrix, rng, tmp_p
     reference, flat = _flat_blocks(display_frames(path))
     assert flat.mean() > 0.2  # a quarter of the picture, colour bars included
     out = np.empty((len(reference), 3, 36, 48), np.uint8)
-    ClipDecoder().decode(open(path, "rb").read(), np.arange(len(reference)), Fraction(30), 4, (36, 48), out)
+    ClipDecoder().decode(open(path, "rb").read(), np.arange(len(reference)), Claims(frames=len(reference), height=72, width=96, fps=Fraction(30), gop=4), (36, 48), out)
     error = np.abs(out.transpose(0, 2, 3, 1) - reference)[flat]
     assert error.mean() < 1.0, error.mean()
 
@@ -135,7 +135,7 @@ def test_reader_is_right_at_widths_swscale_gets_wrong(width, tmp_path):
                     "-c:v", "libx264", "-crf", "10", "-g", "3", "-bf", "0", "-pix_fmt", "yuv420p", path], check=True)
     reference = display_frames(path)
     out = np.empty((len(reference), 3, 48, width), np.uint8)
-    ClipDecoder().decode(open(path, "rb").read(), np.arange(len(reference)), Fraction(30), 3, None, out)
+    ClipDecoder().decode(open(path, "rb").read(), np.arange(len(reference)), Claims(frames=len(reference), height=48, width=width, fps=Fraction(30), gop=3), None, out)
     assert np.array_equal(out.transpose(0, 2, 3, 1), reference)
 
 

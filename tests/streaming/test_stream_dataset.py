@@ -201,7 +201,7 @@ def test_decoder_channel_order(tmp_path):
     import av
 
     from shardwriter.encode import ClipEncoder, EncodeSettings
-    from streaming.decode import ClipDecoder
+    from streaming.decode import Claims, ClipDecoder
 
     path = str(tmp_path / "c.mp4")
     enc = ClipEncoder(path, Fraction(30), (32, 32), EncodeSettings(gop=4))
@@ -210,7 +210,7 @@ def test_decoder_channel_order(tmp_path):
         enc.write(av.VideoFrame.from_ndarray(np.full((32, 32, 3), rgb, np.uint8), format="rgb24").reformat(format="yuv420p"))
     enc.close()
     out = np.empty((3, 3, 16, 16), np.uint8)
-    ClipDecoder().decode(open(path, "rb").read(), np.arange(3), Fraction(30), 4, (16, 16), out, expect=(3, 32, 32))
+    ClipDecoder().decode(open(path, "rb").read(), np.arange(3), Claims(frames=3, height=32, width=32, fps=Fraction(30), gop=4), (16, 16), out)
     for frame, rgb in zip(out, colours):
         assert np.abs(frame.reshape(3, -1).mean(1) - np.array(rgb)).max() < 12
 
