@@ -9,8 +9,8 @@ float copy, no full-resolution copy when resizing, no frames beyond the last wan
 Nothing meta.json says about a clip is believed where the clip can be asked (`Claims`):
 its header must declare the same codec, frame count, size and frame rate before a frame
 is decoded, and every decoded frame must be the one expected: its pts on the frame grid,
-one after the previous frame (a keyframe at f - f % gop after a seek), the declared size
-and pixel format before it is converted. The decoder itself refuses a frame of more pixels
+one after the previous frame, a keyframe exactly where the gop puts one (so every seek
+lands where the decoder expects), the declared size and pixel format before it is converted. The decoder itself refuses a frame of more pixels
 than the declared size could need (FFmpeg's `max_pixels`), so a stream that switches to
 16000x16000 mid-way never allocates it. Any disagreement is a `ClipMismatch`.
 """
@@ -137,7 +137,7 @@ class ClipDecoder:
                     frame = next(frames, None)
                     if frame is None:
                         raise EOFError(f"clip ends before frame {target}")
-                    self._check_frame(frame, next_frame, ticks, claims, stream, entered)
+                    self._check_frame(frame, next_frame, ticks, claims, stream, after_seek=entered)
                     entered = False
                     next_frame += 1
                     if next_frame > target:
@@ -148,17 +148,15 @@ class ClipDecoder:
                 self._convert(frame, width, height, interpolation, colour, planar, out[i])
 
     def check(self, data: bytes, claims: Claims) -> int:
-        """Decode every frame of the clip, checking each as `decode` does and every keyframe
-        at its place (`vidshard verify --decode`); the frames decoded."""
+        """Decode every frame of the clip, checking each as `decode` does (`vidshard verify
+        --decode`); the frames decoded."""
         with av.open(io.BytesIO(data), "r", format="mp4") as container:
             stream, ticks = self._checked_stream(container, claims)
             count = 0
             for frame in container.decode(stream):
                 if count >= claims.frames:
                     raise ClipMismatch(f"clip decodes to more than the {claims.frames} frames meta.json says")
-                self._check_frame(frame, count, ticks, claims, stream, count % claims.gop == 0)
-                if frame.key_frame and count % claims.gop:
-                    raise ClipMismatch(f"frame {count} is a keyframe; meta.json's gop {claims.gop} puts them at multiples of {claims.gop}")
+                self._check_frame(frame, count, ticks, claims, stream)
                 count += 1
             if count != claims.frames:
                 raise ClipMismatch(f"clip decodes to {count} frames, meta.json says {claims.frames}")
@@ -189,17 +187,23 @@ class ClipDecoder:
         return stream, ticks
 
     @staticmethod
-    def _check_frame(frame, index: int, ticks: Fraction, claims: Claims, stream, keyframe: bool) -> None:
-        """The decoded frame must be frame `index`: its pts, size and format, and a keyframe where one is due."""
-        if frame.pts != round(index * ticks):
-            raise ClipMismatch(f"decoded frame has pts {frame.pts}, frame {index} of a {claims.fps} fps clip has "
-                               f"{round(index * ticks)} (time base {stream.time_base}): frames missing, repeated or "
-                               "at another rate than meta.json says")
+    def _check_frame(frame, index: int, ticks: Fraction, claims: Claims, stream, after_seek: bool = False) -> None:
+        """The decoded frame must be frame `index`: its pts, size and format, and a keyframe
+        exactly where meta.json's gop puts one (so a seek lands where the decoder expects)."""
+        expected = round(index * ticks)
+        if frame.pts != expected:
+            if after_seek:
+                raise ClipMismatch(f"a seek to frame {index} (a keyframe by meta.json's gop {claims.gop}) delivered pts "
+                                   f"{frame.pts}, not {expected}: the clip's keyframes are not where meta.json's gop "
+                                   f"{claims.gop} puts them")
+            raise ClipMismatch(f"decoded frame has pts {frame.pts}, frame {index} of a {claims.fps} fps clip has {expected} "
+                               f"(time base {stream.time_base}): frames missing, repeated or at another rate than meta.json says")
         if (frame.height, frame.width) != (claims.height, claims.width) or frame.format.name != stream.codec_context.pix_fmt:
             raise ClipMismatch(f"frame {index} decodes to {frame.width}x{frame.height} {frame.format.name}; the clip declares "
                                f"{claims.width}x{claims.height} {stream.codec_context.pix_fmt}")
-        if keyframe and not frame.key_frame:
-            raise ClipMismatch(f"frame {index} is not a keyframe; meta.json's gop {claims.gop} says it is")
+        if bool(frame.key_frame) != (index % claims.gop == 0):
+            raise ClipMismatch(f"frame {index} is {'a' if frame.key_frame else 'not a'} keyframe: the clip's keyframes are not "
+                               f"where meta.json's gop {claims.gop} puts them (every {claims.gop} frames from frame 0)")
 
     def _convert(self, frame, width, height, interpolation, colour: dict, planar: bool, out: np.ndarray) -> None:
         if planar:

@@ -219,7 +219,6 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
 def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, decoder: ClipDecoder, shard: str) -> np.ndarray:
     key = sample["__key__"]
     wanted, inverse = np.unique(frames, return_inverse=True)
-    fps = Fraction(meta["fps_rational"])
     decoded = None
     for v, view in enumerate(opts.views):
         data = sample.get(clip_suffix(view))
@@ -241,9 +240,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
             )
-        claims = Claims(frames=meta["end_frame"] - meta["start_frame"], height=stored[0], width=stored[1], fps=fps, gop=meta["gop"])
         try:
-            decoder.decode(data, wanted, claims, opts.img_size, decoded[v])
+            decoder.decode(data, wanted, clip_claims(meta, view, shard, key), opts.img_size, decoded[v])
         except ClipMismatch as exc:
             raise DecodeError(str(exc), shard=shard, key=key, view=view, member=f"{key}.{clip_suffix(view)}") from None
         # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
@@ -263,6 +261,13 @@ def _check_allocation(views, frames, stored, size, limits, shard, key, view) -> 
     item = views * frames * 3 * size[0] * size[1]
     if item > limits.max_item_bytes:
         raise ShardFormatError(f"item would take {item} bytes, over the limit of {limits.max_item_bytes}", shard=shard, key=key, view=view)
+
+
+def clip_claims(meta: dict, view: str, shard: str, key: str) -> Claims:
+    """What a checked meta.json (sample_meta) says of one view's clip, for the decoder to check."""
+    height, width = _stored_size(meta, view, shard, key)
+    return Claims(frames=meta["end_frame"] - meta["start_frame"], height=height, width=width,
+                  fps=Fraction(meta["fps_rational"]), gop=meta["gop"])
 
 
 def _stored_size(meta: dict, view: str, shard: str, key: str) -> tuple[int, int]:

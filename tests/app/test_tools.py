@@ -207,4 +207,5 @@ def test_verify_decode_reports_a_clip_without_video(small_dataset, tmp_path):
     shutil.copytree(small_dataset, copy)
     key = change_first(copy, replace("front.mp4", audio_only))
     problems, _ = verify(copy, decode=True)
-    assert [p for p in problems if key in p and "front.mp4: does not decode (no video stream" in p], problems
+    assert [p for p in problems if key in p and "a clip holds exactly one video stream; this one holds audio" in p
+            and "member=" + key + ".front.mp4" in p], problems

@@ -26,6 +26,7 @@ from .hostile_shards import (
     without_segments, zip_declaring_1gib, zip_of,
 )
 from .sandbox import isolated
+from .test_claims import CLAIM_CASES
 
 
 def epoch(path: str, policy: str, kwargs: dict) -> dict:
@@ -83,6 +84,8 @@ SAMPLE_CASES = [
      "ShardFormatError", r"not a readable tar \(RecursionError", None, "format"),
     ("broken-clip", lambda p: change_first(p, replace("front.mp4", lambda k, d: b"\xff" * len(d))), {"img_size": (16, 16)},
      "DecodeError", "clip does not decode", r"\.front\.mp4$", "decode"),
+    # meta.json against its clips (tests/streaming/test_claims.py proves the frames from pixels)
+    *CLAIM_CASES,
 ]
 
 

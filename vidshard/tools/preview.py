@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from fractions import Fraction
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -18,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from streaming.decode import ClipDecoder
 from streaming.errors import ShardFormatError
 from streaming.format import KPT_EXT, META, TIMELINE, Manifest, SampleEntry, clip_suffix, kpt_suffix
-from streaming.items import parse_json
+from streaming.items import clip_claims, parse_json
 from streaming.npz import npz_bound, read_keypoints
 from streaming.sampling import uniform
 from streaming.tario import Limits
@@ -72,7 +71,7 @@ def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEnt
     for v, (view, (w, h)) in enumerate(zip(views, sizes)):
         draw.text((PAD, lay.box(v, 0)[1] + lay.tiles[v][1] // 2 - 6), view, fill=(0, 0, 0), font=font)
         pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
-        decoder.decode(sample[clip_suffix(view)], frames, Fraction(meta["fps_rational"]), meta["gop"], (h, w), pixels)
+        decoder.decode(sample[clip_suffix(view)], frames, clip_claims(meta, view, shard, entry.key), (h, w), pixels)
         points = _points(sample.get(kpt_suffix(view)), frames, manifest.keypoints, entry, limits, shard, view) if keypoints else None
         for c, frame in enumerate(frames.tolist()):
             x0, y0, x1, y1 = lay.box(v, c)
