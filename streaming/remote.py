@@ -251,13 +251,13 @@ async def _http_get(fs, path: str, start: int, end: int | None, shown: str, cap:
         if end is None and cap is None:
             return await r.read()
         if end is None:
-            body = bytearray()
+            body = bytearray()  # returned as it is: bytes(body) would hold the body twice
             while len(body) < cap:  # a body longer than cap is not read further
-                block = await r.content.read(cap - len(body))
+                block = await r.content.read(min(1 << 20, cap - len(body)))
                 if not block:
                     break
                 body += block
-            return bytes(body)
+            return body
         if r.status == 200 and start == 0 and r.content_length == end:
             return await r.content.readexactly(end)  # the whole file was asked for: a 200 is the right answer
         if r.status != 206:

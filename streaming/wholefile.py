@@ -25,19 +25,21 @@ class TooLargeError(ValueError):
     """A file over the byte limit its reader was given (read_bytes' max_bytes)."""
 
 
-def _read_at_most(f, n: int) -> bytes:
-    """Up to n bytes, in pieces: f.read(n) reserves all n bytes first (1 GiB for a 2 KB index.json)."""
-    pieces, got = [], 0
-    while got < n and (piece := f.read(min(1 << 20, n - got))):
-        pieces.append(piece)
-        got += len(piece)
-    return b"".join(pieces)
+def _read_at_most(f, n: int) -> bytearray:
+    """Up to n bytes, in pieces into one growing buffer: f.read(n) reserves all n bytes first
+    (1 GiB for a 2 KB index.json), and joining a list of pieces holds the bytes twice (2 GiB
+    held for an endless file under a 1 GiB limit)."""
+    data = bytearray()
+    while len(data) < n and (piece := f.read(min(1 << 20, n - len(data)))):
+        data += piece
+    return data
 
 
-def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, max_bytes: int | None = None) -> bytes:
+def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, max_bytes: int | None = None) -> bytes | bytearray:
     """A whole (small) file, e.g. index.json, with the same retries. With `max_bytes`, a
     larger file is refused (ValueError naming it, its size and the limit) by its size where
-    the storage tells it, before reading; in any case at most max_bytes + 1 bytes are read."""
+    the storage tells it, before reading; in any case at most max_bytes + 1 bytes are read,
+    and held once (a file without a size, an endless body: the bound is on what is held)."""
     if "://" not in url or url.startswith("file://"):
         with open(url.removeprefix("file://"), "rb") as f:
             if max_bytes is None:

@@ -81,6 +81,36 @@ class HTTPFileServer:
         self.server.server_close()
 
 
+class EndlessHandler(RangeHandler):
+    """Answers every GET with 200, no Content-Length and a body of `{"` and spaces that never
+    ends (bounded at 8 GiB, so the test server stops by itself), as a broken or hostile
+    server would; HEAD with the same headers."""
+
+    protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+
+    def do_GET(self):
+        self.do_HEAD()
+        block = b" " * (1 << 20)
+        try:
+            self.wfile.write(b'{"')
+            for _ in range(8 << 10):
+                self.wfile.write(block)
+        except OSError:  # the client stopped reading
+            pass
+
+
+class EndlessServer(HTTPFileServer):
+    def __init__(self):
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), EndlessHandler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+
 class FaultyProxy:
     """Forwards loopback TCP to `upstream_port`; each response chunk has probability
     `reset_p` of ending the connection with a TCP reset (seeded, so runs repeat)."""

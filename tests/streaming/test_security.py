@@ -215,25 +215,43 @@ def test_index_json_over_the_limit_is_refused_before_it_is_read(copy):
         assert len(cls(copy, sample="chunk", limits=Limits(max_index_bytes=size))) > 0
 
 
-def _open_endless_index(path: str) -> str:
+def _open_endless_index(path: str, limit: int) -> str:
     try:
-        VideoShardDataset(path, sample="chunk", limits=Limits(max_index_bytes=1 << 20))
+        VideoShardDataset(path, sample="chunk", limits=Limits(max_index_bytes=limit))
     except ValueError as exc:
         return str(exc)
     return "loaded"
 
 
+ENDLESS_LIMIT = 256 << 20
+
+
 def test_index_json_without_a_size_is_read_with_a_bound(tmp_path):
     """A file whose size the system does not give (here /dev/zero: st_size 0, endless) is
-    read to at most the limit + 1 bytes, then refused; unbounded, it would fill the memory
-    of the (1 GiB capped) child."""
+    read to at most the limit + 1 bytes, held once, then refused: the bound is on the bytes
+    held (a list of pieces joined at the end held them twice: 2 GB under a 1 GiB limit)."""
     from .sandbox import isolated
 
     os.symlink("/dev/zero", tmp_path / "index.json")
-    outcome = isolated(_open_endless_index, str(tmp_path), timeout=30)
+    outcome = isolated(_open_endless_index, str(tmp_path), ENDLESS_LIMIT, timeout=30)
     assert outcome.kind == "ok", outcome
-    assert outcome.value == f"{tmp_path}/index.json: more than {1 << 20} bytes, over the limit of {1 << 20} bytes " \
+    assert outcome.value == f"{tmp_path}/index.json: more than {ENDLESS_LIMIT} bytes, over the limit of {ENDLESS_LIMIT} bytes " \
                             "(streaming.tario.Limits.max_index_bytes)"
+    assert outcome.grown < ENDLESS_LIMIT * 1.25, outcome.grown >> 20
+
+
+def test_index_json_of_an_endless_http_body_is_read_with_a_bound():
+    """An HTTP server that sends index.json without a Content-Length and never ends it: read
+    to the limit + 1 bytes, held once, refused naming the URL."""
+    from ..servers import EndlessServer
+    from .sandbox import isolated
+
+    with EndlessServer() as server:
+        url = f"http://127.0.0.1:{server.port}/ds"
+        outcome = isolated(_open_endless_index, url, ENDLESS_LIMIT, timeout=60)
+    assert outcome.kind == "ok", outcome
+    assert outcome.value.startswith(f"{url}/index.json: more than {ENDLESS_LIMIT} bytes, over the limit"), outcome.value
+    assert outcome.grown < ENDLESS_LIMIT * 1.25, outcome.grown >> 20
 
 
 def test_redact_strips_url_secrets_but_keeps_sample_keys():
