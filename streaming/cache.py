@@ -17,7 +17,10 @@ Readers get an open file, never a path: a shard evicted by another process after
 opened stays readable through that handle (its blocks are freed when the handle closes).
 Downloads are hashed while they are written; one whose sha256 or size differs from
 index.json is never cached (the caller reads that shard by range, where every sample is
-still checked on its own).
+still checked on its own). A complete copy can still change later (a disk error, a person,
+another tool): one whose size differs is dropped when opened, and after a sample read from
+a copy fails its checks, the reader has the copy hashed (`check_copy`): a damaged copy is
+dropped and fetched again, never blamed on the shard at its source.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+from .format import sha256_of
 
 log = logging.getLogger("vidshard.cache")
 
@@ -84,14 +89,14 @@ class ShardCache:
         when missing. None: the caller reads the shard by range instead (larger than the
         cache, no room beside other downloads now, or its download did not match)."""
         final = self._path(sha256, "tar")
-        hit = self._open_complete(final, stats)
+        hit = self._open_complete(final, size, stats)
         if hit is not None:
             return hit
         if size > self.limit or sha256 in self._rejected:
             stats["cache_bypassed"] += 1
             return None
         with _flock(self._path(sha256, "lock")):  # one download of this shard at a time
-            hit = self._open_complete(final, stats)  # another worker fetched it while we waited
+            hit = self._open_complete(final, size, stats)  # another worker fetched it while we waited
             if hit is not None:
                 return hit
             if not self._reserve(sha256, size):
@@ -118,15 +123,50 @@ class ShardCache:
             return f
 
     @staticmethod
-    def _open_complete(final: str, stats) -> BinaryIO | None:
+    def _open_complete(final: str, size: int, stats) -> BinaryIO | None:
         try:
             f = open(final, "rb")  # noqa: SIM115 (the caller's)
         except FileNotFoundError:
+            return None
+        held = os.fstat(f.fileno()).st_size
+        if held != size:  # cut short or grown since it was downloaded whole
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(final)
+            stats["cache_damaged"] += 1
+            log.warning("cache copy %s holds %d bytes, index.json says %d: dropped, fetching the shard again", final, held, size)
             return None
         with contextlib.suppress(OSError):
             os.utime(f.fileno())  # LRU: most recently used
         stats["cache_hits"] += 1
         return f
+
+    def check_copy(self, sha256: str, size: int) -> tuple[tuple[int, int] | None, str | None]:
+        """Hash the complete copy of a shard: (its identity (device, inode), why it is damaged
+        or None). A damaged copy is removed (the next `open` downloads the shard again)."""
+        final = self._path(sha256, "tar")
+        with _flock(self._path(sha256, "lock")):  # not while a download replaces it
+            try:
+                f = open(final, "rb")
+            except FileNotFoundError:
+                return None, None
+            with f:
+                st = os.fstat(f.fileno())
+                held, digest = sha256_of(f)
+            if (held, digest) == (size, sha256):
+                return (st.st_dev, st.st_ino), None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(final)
+        return (st.st_dev, st.st_ino), f"{final} holds {held} bytes of sha256 {digest[:16]}..., index.json says {size} bytes of " \
+                                       f"{sha256[:16]}..."
+
+    def identity(self, sha256: str) -> tuple[int, int] | None:
+        """(device, inode) of the shard's complete copy, None when there is none."""
+        try:
+            st = os.stat(self._path(sha256, "tar"))
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
 
     def _reserve(self, name: str, size: int) -> bool:
         """Reserve `size` bytes, evicting least recently used shards; False if they do not fit

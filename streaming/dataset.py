@@ -207,6 +207,15 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     def _item(self, held: _Held, position: int, epoch: int, decoder: ClipDecoder) -> dict:
         shard, index, sub = held.coordinates(position)
+        try:
+            return self._build(held, shard, index, sub, epoch, decoder)
+        except SampleError:
+            if not held.reader.recover(shard):  # the error stands: the shard itself is bad
+                raise
+            held.forget(shard)  # read from a damaged cache copy, now dropped: read again
+            return self._build(held, shard, index, sub, epoch, decoder)
+
+    def _build(self, held: _Held, shard: int, index: int, sub: int, epoch: int, decoder: ClipDecoder) -> dict:
         url = redact(self.urls[shard])
         sample, info = held.get(shard, index, lambda s: self._parse(s, shard, index, epoch))
         if sub >= len(info.specs):
@@ -235,6 +244,12 @@ class _Held:
             for position, padded in zip(window.positions.tolist(), window.padded.tolist()):
                 yield Planned(position=position, padded=padded)
         self.samples, self.infos = {}, {}
+
+    def forget(self, shard: int) -> None:
+        """Let go of the shard's samples (and their errors): each is read again when asked for."""
+        for held in (self.samples, self.infos):
+            for coords in [c for c in held if c[0] == shard]:
+                del held[coords]
 
     def coordinates(self, position: int) -> tuple[int, int, int]:
         return int(self.order.shard[position]), int(self.order.sample[position]), int(self.order.sub[position])

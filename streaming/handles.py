@@ -52,6 +52,12 @@ class ShardHandles:
             oldest.close()
         return f
 
+    def drop(self, shard: int) -> None:
+        """Close the shard's file, if held (its cache copy was found damaged)."""
+        f = self.files.pop(shard, None)
+        if f is not None:
+            f.close()
+
     def close(self) -> None:
         for f in self.files.values():
             f.close()
@@ -102,6 +108,12 @@ class HandleReader(SampleReader):
             return open_range(self.urls[shard], offset, length, self.storage, self.stats,
                               whole_get=WholeGetReader if self.cache is not None else None)
         return io.BufferedReader(PreadRange(f, offset, length), buffer_size=READ_BUFFER)
+
+    def recover(self, shard: int) -> bool:
+        if not super().recover(shard):
+            return False
+        self.handles.drop(shard)  # the damaged copy's file: the next read opens the new one
+        return True
 
     def _open_file(self, shard: int) -> BinaryIO | None:
         """A file to hold: the cached copy when there is a cache, the shard itself when it is

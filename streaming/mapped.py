@@ -151,6 +151,16 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         shard, key, member and view: there is no skip policy here (docs/streaming.md)."""
         shard, index, sub = self.index.locate(self._position(i))
         local = self._process()
+        try:
+            item = self._build(local, shard, index, sub)
+        except SampleError:
+            if not local.reader.recover(shard):  # the error stands: the shard itself is bad
+                raise
+            item = self._build(local, shard, index, sub)  # its damaged cache copy was dropped: read again
+        self.stats["items"] += 1
+        return self.transform(item) if self.transform else item
+
+    def _build(self, local: _Local, shard: int, index: int, sub: int) -> dict[str, Any]:
         url = redact(self.urls[shard])
         sample = local.reader.read([(shard, index)])[shard, index]
         if isinstance(sample, SampleError):
@@ -163,8 +173,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         item = build_item(sample, info, info.specs[sub], self.options, local.decoder, url)
         del sample, info
         item["meta"]["padded"] = False  # the streaming dataset's field: never a repeat here
-        self.stats["items"] += 1
-        return self.transform(item) if self.transform else item
+        return item
 
     def _process(self) -> _Local:
         """This thread's reader, open files and decoder, made on first use in each thread of

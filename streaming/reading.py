@@ -35,6 +35,8 @@ class SampleReader:
                  stats: Counter):
         self.manifest, self.urls, self.storage, self.cache = manifest, urls, storage, cache
         self.limits, self.want, self.member_limit, self.stats = limits, want, member_limit, stats
+        self.from_cache: set[int] = set()  # shards this reader read from a cache copy
+        self.checked: dict[int, tuple[int, int]] = {}  # shard -> the cache copy (device, inode) found intact
 
     def read(self, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Read]:
         """Every (shard, sample) pair -> its sample or its error."""
@@ -104,11 +106,33 @@ class SampleReader:
             return None
         url, entry = self.urls[shard], self.manifest.shards[shard]
         try:
-            return self.cache.open(entry.sha256, entry.filesize,
+            copy = self.cache.open(entry.sha256, entry.filesize,
                                    lambda dst: download(url, entry.filesize, dst, self.storage, self.stats), self.stats)
+            if copy is not None:
+                self.from_cache.add(shard)
+            return copy
         except StorageError:
             raise
         except OSError as exc:  # the cache's own disk (full, read-only): read past it
             self.stats["cache_errors"] += 1
             log.warning("cache %s: %s; reading %s by range", self.cache.dir, exc, redact(url))
             return None
+
+    def recover(self, shard: int) -> bool:
+        """After a sample of `shard` failed its checks: whether the bytes came from a damaged
+        cache copy, now dropped (read the sample again: the shard is fetched again). Each
+        copy is hashed at most once per process; an intact copy leaves the error standing."""
+        if self.cache is None or shard not in self.from_cache:
+            return False
+        entry = self.manifest.shards[shard]
+        identity = self.cache.identity(entry.sha256)
+        if identity is None or self.checked.get(shard) == identity:
+            return False
+        identity, damage = self.cache.check_copy(entry.sha256, entry.filesize)
+        if damage is None:
+            if identity is not None:
+                self.checked[shard] = identity
+            return False
+        self.stats["cache_damaged"] += 1
+        log.warning("the cache copy of %s is damaged (%s): dropped, reading the shard again", redact(self.urls[shard]), damage)
+        return True

@@ -222,3 +222,52 @@ def test_files_the_cache_did_not_make_are_never_evicted(small_dataset, tmp_path)
     assert f is not None  # theirs do not count against the limit
     f.close()
     assert sorted(p.name for p in cache_dir.iterdir() if p.name.startswith("shard-")) == theirs
+
+
+def _truncate(path: str, sample: dict) -> None:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _overwrite_header(path: str, sample: dict) -> None:
+    """The sample's first tar header overwritten in place: same size, the copy's sha256 differs."""
+    with open(path, "r+b") as f:
+        f.seek(sample["offset"])
+        f.write(b"\xff" * 512)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _overwrite_header], ids=["truncated", "header-overwritten"])
+@pytest.mark.parametrize("kind", ["stream", "map"])
+def test_a_damaged_cache_copy_is_dropped_and_fetched_again(small_dataset, tmp_path, caplog, damage, kind):
+    """A complete cache copy changed after its download (a disk error, a person, another tool):
+    the next epoch still delivers every item (no skip, no repeat), the copy is replaced by a
+    fresh one matching index.json, and the log names the damaged copy. It used to skip the
+    samples it held in every later epoch, each skip blaming the intact shard at its source."""
+    import hashlib
+
+    from streaming import VideoShardMapDataset
+
+    index = json.load(open(os.path.join(small_dataset, "index.json")))
+    keys = sorted(s["key"] for sh in index["shardlist"] for s in sh["samples"])
+    cache = tmp_path / "cache"
+    options = dict(cache_dir=str(cache), load_rgb=True, img_size=(24, 32))
+    ds = VideoShardDataset(small_dataset, on_error="skip", **options) if kind == "stream" else \
+        VideoShardMapDataset(small_dataset, **options)  # raises any error: there is no skip policy
+
+    def epoch(n: int) -> list[str]:
+        ds.set_epoch(n)
+        items = list(ds) if kind == "stream" else [ds[i] for i in range(len(ds))]
+        assert not any(item["meta"]["padded"] for item in items)
+        return sorted(item["meta"]["key"] for item in items)
+
+    assert epoch(0) == keys
+    shard = index["shardlist"][1]
+    copy = cache / f"{shard['sha256']}.tar"
+    if kind == "map":
+        ds.close()  # this thread's open files: a map dataset holds them between items
+    damage(str(copy), shard["samples"][1])
+    with caplog.at_level("WARNING", logger="vidshard"):
+        assert epoch(1) == keys
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == shard["sha256"]
+    assert ds.stats["cache_damaged"] == 1 and not any(k.startswith("skipped") for k in ds.stats), ds.stats
+    assert [r for r in caplog.records if "cache copy" in r.getMessage() and shard["sha256"][:16] in r.getMessage()
+            and ("fetching the shard again" in r.getMessage() or "reading the shard again" in r.getMessage())], caplog.text
