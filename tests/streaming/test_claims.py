@@ -93,7 +93,8 @@ def test_no_frame_is_delivered_under_a_false_frame_index(copy, case, mode):
 
 
 @pytest.mark.parametrize("case", CLAIM_CASES, ids=[c[0] for c in CLAIM_CASES])
-def test_verify_decode_reports_the_sample(copy, case):
+def test_verify_decode_gives_the_readers_reason(copy, case):
+    """(test_hostile.py checks that verify --decode reports every case of the corpus.)"""
     name, breaks, _, _, reason, _, _ = case
     key = breaks(copy)
     outcome = isolated(verify, copy, True, timeout=30)

@@ -116,6 +116,21 @@ def test_hostile_sample_is_a_typed_error_or_a_logged_skip(copy, case):
         assert outcome.seconds < 10 and outcome.grown < GiB
 
 
+@pytest.mark.parametrize("case", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])
+def test_verify_decode_reports_every_sample_the_reader_refuses(copy, case):
+    """`vidshard verify --decode` holds shards to what the reader accepts: each case is a
+    problem naming the shard (and the key, where the sample's own bytes name it)."""
+    from vidshard.tools.verify import verify
+
+    _, breaks, _, _, _, member, _ = case
+    key = breaks(copy)
+    outcome = isolated(verify, copy, True, timeout=30)
+    assert outcome.kind == "ok", outcome
+    problems, _ = outcome.value
+    assert [p for p in problems if "shard-000000.tar" in p and (member is None or key in p)], problems
+    assert outcome.grown < GiB, outcome
+
+
 def truncate_shard(path):
     shard = os.path.join(path, "shard-000000.tar")
     with open(shard, "r+b") as f:
