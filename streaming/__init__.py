@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["VideoShardDataset", "VideoShardMapDataset", "collate", "World"]
+__all__ = ["VideoShardDataset", "VideoShardMapDataset", "collate", "World", "WdsItems", "wds_items"]
 
 if TYPE_CHECKING:
     from .collation import collate
     from .dataset import VideoShardDataset
     from .mapped import VideoShardMapDataset
+    from .wds import WdsItems, wds_items
     from .world import World
 
 
@@ -34,6 +35,10 @@ def __getattr__(name: str):
         from .collation import collate
 
         return collate
+    if name in ("WdsItems", "wds_items"):
+        from . import wds
+
+        return getattr(wds, name)
     if name == "World":
         from .world import World
 

@@ -94,19 +94,27 @@ def sample_items(manifest: Manifest, mode: str, videos: Sequence[str] | None, li
     return counts
 
 
+def wanted_members(opts: Options) -> set[str]:
+    """The member suffixes items of these options read: the JSON members, and the clips and
+    keypoints of the selected views only."""
+    return {META, TIMELINE} | {clip_suffix(v) for v in opts.views if opts.load_rgb} | \
+        {kpt_suffix(v) for v in opts.views if opts.load_kpt}
+
+
+def member_limit(src, entry, suffix: str) -> int | None:
+    """A member's byte limit tighter than its kind's (tario.check_member): a kpt.npz holds what
+    the schema says, for its sample's frames."""
+    schema = src.manifest.keypoints
+    return min(npz_bound(schema, entry.nframes), src.options.limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
+
+
 def sample_reader(src, stats: Counter, cls: type[SampleReader] = SampleReader, **extra) -> SampleReader:
     """The reader of the members `src.options` need (those of the selected views only). `src`:
     a `Source` or a dataset (the `manifest`, `urls`, `storage`, `cache`, `options` it holds now)."""
-    opts = src.options
-    wanted = {META, TIMELINE} | {clip_suffix(v) for v in opts.views if opts.load_rgb} | \
-        {kpt_suffix(v) for v in opts.views if opts.load_kpt}
-    schema = src.manifest.keypoints
-
-    def member_limit(entry, suffix: str) -> int | None:  # a kpt.npz holds what the schema says, for its frames
-        return min(npz_bound(schema, entry.nframes), opts.limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
-
-    return cls(manifest=src.manifest, urls=src.urls, storage=src.storage, cache=src.cache, limits=opts.limits,
-               want=wanted.__contains__, member_limit=member_limit, stats=stats, **extra)
+    wanted = wanted_members(src.options)
+    return cls(manifest=src.manifest, urls=src.urls, storage=src.storage, cache=src.cache, limits=src.options.limits,
+               want=wanted.__contains__, member_limit=lambda entry, suffix: member_limit(src, entry, suffix), stats=stats,
+               **extra)
 
 
 def clip_rng(seed: int, epoch: int, shard: int, index: int) -> np.random.Generator:
