@@ -15,12 +15,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from streaming.decode import ClipDecoder
-from streaming.errors import ShardFormatError
-from streaming.format import KPT_EXT, META, TIMELINE, Manifest, SampleEntry, clip_suffix, kpt_suffix
-from streaming.items import clip_claims, parse_json
-from streaming.npz import npz_bound, read_keypoints
+from streaming.errors import SampleError
+from streaming.format import KPT_EXT, META, Manifest, SampleEntry, Segment, label_ids
+from streaming.items import ItemSpec, Options, build_item, parse_sample
+from streaming.npz import npz_bound
 from streaming.sampling import uniform
 from streaming.tario import Limits
+
+from .reading import sample_fields
 
 PAD, LEFT, STAMP_H, BAR_H, BAR_LABEL_H, MIN_TILE_H = 6, 64, 14, 16, 14, 96
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -54,26 +56,36 @@ def layout(columns: int, sizes: list[tuple[int, int]]) -> Layout:
 
 def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEntry, columns: int = 6, keypoints: bool = True,
                   limits: Limits = Limits()) -> Image.Image:
-    meta = parse_json(sample, META, shard)
-    segments = parse_json(sample, TIMELINE, shard)["segments"]
-    views = meta["views"]
-    length = meta["end_frame"] - meta["start_frame"]
-    if length != entry.nframes:  # the keypoint arrays are sized by index.json's count
-        raise ShardFormatError(f"meta.json gives {length} frames, index.json says {entry.nframes}", shard=shard, key=entry.key,
-                               member=f"{entry.key}.{META}")
-    frames = np.unique(uniform(0, length, min(columns, length)))
-    sizes = [(meta["view_sizes"][view]["width"], meta["view_sizes"][view]["height"]) for view in views]
+    """The sheet of one sample, read as the reader reads it: its JSON members checked against
+    index.json (`parse_sample`), each view decoded by the reader's item builder, which
+    refuses sizes past `limits` and clips whose header disagrees with meta.json before it
+    decodes, and keypoints read by its guarded npz reader. Every view is decoded before the
+    sheet, sized from meta.json, is allocated."""
+    schema = manifest.keypoints if keypoints else {}
+    opts = Options(mode="chunk", num_frames=None, stride=1, img_size=None, views=tuple(manifest.views), load_rgb=True,
+                   load_kpt=bool(schema), label_ids=label_ids(manifest.labels), limits=limits, keypoint_schema=schema)
+    sample_fields(sample, shard)  # the fields only tools read; parse_sample keeps just those items use
+    info = parse_sample(sample, entry.nframes, entry.nsegments, opts, np.random.default_rng(0), shard, entry.segments)
+    length = info.nframes
+    spec = ItemSpec(frames=np.unique(uniform(0, length, min(columns, length))), segment=None)
+    decoder = ClipDecoder()
+    items = []
+    for view in opts.views:  # one view per item: views may differ in size (a phone held upright)
+        try:
+            items.append(build_item(sample, info, spec, dataclasses.replace(opts, views=(view,)), decoder, shard))
+        except SampleError as exc:  # the size checks name the view; the sizes they refuse are meta.json's
+            raise exc.at(member=f"{entry.key}.{META}") from None
+    sizes = [(info.meta["view_sizes"][view]["width"], info.meta["view_sizes"][view]["height"]) for view in opts.views]
+    frames = spec.frames
     lay = layout(len(frames), sizes)
     sheet = Image.new("RGB", lay.size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    decoder = ClipDecoder()
-    for v, (view, (w, h)) in enumerate(zip(views, sizes)):
+    for v, (view, item) in enumerate(zip(opts.views, items)):
         draw.text((PAD, lay.box(v, 0)[1] + lay.tiles[v][1] // 2 - 6), view, fill=(0, 0, 0), font=font)
-        pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
-        decoder.decode(sample[clip_suffix(view)], frames, clip_claims(meta, view, shard, entry.key), (h, w), pixels)
-        points = _points(sample.get(kpt_suffix(view)), frames, manifest.keypoints, entry, limits, shard, view) if keypoints else None
-        for c, frame in enumerate(frames.tolist()):
+        pixels = item["video"][0].numpy()  # [T, 3, H, W]
+        points = _points(item) if opts.load_kpt else None
+        for c, frame in enumerate(item["frame_index"].tolist()):
             x0, y0, x1, y1 = lay.box(v, c)
             tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tiles[v], Image.NEAREST)
             sheet.paste(tile, (x0, y0))
@@ -81,26 +93,22 @@ def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEnt
                 for px, py in points[c]:
                     cx, cy = x0 + px * lay.scale, y0 + py * lay.scale
                     draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(255, 40, 40))
-            draw.text((x0, y1 + 1), f"f={meta['start_frame'] + frame}", fill=(0, 0, 0), font=font)
-    _timeline(draw, font, lay, segments, length, manifest.labels, frames)
+            draw.text((x0, y1 + 1), f"f={frame}", fill=(0, 0, 0), font=font)
+    _timeline(draw, font, lay, info.timeline, length, manifest.labels, frames)
     return sheet
 
 
-def _points(data: bytes | None, frames: np.ndarray, schema: dict, entry: SampleEntry, limits: Limits, shard: str,
-            view: str) -> list[np.ndarray] | None:
-    """Per shown frame, the (x, y) points of every 2D keypoint array present on that frame.
-    The archive is untrusted: read as the reader reads it (streaming/npz.py), every declared
-    size checked against index.json's schema before numpy allocates (KeypointError otherwise)."""
-    if data is None:
-        return None
-    arrays, mask = read_keypoints(data, schema, entry.nframes, frames, max_bytes=limits.max_member_bytes, shard=shard,
-                                  key=entry.key, view=view)
-    points = [a for a in arrays.values() if a.ndim >= 2 and a.shape[-1] == 2 and a.dtype.kind == "f"]  # (frames, ..., 2)
+def _points(item: dict) -> list[np.ndarray]:
+    """Per shown frame, the (x, y) points of every 2D keypoint array of the item's one view
+    present on that frame."""
+    arrays = [a[0].numpy() for a in item["keypoints"].values()]
+    mask = item["keypoints_mask"][0].numpy()
+    points = [a for a in arrays if a.ndim >= 2 and a.shape[-1] == 2 and a.dtype.kind == "f"]  # (frames, ..., 2)
     return [np.concatenate([a[i].reshape(-1, 2) for a in points]) if points and mask[i] else np.zeros((0, 2))
-            for i in range(len(frames))]
+            for i in range(len(mask))]
 
 
-def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels: list[str], frames: np.ndarray) -> None:
+def _timeline(draw, font, lay: Layout, segments: list[Segment], length: int, labels: list[str], frames: np.ndarray) -> None:
     x0, x1 = LEFT, lay.size[0] - PAD
     y0, y1 = lay.bar_y, lay.bar_y + BAR_H
     span = x1 - x0
@@ -110,15 +118,15 @@ def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels
 
     draw.rectangle((x0, y0, x1, y1), outline=(120, 120, 120), fill=(235, 235, 235))
     for seg in segments:
-        color = PALETTE[labels.index(seg["label"]) % len(PALETTE)] if seg["label"] in labels else (128, 128, 128)
-        a, b = at(seg["start"]), at(seg["end"])
+        color = PALETTE[labels.index(seg.label) % len(PALETTE)] if seg.label in labels else (128, 128, 128)
+        a, b = at(seg.start), at(seg.end)
         draw.rectangle((a, y0, b, y1), fill=color, outline=(40, 40, 40))
         mid = (y0 + y1) // 2
-        if seg["truncated_start"]:
+        if seg.truncated_start:
             draw.polygon([(a, mid), (a + 6, y0 + 2), (a + 6, y1 - 2)], fill=(0, 0, 0))
-        if seg["truncated_end"]:
+        if seg.truncated_end:
             draw.polygon([(b, mid), (b - 6, y0 + 2), (b - 6, y1 - 2)], fill=(0, 0, 0))
-        draw.text((a + 2, y1 + 1), seg["label"], fill=(0, 0, 0), font=font)
+        draw.text((a + 2, y1 + 1), seg.label, fill=(0, 0, 0), font=font)
     for frame in frames.tolist():  # where the shown frames sit on the timeline
         draw.line((at(frame + 0.5), y0 - 3, at(frame + 0.5), y0), fill=(0, 0, 0))
     draw.text((PAD, y0 + 2), "timeline", fill=(0, 0, 0), font=font)

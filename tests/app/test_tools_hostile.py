@@ -1,0 +1,160 @@
+"""vidshard ls / inspect / show on damaged and hostile shards (issue 21): each ends in exit
+code 2 and one line naming shard, key and member, never a traceback; `show` refuses what the
+reader refuses before it allocates; `vidshard ls | head` ends quietly."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+
+from streaming.errors import ShardFormatError
+from streaming.tario import Limits
+from vidshard.cli import main
+from vidshard.tools.preview import show
+
+from ..helpers import VIEWS
+from ..streaming.hostile_shards import GiB, change_first, meta_with, replace
+
+
+def cut_inside_clip(path: str) -> str:
+    """Shard 0 cut in the middle of its second sample's front.mp4 data, as an interrupted
+    copy leaves it; that sample's key (its member front.mp4 is where the bytes end)."""
+    shard = os.path.join(path, "shard-000000.tar")
+    key = json.load(open(os.path.join(path, "index.json")))["shardlist"][0]["samples"][1]["key"]
+    with tarfile.open(shard) as tar:
+        clip = tar.getmember(f"{key}.front.mp4")
+    with open(shard, "r+b") as f:
+        f.truncate(clip.offset_data + clip.size // 2)
+    return key
+
+
+def without_meta(key, mine):
+    return [(name, data) for name, data in mine if name != f"{key}.meta.json"]
+
+
+# (id, how to break a copy -> the broken key, the member the error must name, reason)
+CASES = [
+    ("truncated-shard", cut_inside_clip, "front.mp4", r"not a readable tar.* \(ReadError: unexpected end of data\)"),
+    ("json-nested-200000-deep", lambda p: change_first(p, replace("meta.json", lambda k, d: b"[" * 200_000 + b"]" * 200_000)),
+     "meta.json", r"meta\.json is not valid JSON \(RecursionError"),
+    ("meta-fps-0", lambda p: change_first(p, replace("meta.json", meta_with(fps=0))), "meta.json",
+     r"meta\.json fps 0 disagrees with its fps_rational '30/1'"),
+    ("meta-fps-and-fps-rational-0", lambda p: change_first(p, replace("meta.json", meta_with(fps=0, fps_rational="0/1"))),
+     "meta.json", r"meta\.json fps_rational '0/1' is not a frame rate"),
+    ("timeline-segments-not-a-list", lambda p: change_first(p, replace("timeline.json", lambda k, d: b'{"segments": 7}')),
+     "timeline.json", r"timeline\.json must be an object with a 'segments' list"),
+    ("meta-json-missing", lambda p: change_first(p, without_meta), "meta.json", r"sample has no meta\.json member"),
+]
+
+
+@pytest.fixture
+def copy(small_dataset, tmp_path):
+    dst = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, dst)
+    return dst
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `vidshard ARGV` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tool_argv(tool: str, path: str, key: str, png: str) -> list[str]:
+    return {"ls": ["ls", path], "inspect": ["inspect", path], "show": ["show", path, "--key", key, "--out", png]}[tool]
+
+
+@pytest.mark.parametrize("tool", ["ls", "inspect", "show"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_tool_on_a_bad_shard_exits_2_naming_shard_key_and_member(copy, tmp_path, tool, case):
+    _, breaks, member, reason = case
+    key = breaks(copy)
+    png = str(tmp_path / "p.png")
+    code, _, err = run_cli(tool_argv(tool, copy, key, png))
+    assert code == 2 and err.startswith(f"vidshard {tool}: error: ") and err.count("\n") == 1, err
+    assert re.search(reason, err), err
+    assert "shard-000000.tar" in err and f"key={key}," in err and f"member={key}.{member}" in err, err
+    assert not os.path.exists(png)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _measured(send, fn, args) -> None:
+    try:
+        start = _status("VmRSS")  # the parent's pages this child shares: not the case's
+        send.send((fn(*args), _status("VmHWM") - start))
+    finally:
+        os._exit(0)
+
+
+def peak_growth(fn, *args, timeout: float = 60.0):
+    """(fn(*args), bytes its RSS grew by at the peak) in a forked child with no address-space
+    cap: a cap would turn a 2 GB allocation into a tidy MemoryError and hide it."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_measured, args=(send, fn, args), daemon=True)
+    child.start()
+    send.close()
+    try:
+        assert receive.poll(timeout), f"still running after {timeout} s"
+        return receive.recv()  # EOFError: the child died without an answer
+    finally:
+        child.kill()
+        child.join()
+
+
+def claim_views(path: str, side: int) -> str:
+    """The first sample's meta.json claims side x side views (its clips are 64 x 48); its key."""
+    return change_first(path, replace("meta.json", meta_with(view_sizes={v: {"height": side, "width": side} for v in VIEWS})))
+
+
+def test_show_refuses_4096_squared_views_before_allocating(copy, tmp_path):
+    """meta.json claims 4096 x 4096 views: the reader refuses the sample (the clip's header
+    disagrees) before it decodes a frame. `show` drew it: +1.7 GB of RSS here, 12 s."""
+    key = claim_views(copy, 4096)
+    png = str(tmp_path / "big.png")
+    start = time.monotonic()
+    (code, _, err), grown = peak_growth(run_cli, tool_argv("show", copy, key, png))
+    assert grown < GiB, f"show grew by {grown >> 20} MiB"
+    assert code == 2 and f"key={key}," in err and f"member={key}.front.mp4" in err, err
+    assert re.search(r"clip declares \(frames, height, width\) = \(\d+, 48, 64\), meta\.json says \(\d+, 4096, 4096\)", err), err
+    assert time.monotonic() - start < 10 and not os.path.exists(png)
+
+
+def test_show_refuses_views_past_max_frame_pixels(copy, tmp_path):
+    """Views over Limits.max_frame_pixels are refused from meta.json's claim, as the reader
+    refuses them (a tight limit here: at the default of 8192 x 8192 a broken check would
+    allocate tens of GB without the cap this test must not have)."""
+    key = claim_views(copy, 256)
+    with pytest.raises(ShardFormatError, match="clip size 256x256 is outside the limit of 16384 pixels") as info:
+        show(copy, key, str(tmp_path / "big.png"), limits=Limits(max_frame_pixels=128 * 128))
+    assert info.value.shard.endswith("shard-000000.tar") and info.value.key == key
+    assert info.value.member == f"{key}.meta.json" and not os.path.exists(tmp_path / "big.png")
+
+
+def test_ls_into_head_ends_quietly(copy):
+    """`vidshard ls | head -1` on a listing far longer than a pipe holds (10,000 extra
+    members, 400 KB of lines): ls is still writing when head exits, and stops without a
+    BrokenPipeError traceback."""
+    change_first(copy, lambda key, mine: mine + [(f"{key}.x{i:05d}.bin", b"") for i in range(10_000)])
+    command = f"{shlex.quote(sys.executable)} -m vidshard ls {shlex.quote(copy)} | head -1"
+    done = subprocess.run(["bash", "-c", f"{command}; exit ${{PIPESTATUS[0]}}"], capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("shard-000000.tar  ") and done.stdout.count("\n") == 1, done.stdout[:200]
+    assert done.stderr == "" and done.returncode == 141, (done.returncode, done.stderr[-2000:])
