@@ -91,6 +91,21 @@ def test_tool_on_a_bad_shard_exits_2_naming_shard_key_and_member(copy, tmp_path,
     assert not os.path.exists(png)
 
 
+@pytest.mark.parametrize("tool", ["ls", "inspect", "show"])
+def test_tool_on_a_shard_cut_between_samples_exits_2_naming_the_first_lost(copy, tmp_path, tool):
+    """Cut where the second sample's first header begins (a copy stopped at a 512-byte
+    boundary): tarfile takes it for the archive's end, so only index.json can tell."""
+    shard = json.load(open(os.path.join(copy, "index.json")))["shardlist"][0]
+    lost = shard["samples"][1]
+    with open(os.path.join(copy, "shard-000000.tar"), "r+b") as f:
+        f.truncate(lost["offset"])
+    code, _, err = run_cli(tool_argv(tool, copy, lost["key"], str(tmp_path / "p.png")))
+    assert code == 2 and err.startswith(f"vidshard {tool}: error: ") and err.count("\n") == 1, err
+    assert "shard-000000.tar" in err and f"key={lost['key']}" in err, err
+    if tool != "show":  # show reads the sample's own byte range: nothing of it is left
+        assert f"the shard ends after 1 samples, index.json lists {len(shard['samples'])}" in err, err
+
+
 def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))

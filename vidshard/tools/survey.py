@@ -12,7 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from streaming.format import META, TIMELINE, Segment
+from streaming.errors import ShardFormatError
+from streaming.format import META, TIMELINE, Segment, ShardEntry
 from streaming.shards import resolve_source
 
 from .reading import sample_fields, shard_members
@@ -22,25 +23,32 @@ def _json_only(suffix: str) -> bool:
     return suffix in (META, TIMELINE)
 
 
-def shard_samples(url: str) -> Iterator[tuple[str, list[tuple[str, int]], dict]]:
-    """(key, [(suffix, size)] of every member, the JSON members' bytes) per sample of a shard."""
+def shard_samples(url: str, listed: list[str] | None = None) -> Iterator[tuple[str, list[tuple[str, int]], dict]]:
+    """(key, [(suffix, size)] of every member, the JSON members' bytes) per sample of a shard.
+    `listed`: the keys index.json lists for it. tarfile takes a shard cut at a member boundary
+    for the archive's end, so a shard holding fewer samples is an error naming the first lost."""
     key, members, parts = None, [], {}
+    count = 0
     for k, suffix, size, data in shard_members(url, _json_only):
         if k != key:
             if key is not None:
                 yield key, members, parts
             key, members, parts = k, [], {}
+            count += 1
         members.append((suffix, size))
         if data is not None:
             parts[suffix] = data
     if key is not None:
         yield key, members, parts
+    if listed is not None and count < len(listed):
+        raise ShardFormatError(f"the shard ends after {count} samples, index.json lists {len(listed)} (truncated?)", shard=url,
+                               key=listed[count])
 
 
-def sample_jsons(urls: list[str], progress: bool = True) -> Iterator[tuple[str, dict, list[Segment]]]:
+def sample_jsons(urls: list[str], shards: list[ShardEntry], progress: bool = True) -> Iterator[tuple[str, dict, list[Segment]]]:
     """(shard url, meta, timeline segments) of every sample."""
-    for url in tqdm(urls, desc="shards", unit="shard", disable=None if progress else True):
-        for key, _, parts in shard_samples(url):
+    for url, shard in tqdm(list(zip(urls, shards)), desc="shards", unit="shard", disable=None if progress else True):
+        for key, _, parts in shard_samples(url, [s.key for s in shard.samples]):
             yield url, *sample_fields({"__key__": key, **parts}, url)
 
 
@@ -53,7 +61,7 @@ def survey(source: str) -> dict[str, Any]:
     kpt_frames: collections.Counter = collections.Counter()
     chunk_frames = 0
     video_seconds: dict[str, float] = {}
-    for _, meta, segments in sample_jsons(urls):
+    for _, meta, segments in sample_jsons(urls, manifest.shards):
         n = meta["end_frame"] - meta["start_frame"]
         lengths[n] += 1
         chunk_frames += n
@@ -118,10 +126,14 @@ def format_survey(report: dict[str, Any], shards: bool = False) -> str:
 def listing(source: str, key: str | None = None) -> Iterator[str]:
     """Like `tar tvf`, grouped by sample, with each sample's video, range and labels: lines
     as the shards are read, so `vidshard ls | head` stops reading early."""
-    urls = [source] if source.endswith(".tar") else resolve_source(source)[1]
+    if source.endswith(".tar"):  # a lone shard, like tar tvf: no index.json needed
+        walks = [(source, None)]
+    else:
+        manifest, urls = resolve_source(source)
+        walks = [(url, [s.key for s in shard.samples]) for url, shard in zip(urls, manifest.shards)]
     found = False
-    for url in urls:
-        for k, members, parts in shard_samples(url):
+    for url, listed in walks:
+        for k, members, parts in shard_samples(url, listed):
             if key is not None and k != key:
                 continue
             found = True
