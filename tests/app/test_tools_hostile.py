@@ -25,7 +25,7 @@ from vidshard.cli import main
 from vidshard.tools.preview import show
 
 from ..helpers import VIEWS
-from ..streaming.hostile_shards import GiB, change_first, meta_with, replace
+from ..streaming.hostile_shards import GiB, change_first, long_name_chain, meta_with, pax_sparse_map_not_numbers, replace
 
 
 def cut_inside_clip(path: str) -> str:
@@ -104,6 +104,19 @@ def test_tool_on_a_shard_cut_between_samples_exits_2_naming_the_first_lost(copy,
     assert "shard-000000.tar" in err and f"key={lost['key']}" in err, err
     if tool != "show":  # show reads the sample's own byte range: nothing of it is left
         assert f"the shard ends after 1 samples, index.json lists {len(shard['samples'])}" in err, err
+
+
+@pytest.mark.parametrize("tool", ["ls", "inspect", "show"])
+@pytest.mark.parametrize("breaks, reason", [(pax_sparse_map_not_numbers, r"not a readable tar \(ValueError"),
+                                            (long_name_chain, r"not a readable tar \(RecursionError")],
+                         ids=["pax-sparse-map-not-numbers", "long-name-chain-of-3000"])
+def test_tool_on_unreadable_tar_records_names_the_sample_they_open(copy, tmp_path, tool, breaks, reason):
+    """Records in front of the first sample that tarfile cannot parse: no member header is
+    read, so only index.json can say which sample they open."""
+    key = breaks(copy)
+    code, _, err = run_cli(tool_argv(tool, copy, key, str(tmp_path / "p.png")))
+    assert code == 2 and err.startswith(f"vidshard {tool}: error: ") and err.count("\n") == 1, err
+    assert re.search(reason, err) and "shard-000000.tar" in err and f"key={key}" in err, err
 
 
 def _status(field: str) -> int:

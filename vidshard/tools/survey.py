@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from streaming.errors import ShardFormatError
+from streaming.errors import SampleError, ShardFormatError
 from streaming.format import META, TIMELINE, Segment, ShardEntry
 from streaming.shards import resolve_source
 
@@ -26,18 +26,22 @@ def _json_only(suffix: str) -> bool:
 def shard_samples(url: str, listed: list[str] | None = None) -> Iterator[tuple[str, list[tuple[str, int]], dict]]:
     """(key, [(suffix, size)] of every member, the JSON members' bytes) per sample of a shard.
     `listed`: the keys index.json lists for it. tarfile takes a shard cut at a member boundary
-    for the archive's end, so a shard holding fewer samples is an error naming the first lost."""
+    for the archive's end, so a shard holding fewer samples is an error naming the first lost;
+    records no member header can be read from belong to the first listed sample."""
     key, members, parts = None, [], {}
     count = 0
-    for k, suffix, size, data in shard_members(url, _json_only):
-        if k != key:
-            if key is not None:
-                yield key, members, parts
-            key, members, parts = k, [], {}
-            count += 1
-        members.append((suffix, size))
-        if data is not None:
-            parts[suffix] = data
+    try:
+        for k, suffix, size, data in shard_members(url, _json_only):
+            if k != key:
+                if key is not None:
+                    yield key, members, parts
+                key, members, parts = k, [], {}
+                count += 1
+            members.append((suffix, size))
+            if data is not None:
+                parts[suffix] = data
+    except SampleError as exc:
+        raise exc.at(key=listed[0] if listed and exc.key is None and key is None else None) from None
     if key is not None:
         yield key, members, parts
     if listed is not None and count < len(listed):
