@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from streaming.decode import ClipDecoder
 from streaming.errors import SampleError
-from streaming.format import KPT_EXT, META, Manifest, SampleEntry, Segment, label_ids
-from streaming.items import ItemSpec, Options, build_item, parse_sample
-from streaming.npz import npz_bound
+from streaming.format import META, SampleEntry, Segment
+from streaming.items import ItemSpec, build_item, parse_sample
+from streaming.options import Source, open_source, sample_reader
+from streaming.remote import redact
 from streaming.sampling import uniform
 from streaming.tario import Limits
 
@@ -54,16 +56,13 @@ def layout(columns: int, sizes: list[tuple[int, int]]) -> Layout:
     return Layout(size=size, scale=scale, tiles=tiles, column=column, bar_y=rows_h)
 
 
-def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEntry, columns: int = 6, keypoints: bool = True,
-                  limits: Limits = Limits()) -> Image.Image:
-    """The sheet of one sample, read as the reader reads it: its JSON members checked against
-    index.json (`parse_sample`), each view decoded by the reader's item builder, which
-    refuses sizes past `limits` and clips whose header disagrees with meta.json before it
-    decodes, and keypoints read by its guarded npz reader. Every view is decoded before the
-    sheet, sized from meta.json, is allocated."""
-    schema = manifest.keypoints if keypoints else {}
-    opts = Options(mode="chunk", num_frames=None, stride=1, img_size=None, views=tuple(manifest.views), load_rgb=True,
-                   load_kpt=bool(schema), label_ids=label_ids(manifest.labels), limits=limits, keypoint_schema=schema)
+def contact_sheet(sample: dict, shard: str, src: Source, entry: SampleEntry, columns: int = 6) -> Image.Image:
+    """The sheet of one sample, read as the reader reads it with `src.options`: its JSON
+    members checked against index.json (`parse_sample`), each view decoded by the reader's
+    item builder, which refuses sizes past the limits and clips that disagree with meta.json
+    before it decodes, and keypoints read by its guarded npz reader. Every view is decoded
+    before the sheet, sized from meta.json, is allocated."""
+    opts = src.options
     sample_fields(sample, shard)  # the fields only tools read; parse_sample keeps just those items use
     info = parse_sample(sample, entry.nframes, entry.nsegments, opts, np.random.default_rng(0), shard, entry.segments)
     length = info.nframes
@@ -94,7 +93,7 @@ def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEnt
                     cx, cy = x0 + px * lay.scale, y0 + py * lay.scale
                     draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(255, 40, 40))
             draw.text((x0, y1 + 1), f"f={frame}", fill=(0, 0, 0), font=font)
-    _timeline(draw, font, lay, info.timeline, length, manifest.labels, frames)
+    _timeline(draw, font, lay, info.timeline, length, src.manifest.labels, frames)
     return sheet
 
 
@@ -132,35 +131,34 @@ def _timeline(draw, font, lay: Layout, segments: list[Segment], length: int, lab
     draw.text((PAD, y0 + 2), "timeline", fill=(0, 0, 0), font=font)
 
 
-def load_sample(source: str, key: str | None, limits: Limits = Limits()) -> tuple[dict, str, Manifest, SampleEntry]:
-    """(sample, shard url, manifest, index.json entry) for `key`, or a random sample when key
-    is None. Members are read with the reader's bounds: a kpt.npz no larger than index.json's
-    schema allows for the sample's frames."""
-    from collections import Counter
+def open_dataset(source: str, keypoints: bool = True, limits: Limits = Limits()) -> Source:
+    """The dataset as the reader opens it (index.json and its counts checked, the reader's
+    item options) for every view at its stored size, keypoints where the dataset has them."""
+    src = open_source(source, sample="chunk", num_frames=None, stride=1, img_size=None, views=None, load_rgb=True,
+                      load_kpt=False, limits=limits, storage=None, cache_dir=None, cache_limit=0, verify_cache=False)
+    load_kpt = keypoints and bool(src.manifest.keypoints)  # open_source refuses load_kpt for a dataset without
+    return dataclasses.replace(src, options=dataclasses.replace(src.options, load_kpt=load_kpt))
 
-    from streaming.remote import StorageOptions, open_range
-    from streaming.shards import read_run, resolve_source
 
-    manifest, urls = resolve_source(source, limits=limits)
-    entries = [(url, s) for url, shard in zip(urls, manifest.shards) for s in shard.samples]
+def load_sample(src: Source, key: str | None) -> tuple[dict, str, SampleEntry]:
+    """(sample, shard url, index.json entry) for `key`, or a random sample when key is None,
+    read by the reader's sample reader: its members and byte limits (a kpt.npz no larger than
+    index.json's schema allows for the sample's frames)."""
+    pairs = [(i, j) for i, shard in enumerate(src.manifest.shards) for j in range(len(shard.samples))]
     if key is None:
-        url, entry = entries[int(np.random.default_rng().integers(len(entries)))]
+        pair = pairs[int(np.random.default_rng().integers(len(pairs)))]
     else:
-        found = [(u, s) for u, s in entries if s.key == key]
-        if not found:
-            raise KeyError(f"no sample {key!r} in {source}")
-        url, entry = found[0]
-    schema = manifest.keypoints
-
-    def member_limit(suffix: str) -> int | None:
-        return min(npz_bound(schema, entry.nframes), limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
-
-    stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
-    sample = next(read_run(stream, url, [entry], limits=limits, limit=member_limit))
-    return sample, url, manifest, entry
+        pair = next(((i, j) for i, j in pairs if src.manifest.shards[i].samples[j].key == key), None)
+        if pair is None:
+            raise KeyError(f"no sample {key!r} in the dataset's index.json")
+    sample = sample_reader(src, Counter()).read([pair])[pair]
+    if isinstance(sample, SampleError):
+        raise sample
+    return sample, redact(src.urls[pair[0]]), src.manifest.shards[pair[0]].samples[pair[1]]
 
 
 def show(source: str, key: str | None, out: str, columns: int = 6, keypoints: bool = True, limits: Limits = Limits()) -> str:
-    sample, url, manifest, entry = load_sample(source, key, limits)
-    contact_sheet(sample, url, manifest, entry, columns=columns, keypoints=keypoints, limits=limits).save(out)
+    src = open_dataset(source, keypoints, limits)
+    sample, url, entry = load_sample(src, key)
+    contact_sheet(sample, url, src, entry, columns=columns).save(out)
     return sample["__key__"]
