@@ -157,3 +157,11 @@ def test_ls_into_head_ends_quietly(copy):
     done = subprocess.run(["bash", "-c", f"{command}; exit ${{PIPESTATUS[0]}}"], capture_output=True, text=True, timeout=60)
     assert done.stdout.startswith("shard-000000.tar  ") and done.stdout.count("\n") == 1, done.stdout[:200]
     assert done.stderr == "" and done.returncode == 141, (done.returncode, done.stderr[-2000:])
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(small_dataset):
+    """`vidshard inspect | true`: the reader is gone long before inspect (a second of imports)
+    writes its one report, and inspect stops without a BrokenPipeError traceback."""
+    command = f"{shlex.quote(sys.executable)} -m vidshard inspect {shlex.quote(small_dataset)} --json | true"
+    done = subprocess.run(["bash", "-c", f"{command}; exit ${{PIPESTATUS[0]}}"], capture_output=True, text=True, timeout=60)
+    assert done.stderr == "" and done.returncode == 141, (done.returncode, done.stderr[-2000:])
