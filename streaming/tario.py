@@ -132,21 +132,23 @@ class Span:
         pass
 
 
-def iter_samples(
+def iter_members(
     fileobj: IO[bytes], url: str, limits: Limits, want: Callable[[str], bool] = lambda suffix: True,
     limit: Callable[[str], int | None] = lambda suffix: None,
-) -> Iterator[dict]:
-    """Samples ({"__key__", suffix: bytes}) of a tar file; only wanted known suffixes are read.
+) -> Iterator[tuple[str, str, int, bytes | None]]:
+    """(key, suffix, declared size, data) of every member of a tar file, in order, each one
+    checked (`check_member`; a sample's members adjacent and not repeated). `data` is read
+    for wanted known suffixes only, None for the others (passed over, seeked past where the
+    file can seek): `vidshard ls` lists every member's size without reading clips.
 
     `fileobj` must be seekable forward (a local or fsspec file, or a `Span`). `limit(suffix)`
     may give a member kind a tighter byte limit than `limits`.
     """
     span = fileobj if isinstance(fileobj, Span) else None
     key = None
-    data: dict[str, bytes] = {}
     seen: set[str] = set()  # suffixes of the current sample, read or passed over
     finished: set[str] = set()
-    member = None
+    member = last = None  # the member being read; the last one whose header was read
     try:
         with tarfile.open(fileobj=fileobj, mode="r:") as tar:
             for info in tar:
@@ -155,26 +157,48 @@ def iter_samples(
                 if member_key != key:
                     if key is not None:
                         finished.add(key)
-                        yield {"__key__": key, **data}
                     if member_key in finished:
                         raise ShardFormatError(f"members of {member_key!r} are not adjacent in the shard", shard=url,
                                                key=member_key, member=member)
-                    key, data, seen = member_key, {}, set()
+                    key, seen = member_key, set()
                 if suffix in seen:
                     raise ShardFormatError("duplicate member in one sample", shard=url, key=key, member=member)
                 seen.add(suffix)
+                data = None
                 if KNOWN_SUFFIX.fullmatch(suffix) and want(suffix):
                     if span is not None:
                         span.allow(info.size)
-                    data[suffix] = tar.extractfile(info).read()
+                    data = tar.extractfile(info).read()
                     if span is not None:
                         span.allow(0)
-                member = None
+                last, member = member, None
+                yield key, suffix, info.size, data
     except SampleError as exc:
         raise exc.at(key=key) from None
     except (tarfile.TarError, EOFError, *_HEADER_ERRORS) as exc:
-        raise ShardFormatError(f"not a readable tar ({type(exc).__name__}: {str(exc)[:200]})", shard=url, key=key,
-                               member=member) from None
+        # Between members, tarfile fails on the next header or on the seek past the last
+        # member's data: a shard cut inside that member's data (truncated) ends here, so
+        # the error names it.
+        where = "" if member or not last else " in or after this member"
+        raise ShardFormatError(f"not a readable tar{where} ({type(exc).__name__}: {str(exc)[:200]})", shard=url, key=key,
+                               member=member or last) from None
+
+
+def iter_samples(
+    fileobj: IO[bytes], url: str, limits: Limits, want: Callable[[str], bool] = lambda suffix: True,
+    limit: Callable[[str], int | None] = lambda suffix: None,
+) -> Iterator[dict]:
+    """Samples ({"__key__", suffix: bytes}) of a tar file, from `iter_members` (same
+    arguments); only wanted known suffixes are read."""
+    key = None
+    data: dict[str, bytes] = {}
+    for member_key, suffix, _, payload in iter_members(fileobj, url, limits, want, limit):
+        if member_key != key:
+            if key is not None:
+                yield {"__key__": key, **data}
+            key, data = member_key, {}
+        if payload is not None:
+            data[suffix] = payload
     if key is not None:
         yield {"__key__": key, **data}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from fractions import Fraction
 
@@ -132,7 +134,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from vidshard.tools.survey import listing
 
-    print(listing(args.source, args.key))
+    for line in listing(args.source, args.key):
+        print(line)
     return 0
 
 
@@ -279,8 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     # FFmpeg's own log lines duplicate what our typed errors say, minus the file and video.
     av.logging.set_level(av.logging.VERBOSE if args.verbose else None)
     try:
-        return args.func(args)
-    except (WriterError, SampleError, ValueError, KeyError, FileNotFoundError) as exc:  # SampleError: a bad shard (`show`)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`vidshard ls | head`) shows here, where it can be caught
+        return code
+    except BrokenPipeError:
+        # Nobody reads stdout any more: stop quietly, as `tar tvf | head` does. stdout is
+        # pointed at /dev/null so that the interpreter's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # what a shell reports for a writer a closed pipe stopped
+    except (WriterError, SampleError, ValueError, KeyError, FileNotFoundError) as exc:  # SampleError: a bad shard (tools)
         from streaming.remote import redact
 
         print(f"vidshard {args.command}: error: {redact(str(exc))}", file=sys.stderr)  # messages name URLs

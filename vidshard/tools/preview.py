@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from streaming.decode import ClipDecoder
-from streaming.errors import ShardFormatError
-from streaming.format import KPT_EXT, META, TIMELINE, Manifest, SampleEntry, clip_suffix, kpt_suffix
-from streaming.items import clip_claims, parse_json
-from streaming.npz import npz_bound, read_keypoints
+from streaming.errors import SampleError
+from streaming.format import META, SampleEntry, Segment
+from streaming.items import ItemSpec, build_item, parse_sample
+from streaming.options import Source, open_source, sample_reader
+from streaming.remote import redact
 from streaming.sampling import uniform
 from streaming.tario import Limits
+
+from .reading import sample_fields
 
 PAD, LEFT, STAMP_H, BAR_H, BAR_LABEL_H, MIN_TILE_H = 6, 64, 14, 16, 14, 96
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -52,28 +56,35 @@ def layout(columns: int, sizes: list[tuple[int, int]]) -> Layout:
     return Layout(size=size, scale=scale, tiles=tiles, column=column, bar_y=rows_h)
 
 
-def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEntry, columns: int = 6, keypoints: bool = True,
-                  limits: Limits = Limits()) -> Image.Image:
-    meta = parse_json(sample, META, shard)
-    segments = parse_json(sample, TIMELINE, shard)["segments"]
-    views = meta["views"]
-    length = meta["end_frame"] - meta["start_frame"]
-    if length != entry.nframes:  # the keypoint arrays are sized by index.json's count
-        raise ShardFormatError(f"meta.json gives {length} frames, index.json says {entry.nframes}", shard=shard, key=entry.key,
-                               member=f"{entry.key}.{META}")
-    frames = np.unique(uniform(0, length, min(columns, length)))
-    sizes = [(meta["view_sizes"][view]["width"], meta["view_sizes"][view]["height"]) for view in views]
+def contact_sheet(sample: dict, shard: str, src: Source, entry: SampleEntry, columns: int = 6) -> Image.Image:
+    """The sheet of one sample, read as the reader reads it with `src.options`: its JSON
+    members checked against index.json (`parse_sample`), each view decoded by the reader's
+    item builder, which refuses sizes past the limits and clips that disagree with meta.json
+    before it decodes, and keypoints read by its guarded npz reader. Every view is decoded
+    before the sheet, sized from meta.json, is allocated."""
+    opts = src.options
+    sample_fields(sample, shard)  # the fields only tools read; parse_sample keeps just those items use
+    info = parse_sample(sample, entry.nframes, entry.nsegments, opts, np.random.default_rng(0), shard, entry.segments)
+    length = info.nframes
+    spec = ItemSpec(frames=np.unique(uniform(0, length, min(columns, length))), segment=None)
+    decoder = ClipDecoder()
+    items = []
+    for view in opts.views:  # one view per item: views may differ in size (a phone held upright)
+        try:
+            items.append(build_item(sample, info, spec, dataclasses.replace(opts, views=(view,)), decoder, shard))
+        except SampleError as exc:  # the size checks name the view; the sizes they refuse are meta.json's
+            raise exc.at(member=f"{entry.key}.{META}") from None
+    sizes = [(info.meta["view_sizes"][view]["width"], info.meta["view_sizes"][view]["height"]) for view in opts.views]
+    frames = spec.frames
     lay = layout(len(frames), sizes)
     sheet = Image.new("RGB", lay.size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    decoder = ClipDecoder()
-    for v, (view, (w, h)) in enumerate(zip(views, sizes)):
+    for v, (view, item) in enumerate(zip(opts.views, items)):
         draw.text((PAD, lay.box(v, 0)[1] + lay.tiles[v][1] // 2 - 6), view, fill=(0, 0, 0), font=font)
-        pixels = np.empty((len(frames), 3, h, w), dtype=np.uint8)
-        decoder.decode(sample[clip_suffix(view)], frames, clip_claims(meta, view, shard, entry.key), (h, w), pixels)
-        points = _points(sample.get(kpt_suffix(view)), frames, manifest.keypoints, entry, limits, shard, view) if keypoints else None
-        for c, frame in enumerate(frames.tolist()):
+        pixels = item["video"][0].numpy()  # [T, 3, H, W]
+        points = _points(item) if opts.load_kpt else None
+        for c, frame in enumerate(item["frame_index"].tolist()):
             x0, y0, x1, y1 = lay.box(v, c)
             tile = Image.fromarray(pixels[c].transpose(1, 2, 0)).resize(lay.tiles[v], Image.NEAREST)
             sheet.paste(tile, (x0, y0))
@@ -81,26 +92,22 @@ def contact_sheet(sample: dict, shard: str, manifest: Manifest, entry: SampleEnt
                 for px, py in points[c]:
                     cx, cy = x0 + px * lay.scale, y0 + py * lay.scale
                     draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(255, 40, 40))
-            draw.text((x0, y1 + 1), f"f={meta['start_frame'] + frame}", fill=(0, 0, 0), font=font)
-    _timeline(draw, font, lay, segments, length, manifest.labels, frames)
+            draw.text((x0, y1 + 1), f"f={frame}", fill=(0, 0, 0), font=font)
+    _timeline(draw, font, lay, info.timeline, length, src.manifest.labels, frames)
     return sheet
 
 
-def _points(data: bytes | None, frames: np.ndarray, schema: dict, entry: SampleEntry, limits: Limits, shard: str,
-            view: str) -> list[np.ndarray] | None:
-    """Per shown frame, the (x, y) points of every 2D keypoint array present on that frame.
-    The archive is untrusted: read as the reader reads it (streaming/npz.py), every declared
-    size checked against index.json's schema before numpy allocates (KeypointError otherwise)."""
-    if data is None:
-        return None
-    arrays, mask = read_keypoints(data, schema, entry.nframes, frames, max_bytes=limits.max_member_bytes, shard=shard,
-                                  key=entry.key, view=view)
-    points = [a for a in arrays.values() if a.ndim >= 2 and a.shape[-1] == 2 and a.dtype.kind == "f"]  # (frames, ..., 2)
+def _points(item: dict) -> list[np.ndarray]:
+    """Per shown frame, the (x, y) points of every 2D keypoint array of the item's one view
+    present on that frame."""
+    arrays = [a[0].numpy() for a in item["keypoints"].values()]
+    mask = item["keypoints_mask"][0].numpy()
+    points = [a for a in arrays if a.ndim >= 2 and a.shape[-1] == 2 and a.dtype.kind == "f"]  # (frames, ..., 2)
     return [np.concatenate([a[i].reshape(-1, 2) for a in points]) if points and mask[i] else np.zeros((0, 2))
-            for i in range(len(frames))]
+            for i in range(len(mask))]
 
 
-def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels: list[str], frames: np.ndarray) -> None:
+def _timeline(draw, font, lay: Layout, segments: list[Segment], length: int, labels: list[str], frames: np.ndarray) -> None:
     x0, x1 = LEFT, lay.size[0] - PAD
     y0, y1 = lay.bar_y, lay.bar_y + BAR_H
     span = x1 - x0
@@ -110,49 +117,48 @@ def _timeline(draw, font, lay: Layout, segments: list[dict], length: int, labels
 
     draw.rectangle((x0, y0, x1, y1), outline=(120, 120, 120), fill=(235, 235, 235))
     for seg in segments:
-        color = PALETTE[labels.index(seg["label"]) % len(PALETTE)] if seg["label"] in labels else (128, 128, 128)
-        a, b = at(seg["start"]), at(seg["end"])
+        color = PALETTE[labels.index(seg.label) % len(PALETTE)] if seg.label in labels else (128, 128, 128)
+        a, b = at(seg.start), at(seg.end)
         draw.rectangle((a, y0, b, y1), fill=color, outline=(40, 40, 40))
         mid = (y0 + y1) // 2
-        if seg["truncated_start"]:
+        if seg.truncated_start:
             draw.polygon([(a, mid), (a + 6, y0 + 2), (a + 6, y1 - 2)], fill=(0, 0, 0))
-        if seg["truncated_end"]:
+        if seg.truncated_end:
             draw.polygon([(b, mid), (b - 6, y0 + 2), (b - 6, y1 - 2)], fill=(0, 0, 0))
-        draw.text((a + 2, y1 + 1), seg["label"], fill=(0, 0, 0), font=font)
+        draw.text((a + 2, y1 + 1), seg.label, fill=(0, 0, 0), font=font)
     for frame in frames.tolist():  # where the shown frames sit on the timeline
         draw.line((at(frame + 0.5), y0 - 3, at(frame + 0.5), y0), fill=(0, 0, 0))
     draw.text((PAD, y0 + 2), "timeline", fill=(0, 0, 0), font=font)
 
 
-def load_sample(source: str, key: str | None, limits: Limits = Limits()) -> tuple[dict, str, Manifest, SampleEntry]:
-    """(sample, shard url, manifest, index.json entry) for `key`, or a random sample when key
-    is None. Members are read with the reader's bounds: a kpt.npz no larger than index.json's
-    schema allows for the sample's frames."""
-    from collections import Counter
+def open_dataset(source: str, keypoints: bool = True, limits: Limits = Limits()) -> Source:
+    """The dataset as the reader opens it (index.json and its counts checked, the reader's
+    item options) for every view at its stored size, keypoints where the dataset has them."""
+    src = open_source(source, sample="chunk", num_frames=None, stride=1, img_size=None, views=None, load_rgb=True,
+                      load_kpt=False, limits=limits, storage=None, cache_dir=None, cache_limit=0, verify_cache=False)
+    load_kpt = keypoints and bool(src.manifest.keypoints)  # open_source refuses load_kpt for a dataset without
+    return dataclasses.replace(src, options=dataclasses.replace(src.options, load_kpt=load_kpt))
 
-    from streaming.remote import StorageOptions, open_range
-    from streaming.shards import read_run, resolve_source
 
-    manifest, urls = resolve_source(source, limits=limits)
-    entries = [(url, s) for url, shard in zip(urls, manifest.shards) for s in shard.samples]
+def load_sample(src: Source, key: str | None) -> tuple[dict, str, SampleEntry]:
+    """(sample, shard url, index.json entry) for `key`, or a random sample when key is None,
+    read by the reader's sample reader: its members and byte limits (a kpt.npz no larger than
+    index.json's schema allows for the sample's frames)."""
+    pairs = [(i, j) for i, shard in enumerate(src.manifest.shards) for j in range(len(shard.samples))]
     if key is None:
-        url, entry = entries[int(np.random.default_rng().integers(len(entries)))]
+        pair = pairs[int(np.random.default_rng().integers(len(pairs)))]
     else:
-        found = [(u, s) for u, s in entries if s.key == key]
-        if not found:
-            raise KeyError(f"no sample {key!r} in {source}")
-        url, entry = found[0]
-    schema = manifest.keypoints
-
-    def member_limit(suffix: str) -> int | None:
-        return min(npz_bound(schema, entry.nframes), limits.max_member_bytes) if suffix.endswith(KPT_EXT) and schema else None
-
-    stream = open_range(url, entry.offset, entry.size, StorageOptions(), Counter())
-    sample = next(read_run(stream, url, [entry], limits=limits, limit=member_limit))
-    return sample, url, manifest, entry
+        pair = next(((i, j) for i, j in pairs if src.manifest.shards[i].samples[j].key == key), None)
+        if pair is None:
+            raise KeyError(f"no sample {key!r} in the dataset's index.json")
+    sample = sample_reader(src, Counter()).read([pair])[pair]
+    if isinstance(sample, SampleError):
+        raise sample
+    return sample, redact(src.urls[pair[0]]), src.manifest.shards[pair[0]].samples[pair[1]]
 
 
 def show(source: str, key: str | None, out: str, columns: int = 6, keypoints: bool = True, limits: Limits = Limits()) -> str:
-    sample, url, manifest, entry = load_sample(source, key, limits)
-    contact_sheet(sample, url, manifest, entry, columns=columns, keypoints=keypoints, limits=limits).save(out)
+    src = open_dataset(source, keypoints, limits)
+    sample, url, entry = load_sample(src, key)
+    contact_sheet(sample, url, src, entry, columns=columns).save(out)
     return sample["__key__"]

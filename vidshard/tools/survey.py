@@ -1,42 +1,59 @@
 """`vidshard inspect` and `vidshard ls`: what a dataset holds, from index.json and the small
 JSON members only. Tar headers are walked with seeks; clips and keypoints are never read.
+Shards are read as the reader reads them (vidshard/tools/reading.py): a damaged shard or a
+hostile JSON member is a ShardFormatError naming shard, key and member.
 """
 
 from __future__ import annotations
 
 import collections
-import json
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 from tqdm import tqdm
 
-from streaming.format import META, TIMELINE
+from streaming.errors import SampleError, ShardFormatError
+from streaming.format import META, TIMELINE, Segment, ShardEntry
 from streaming.shards import resolve_source
-from streaming.tario import Limits, check_member
+
+from .reading import sample_fields, shard_members
 
 
-def shard_members(url: str, read_json: bool = True, limits: Limits = Limits()) -> Iterator[tuple[str, str, int, bytes | None]]:
-    """(key, suffix, size, data) for every member; data only for .json members. Seekable
-    mode: the parser jumps over clip and keypoint bytes instead of reading them."""
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            key, suffix = check_member(member, url, limits)
-            data = tar.extractfile(member).read() if read_json and suffix.endswith(".json") else None
-            yield key, suffix, member.size, data
+def _json_only(suffix: str) -> bool:
+    return suffix in (META, TIMELINE)
 
 
-def sample_jsons(urls: list[str], progress: bool = True) -> Iterator[tuple[str, dict, list[dict]]]:
+def shard_samples(url: str, listed: list[str] | None = None) -> Iterator[tuple[str, list[tuple[str, int]], dict]]:
+    """(key, [(suffix, size)] of every member, the JSON members' bytes) per sample of a shard.
+    `listed`: the keys index.json lists for it. tarfile takes a shard cut at a member boundary
+    for the archive's end, so a shard holding fewer samples is an error naming the first lost;
+    records no member header can be read from belong to the first listed sample."""
+    key, members, parts = None, [], {}
+    count = 0
+    try:
+        for k, suffix, size, data in shard_members(url, _json_only):
+            if k != key:
+                if key is not None:
+                    yield key, members, parts
+                key, members, parts = k, [], {}
+                count += 1
+            members.append((suffix, size))
+            if data is not None:
+                parts[suffix] = data
+    except SampleError as exc:
+        raise exc.at(key=listed[0] if listed and exc.key is None and key is None else None) from None
+    if key is not None:
+        yield key, members, parts
+    if listed is not None and count < len(listed):
+        raise ShardFormatError(f"the shard ends after {count} samples, index.json lists {len(listed)} (truncated?)", shard=url,
+                               key=listed[count])
+
+
+def sample_jsons(urls: list[str], shards: list[ShardEntry], progress: bool = True) -> Iterator[tuple[str, dict, list[Segment]]]:
     """(shard url, meta, timeline segments) of every sample."""
-    for url in tqdm(urls, desc="shards", unit="shard", disable=None if progress else True):
-        current: dict[str, dict] = collections.defaultdict(dict)
-        for key, suffix, _, data in shard_members(url):
-            if suffix in (META, TIMELINE):
-                current[key][suffix] = json.loads(data)
-        for key, parts in current.items():
-            yield url, parts[META], parts[TIMELINE]["segments"]
+    for url, shard in tqdm(list(zip(urls, shards)), desc="shards", unit="shard", disable=None if progress else True):
+        for key, _, parts in shard_samples(url, [s.key for s in shard.samples]):
+            yield url, *sample_fields({"__key__": key, **parts}, url)
 
 
 def survey(source: str) -> dict[str, Any]:
@@ -48,7 +65,7 @@ def survey(source: str) -> dict[str, Any]:
     kpt_frames: collections.Counter = collections.Counter()
     chunk_frames = 0
     video_seconds: dict[str, float] = {}
-    for _, meta, segments in sample_jsons(urls):
+    for _, meta, segments in sample_jsons(urls, manifest.shards):
         n = meta["end_frame"] - meta["start_frame"]
         lengths[n] += 1
         chunk_frames += n
@@ -57,11 +74,11 @@ def survey(source: str) -> dict[str, Any]:
             kpt_frames[view] += count
         for seg in segments:
             clipped += 1
-            truncated += seg["truncated_start"] or seg["truncated_end"]
+            truncated += seg.truncated_start or seg.truncated_end
             # A source segment cut by chunk boundaries appears in several chunks: join them.
-            ident = (meta["video_id"], seg["segment_id"])
-            lo, hi, _ = seen_segments.get(ident, (seg["global_start"], seg["global_end"], seg["label"]))
-            seen_segments[ident] = (min(lo, seg["global_start"]), max(hi, seg["global_end"]), seg["label"])
+            ident = (meta["video_id"], seg.segment_id)
+            lo, hi, _ = seen_segments.get(ident, (seg.global_start, seg.global_end, seg.label))
+            seen_segments[ident] = (min(lo, seg.global_start), max(hi, seg.global_end), seg.label)
     for lo, hi, label in seen_segments.values():
         labels.setdefault(label, {"segments": 0, "frames": 0})
         labels[label]["segments"] += 1
@@ -110,23 +127,24 @@ def format_survey(report: dict[str, Any], shards: bool = False) -> str:
     return "\n".join(lines)
 
 
-def listing(source: str, key: str | None = None) -> str:
-    """Like `tar tvf`, grouped by sample, with each sample's video, range and labels."""
-    urls = [source] if source.endswith(".tar") else resolve_source(source)[1]
-    out = []
-    for url in urls:
-        samples: dict[str, list] = collections.defaultdict(list)
-        for k, suffix, size, data in shard_members(url):
-            if key is None or k == key:
-                samples[k].append((suffix, size, data))
-        for k, members in samples.items():
-            parts = {suffix: data for suffix, _, data in members}
-            meta = json.loads(parts[META]) if parts.get(META) else {}
-            segs = json.loads(parts[TIMELINE])["segments"] if parts.get(TIMELINE) else []
-            labels = " ".join(s["label"] + ("<" if s["truncated_start"] else "") + (">" if s["truncated_end"] else "") for s in segs)
-            out.append(f"{url.rsplit('/', 1)[-1]}  {k}  video {meta.get('video_id')} frames "
-                       f"[{meta.get('start_frame')}, {meta.get('end_frame')})  segments: {labels or '-'}")
-            out += [f"    {size:>10}  {k}.{suffix}" for suffix, size, _ in members]
-    if key is not None and not out:
+def listing(source: str, key: str | None = None) -> Iterator[str]:
+    """Like `tar tvf`, grouped by sample, with each sample's video, range and labels: lines
+    as the shards are read, so `vidshard ls | head` stops reading early."""
+    if source.endswith(".tar"):  # a lone shard, like tar tvf: no index.json needed
+        walks = [(source, None)]
+    else:
+        manifest, urls = resolve_source(source)
+        walks = [(url, [s.key for s in shard.samples]) for url, shard in zip(urls, manifest.shards)]
+    found = False
+    for url, listed in walks:
+        for k, members, parts in shard_samples(url, listed):
+            if key is not None and k != key:
+                continue
+            found = True
+            meta, segs = sample_fields({"__key__": k, **parts}, url)
+            labels = " ".join(s.label + ("<" if s.truncated_start else "") + (">" if s.truncated_end else "") for s in segs)
+            yield (f"{url.rsplit('/', 1)[-1]}  {k}  video {meta['video_id']} frames "
+                   f"[{meta['start_frame']}, {meta['end_frame']})  segments: {labels or '-'}")
+            yield from (f"    {size:>10}  {k}.{suffix}" for suffix, size in members)
+    if key is not None and not found:
         raise KeyError(f"no sample {key!r} in {source}")
-    return "\n".join(out)
