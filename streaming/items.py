@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -94,6 +95,11 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
     if fps is None or not MIN_FPS <= fps <= MAX_FPS:
         raise ShardFormatError(f"meta.json fps_rational {meta['fps_rational']!r} is not a frame rate in [{MIN_FPS}, {MAX_FPS}]",
                                shard=shard, key=key, member=f"{key}.{META}")
+    # meta.json states the rate twice and items carry `fps`: the two must agree. abs() first:
+    # an integer past a float's range is an OverflowError in isclose; NaN fails both.
+    if not abs(meta["fps"]) <= MAX_FPS or not math.isclose(meta["fps"], fps, rel_tol=1e-9):
+        raise ShardFormatError(f"meta.json fps {meta['fps']!r} disagrees with its fps_rational {meta['fps_rational']!r} "
+                               f"(= {float(fps):.6g})", shard=shard, key=key, member=f"{key}.{META}")
     try:
         timeline = timeline_from_json(parse_json(sample, TIMELINE, shard))
     except ValueError as exc:

@@ -35,6 +35,8 @@ CLAIM_CASES = [
           r"clip header disagrees with meta.json: frame rate 30 \(meta.json: 60\)", MP4, "decode"),
     _case("meta-rate-five-sixths", "meta.json", meta_rate_times(Fraction(5, 6)), {"img_size": (24, 32)}, "DecodeError",
           r"frame rate 30 \(meta.json: 25\)", MP4, "decode"),
+    _case("meta-fps-other-than-its-fps-rational", "meta.json", meta_with(fps=25.0), {}, "ShardFormatError",
+          r"meta.json fps 25.0 disagrees with its fps_rational '30/1'", META, "format"),
     _case("meta-gop-a-quarter", "meta.json", meta_with(gop=2), {}, "DecodeError",
           r"frame 2 is not a keyframe: the clip's keyframes are not where meta.json's gop 2 puts them", MP4, "decode"),
     _case("meta-start-shifted", "meta.json", meta_shifted(5), {}, "ShardFormatError",

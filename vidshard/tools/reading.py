@@ -4,22 +4,20 @@ A shard is opened as a `streaming.tario.Span` (header reads bounded as the reade
 them) and walked by `streaming.tario.iter_members` (member checks, `Limits`, a damaged or
 truncated tar as a ShardFormatError); meta.json and timeline.json are parsed by
 `streaming.items.sample_meta`. The few meta.json fields that only the tools read
-(`video_frames`, `fps`, `keypoint_frames`) are checked here the same way, so a hostile value
+(`video_frames`, `keypoint_frames`) are checked here the same way, so a hostile value
 is a ShardFormatError naming shard, key and member, not a ZeroDivisionError in `inspect`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 
 import fsspec
 
 from streaming.errors import ShardFormatError
 from streaming.format import META, Segment
-from streaming.items import MAX_FPS, MAX_INT, sample_meta
+from streaming.items import MAX_INT, sample_meta
 from streaming.tario import Limits, Span, iter_members
 
 
@@ -43,9 +41,8 @@ def _count(value) -> bool:
 
 def sample_fields(sample: dict, url: str) -> tuple[dict, list[Segment]]:
     """meta.json and timeline.json of a sample as the reader checks them, plus the fields
-    only the tools read: `video_frames` (an integer, at least `end_frame`), `fps` (the
-    float of `fps_rational`, which the reader checks: meta.json states the rate twice, and
-    the two must agree) and `keypoint_frames` ({view: frames of the chunk with keypoints})."""
+    only the tools read: `video_frames` (an integer, at least `end_frame`) and
+    `keypoint_frames` ({view: frames of the chunk with keypoints})."""
     meta, timeline = sample_meta(sample, url)
     key = sample["__key__"]
 
@@ -55,10 +52,6 @@ def sample_fields(sample: dict, url: str) -> tuple[dict, list[Segment]]:
     if not _count(meta.get("video_frames")) or not meta["end_frame"] <= meta["video_frames"] <= MAX_INT:
         raise refuse(f"video_frames {str(meta.get('video_frames'))[:40]} is not a frame count of at least end_frame "
                      f"{meta['end_frame']}")
-    rate = Fraction(meta["fps_rational"])
-    # abs() first: an integer past a float's range is an OverflowError in isclose; NaN fails both.
-    if not abs(meta["fps"]) <= MAX_FPS or not math.isclose(meta["fps"], rate, rel_tol=1e-9):
-        raise refuse(f"fps {meta['fps']!r} disagrees with its fps_rational {meta['fps_rational']!r} (= {float(rate):.6g})")
     frames = meta["end_frame"] - meta["start_frame"]
     coverage = meta.get("keypoint_frames", {})
     if not isinstance(coverage, dict) or not all(_count(n) and 0 <= n <= frames for n in coverage.values()):
