@@ -144,3 +144,14 @@ def test_decoded_members_and_samples_of_another_dataset_are_refused(map_dataset,
     stage = wds_items(source=map_dataset)
     with pytest.raises(ShardFormatError, match=r"sample read from .*/shard-000000.tar, index.json lists it in shard-000002.tar"):
         list(stage(wds.WebDataset(shard_urls(small_dataset), shardshuffle=False, empty_check=False)))
+
+
+def test_the_readme_pipeline_batches_with_collate(map_dataset):
+    from streaming import collate
+
+    stage = wds_items(sample="segment", num_frames=4, img_size=(16, 16), load_kpt=True)
+    pipeline = (wds.WebDataset(shard_urls(map_dataset), shardshuffle=100, nodesplitter=wds.split_by_node, empty_check=False)
+                .shuffle(1000).compose(stage).batched(3, collation_fn=collate))
+    batches = list(pipeline)
+    assert batches and batches[0]["video"].shape == (3, 2, 4, 3, 16, 16) and batches[0]["frame_index"].shape == (3, 4)
+    assert sum(len(b["frame_index"]) for b in batches) == len(VideoShardDataset(map_dataset, sample="segment", num_frames=4))
