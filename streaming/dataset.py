@@ -131,10 +131,13 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     # -- resume (torchdata StatefulDataLoader calls these in each worker) ---------------
     def state_dict(self) -> dict[str, Any]:
+        # "frames": this process's decode cost so far (what a DataLoader worker's ds.stats holds,
+        # which the main process cannot see): read, never restored.
+        frames = {"decoded": self.stats["frames_decoded"], "delivered": self.stats["frames_delivered"]}
         if self._running is None:
-            return {STATE_KEY: 1, "spec": None}
+            return {STATE_KEY: 1, "spec": None, "frames": frames}
         spec, world = self._running
-        return {STATE_KEY: 1, "spec": spec, "rank": world.rank, "worker": world.worker, **self._ledger.to_state()}
+        return {STATE_KEY: 1, "spec": spec, "rank": world.rank, "worker": world.worker, **self._ledger.to_state(), "frames": frames}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get(STATE_KEY) != 1:
@@ -175,7 +178,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         order, windows = plan.order, plan.windows(world.rank, world.worker)
         self._running, self._ledger = (spec.to_json(), world), ledger
         held = _Held(self._reader(), order)
-        decoder = ClipDecoder(threads=self.decode_threads)
+        decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats)
         logged: set[tuple] = set()
 
         def on_skip(exc: SampleError) -> None:

@@ -17,6 +17,7 @@ than the declared size could need (FFmpeg's `max_pixels`), so a stream that swit
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import os
@@ -83,11 +84,33 @@ def _max_pixels(claims: Claims) -> int:
     return (claims.width + 128) * (claims.height + 64)
 
 
+def entry_point(target: int, next_frame: int | None, gop: int) -> int | None:
+    """Where the decoder enters the clip to reach frame `target` when it would produce
+    `next_frame` next (None: nothing decoded yet): the keyframe before target, when decoding
+    on from next_frame would pass over it; None to decode on."""
+    keyframe = target - target % gop
+    return keyframe if next_frame is None or keyframe > next_frame else None
+
+
+def frames_decoded(wanted, gop: int) -> int:
+    """Frames `ClipDecoder.decode` decodes to deliver the sorted frame indices `wanted` of a
+    clip with a keyframe every `gop` frames (its cost: docs/performance.md, `vidshard inspect`)."""
+    decoded, next_frame = 0, None
+    for target in wanted:
+        start = entry_point(target, next_frame, gop)
+        start = next_frame if start is None else start
+        decoded += target - start + 1
+        next_frame = target + 1
+    return decoded
+
+
 class ClipDecoder:
     """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, stats: collections.Counter | None = None):
         self.threads = threads  # FFmpeg's decoder threads and swscale's slice threads (reformat's default is one per CPU)
+        # frames_decoded / frames_delivered (each view's frames decoded, and converted for an item): the dataset's stats
+        self.stats = stats if stats is not None else collections.Counter()
         self.pid = os.getpid()
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
         self._spare: np.ndarray | None = None
@@ -126,10 +149,10 @@ class ClipDecoder:
             # The clip's own matrix and range (meta.json's view_colour says the same), not
             # swscale's guess; without this a full-range or BT.709 clip comes out shifted.
             colour = rgb_conversion(stream.codec_context.colorspace, stream.codec_context.color_range)
-            next_frame, frames = -1, None  # index the decoder will produce next
+            next_frame, frames = None, None  # index the decoder will produce next
             for i, target in enumerate(wanted.tolist()):
-                keyframe = target - target % claims.gop
-                if frames is None or keyframe > next_frame:
+                keyframe = entry_point(target, next_frame, claims.gop)
+                if keyframe is not None:
                     container.seek(round(keyframe * ticks), stream=stream, backward=True)
                     frames, next_frame = container.decode(stream), keyframe
                     entered = True  # the next frame must be that keyframe
@@ -138,6 +161,7 @@ class ClipDecoder:
                     if frame is None:
                         raise EOFError(f"clip ends before frame {target}")
                     self._check_frame(frame, next_frame, ticks, claims, stream, after_seek=entered)
+                    self.stats["frames_decoded"] += 1
                     entered = False
                     next_frame += 1
                     if next_frame > target:
@@ -146,6 +170,7 @@ class ClipDecoder:
                 if not planar:
                     planar = self._unscaled_planar_ok(width, height, interpolation, colour)
                 self._convert(frame, width, height, interpolation, colour, planar, out[i])
+                self.stats["frames_delivered"] += 1
 
     def check(self, data: bytes, claims: Claims) -> int:
         """Decode every frame of the clip, checking each as `decode` does (`vidshard verify

@@ -188,7 +188,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
             handles = ShardHandles(self.open_shards)
             reader = sample_reader(self, self.stats, HandleReader, handles=handles)
             local = self._local.state = _Local(pid=os.getpid(), handles=handles, reader=reader,
-                                               decoder=ClipDecoder(threads=self.decode_threads))
+                                               decoder=ClipDecoder(threads=self.decode_threads, stats=self.stats))
         return local
 
     def close(self) -> None:

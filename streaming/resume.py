@@ -94,6 +94,14 @@ def dataset_states(loader_state: Any) -> list[dict]:
     return []
 
 
+def frame_counts(loader_state: Any) -> dict[str, int]:
+    """Frames decoded and delivered (converted for items) by every worker of a
+    StatefulDataLoader state, each since its process started: decoded / delivered is what
+    decoding cost per delivered frame (the clips' GOP against the frames items take)."""
+    states = dataset_states(loader_state)
+    return {k: sum(int((s.get("frames") or {}).get(k, 0)) for s in states) for k in ("decoded", "delivered")}
+
+
 def continued_progress(loader_state: Any) -> dict[str, Any] | None:
     """The `resume_from` to give a dataset beside its own loader state on the same shape: the
     merged progress that the state's epoch itself resumed (None for an epoch begun afresh).

@@ -94,7 +94,7 @@ class WdsItems:
         info = parse_sample(sample, entry.nframes, entry.nsegments, src.options,
                             clip_rng(self.seed, self._epoch.value, shard, index), url, entry.segments)
         if self._decoder is None:
-            self._decoder = ClipDecoder(threads=self.decode_threads)
+            self._decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats)
         items = []
         for spec in info.specs:
             item = build_item(sample, info, spec, src.options, self._decoder, url)

@@ -209,3 +209,25 @@ def test_verify_decode_reports_a_clip_without_video(small_dataset, tmp_path):
     problems, _ = verify(copy, decode=True)
     assert [p for p in problems if key in p and "a clip holds exactly one video stream; this one holds audio" in p
             and "member=" + key + ".front.mp4" in p], problems
+
+
+def test_inspect_shows_what_the_gop_costs(small_dataset, capsys):
+    """Segment mode: the ratio the decoder itself counts over an epoch (ds.stats); clip mode:
+    the rule over every window start of every chunk, by brute force."""
+    from streaming import VideoShardDataset
+    from streaming.decode import frames_decoded
+
+    report = survey(small_dataset)
+    cost = report["decode_cost"]
+    assert cost["gop"] == [8]
+    for n in (8, 16):
+        ds = VideoShardDataset(small_dataset, sample="segment", num_frames=n, shuffle=False, img_size=(16, 16))
+        for _ in ds:
+            pass
+        assert cost["segment"][n] == round(ds.stats["frames_decoded"] / ds.stats["frames_delivered"], 3)
+        lengths = [length for length, count in report["chunk_lengths"].items() for _ in range(count)]
+        per_chunk = [(sum(frames_decoded(range(s, s + n), 8) for s in range(length - n + 1)) / (length - n + 1), n)
+                     for length in lengths]
+        assert cost["clip"][n] == round(sum(d for d, _ in per_chunk) / sum(k for _, k in per_chunk), 3)
+    assert main(["inspect", small_dataset]) == 0
+    assert re.search(r"GOP 8: frames decoded per frame delivered .* segment mode \d\.\d\d \(8 frames\)", capsys.readouterr().out)

@@ -281,13 +281,15 @@ def markdown(result: dict) -> str:
     s = result["sizes"]
     lines = [f"Machine: {result['machine']}. Date: {result['date']}. Dataset: {s['videos']} videos x 3 views x "
              f"{s['frames']} frames, {s['size']}x{s['size']}, 30 fps, H.264 (default GOP, B-frames).", "",
-             "| case | cores | items/s | frames/s | peak RSS (MB) | first item (s) |", "|---|---|---|---|---|---|"]
+             "| case | cores | items/s | frames/s | peak RSS (MB) | first item (s) | decoded per delivered frame |",
+             "|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
         if c.get("oom"):
-            lines.append(f"| {c['name']} | {c['cores']} | out of memory | | | |")
+            lines.append(f"| {c['name']} | {c['cores']} | out of memory | | | | |")
             continue
         lines.append(f"| {c['name']} | {c['cores']} | {_fmt(c.get('items_per_s'), '.2f')} | {_fmt(c.get('frames_per_s'), '.0f')} | "
-                     f"{_fmt(c.get('peak_rss_mb'), '.0f')} | {_fmt(c.get('first_item_s'), '.2f')} |")
+                     f"{_fmt(c.get('peak_rss_mb'), '.0f')} | {_fmt(c.get('first_item_s'), '.2f')} | "
+                     f"{_fmt(c.get('decoded_per_delivered'), '.2f')} |")
     lines += ["", "| source frames | baseline whole video peak RSS (MB) | vidshard chunk mode peak RSS (MB) |", "|---|---|---|"]
     for r in result["memory_sweep"]:
         base = "out of memory (12 GiB data limit)" if r["baseline_oom"] else f"{r['baseline_whole_video_rss_mb']:.0f}"

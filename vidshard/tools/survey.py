@@ -10,10 +10,14 @@ import collections
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
+
+from streaming.decode import frames_decoded
 
 from streaming.errors import SampleError, ShardFormatError
 from streaming.format import META, TIMELINE, Segment, ShardEntry
+from streaming.sampling import uniform
 from streaming.shards import resolve_source
 
 from .reading import sample_fields, shard_members
@@ -65,8 +69,10 @@ def survey(source: str) -> dict[str, Any]:
     kpt_frames: collections.Counter = collections.Counter()
     chunk_frames = 0
     video_seconds: dict[str, float] = {}
+    cost = DecodeCost()
     for _, meta, segments in sample_jsons(urls, manifest.shards):
         n = meta["end_frame"] - meta["start_frame"]
+        cost.add(n, meta["gop"], segments)
         lengths[n] += 1
         chunk_frames += n
         video_seconds[meta["video_id"]] = meta["video_frames"] / meta["fps"]
@@ -98,9 +104,46 @@ def survey(source: str) -> dict[str, Any]:
         "keypoint_coverage": (
             {v: round(kpt_frames[v] / chunk_frames, 4) for v in views} if manifest.keypoints and chunk_frames else None
         ),
+        "decode_cost": cost.report(),
         "shards": [{"url": s.url, "samples": s.nsamples, "segments": s.nsegments, "frames": s.nframes,
                     "bytes": s.filesize, "sha256": s.sha256} for s in manifest.shards],
     }
+
+
+class DecodeCost:
+    """What the clips' GOP costs segment and clip modes on this dataset: frames decoded per
+    frame delivered (`streaming.decode.frames_decoded`, the decoder's own rule), over every
+    segment (segment mode) and over every window start of every chunk (clip mode, stride 1),
+    for items of `NUM_FRAMES` frames. Chunk mode decodes each frame once."""
+
+    NUM_FRAMES = (8, 16)
+
+    def __init__(self):
+        self.gops: set[int] = set()
+        self.segment = {n: [0, 0] for n in self.NUM_FRAMES}  # [decoded, delivered]
+        self.clip = {n: [0.0, 0] for n in self.NUM_FRAMES}
+
+    def add(self, frames: int, gop: int, segments: list[Segment]) -> None:
+        self.gops.add(gop)
+        for n in self.NUM_FRAMES:
+            for seg in segments:
+                wanted = np.unique(uniform(seg.start, seg.end, n))
+                self.segment[n][0] += frames_decoded(wanted.tolist(), gop)
+                self.segment[n][1] += len(wanted)
+            if frames < n:  # the window is the whole chunk (its last frame repeated)
+                self.clip[n][0] += frames
+                self.clip[n][1] += frames
+            else:  # a window at start s decodes from the keyframe before s: s % gop more frames
+                starts = frames - n + 1
+                offsets = (starts // gop) * (gop * (gop - 1) // 2) + (starts % gop) * (starts % gop - 1) // 2
+                self.clip[n][0] += n + offsets / starts
+                self.clip[n][1] += n
+
+    def report(self) -> dict[str, Any]:
+        def ratio(pair) -> float:
+            return round(pair[0] / pair[1], 3) if pair[1] else 1.0
+        return {"gop": sorted(self.gops), "segment": {n: ratio(p) for n, p in self.segment.items()},
+                "clip": {n: ratio(p) for n, p in self.clip.items()}}
 
 
 def format_survey(report: dict[str, Any], shards: bool = False) -> str:
@@ -118,6 +161,11 @@ def format_survey(report: dict[str, Any], shards: bool = False) -> str:
     share = report["truncated_segments"] / report["clipped_segments"] if report["clipped_segments"] else 0
     lines.append(f"segments cut by chunk boundaries: {report['truncated_segments']} of {report['clipped_segments']} "
                  f"chunk segments ({share:.1%})")
+    c = report["decode_cost"]
+    if c["gop"]:
+        lines.append(f"GOP {', '.join(map(str, c['gop']))}: frames decoded per frame delivered at this dataset's lengths: segment "
+                     f"mode {', '.join(f'{r:.2f} ({n} frames)' for n, r in c['segment'].items())}; clip mode "
+                     f"{', '.join(f'{r:.2f} ({n} frames)' for n, r in c['clip'].items())}; chunk mode 1.00")
     cov = report["keypoint_coverage"]
     lines.append("keypoints: " + ("none" if cov is None else ", ".join(f"{v} {c:.1%} of frames" for v, c in cov.items())))
     if shards:
