@@ -54,6 +54,9 @@ class ModelConfig:
 class TrainConfig:
     accumulate_grad_batches: int = 1
     lr: float = 1e-3
+    # Validation and inference run the model on micro-batches of this many clips and join the
+    # outputs (the original's third OOM fix): a batch that trains fits, one 4x larger may not. None: whole batches.
+    video_batch_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

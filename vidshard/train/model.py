@@ -95,3 +95,15 @@ def keypoint_dim(schema: dict, num_views: int) -> int:
         if info["dtype"][1] == "f":
             per_view += int(torch.tensor(info["shape"]).prod()) if info["shape"] else 1
     return per_view * num_views
+
+
+def predict(model: nn.Module, video: torch.Tensor, micro: int | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+    """model(video, **inputs), run on micro-batches of at most `micro` clips and concatenated
+    (train.video_batch_size): the same outputs as one batch in eval mode, a fraction of the
+    activations' memory."""
+    if micro is None or len(video) <= micro:
+        return model(video, **inputs)
+    if micro < 1:
+        raise ValueError(f"train.video_batch_size must be >= 1, got {micro}")
+    return torch.cat([model(video[i : i + micro], **{k: v[i : i + micro] for k, v in inputs.items()})
+                      for i in range(0, len(video), micro)])

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import time
 import warnings
 
 import numpy as np
@@ -33,7 +34,7 @@ from streaming.shards import resolve_source
 
 from .config import Config, ConfigError, load_config
 from .data import SAMPLERS, EpochWeightedSampler, inverse_frequency
-from .model import VideoClassifier, keypoint_dim, keypoint_features
+from .model import VideoClassifier, keypoint_dim, keypoint_features, predict
 
 log = logging.getLogger("vidshard.train")
 # torchdata's StatefulDataLoader calls torch.set_vital, which this torch deprecates with a
@@ -198,7 +199,7 @@ class Trainer:
                 if self.cfg.data.load_kpt:
                     kwargs = {"keypoints": keypoint_features(batch).to(self.device), "keypoints_mask": batch["keypoints_mask"].to(self.device)}
                 with autocast(self.cfg.trainer.precision, self.device):
-                    pred = self.model(video, **kwargs).argmax(-1).cpu()
+                    pred = predict(self.model, video, self.cfg.train.video_batch_size, **kwargs).argmax(-1).cpu()
                 real = ~torch.tensor([m["padded"] for m in batch["meta"]])
                 correct += int(((pred == batch["label_id"]) & real).sum())
                 total += int(real.sum())
@@ -212,13 +213,16 @@ class Trainer:
         cfg = self.cfg
         accumulate = cfg.train.accumulate_grad_batches
         max_steps = max_steps or cfg.trainer.max_steps
-        history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0, "items": []}  # items: [key, segment_id, padded] as delivered
+        # items: [key, segment_id, padded] as delivered; data_wait: per epoch, the share of the
+        # training loop's time spent waiting for the loader (near 0: the model is fed)
+        history = {"losses": [], "val_acc": [], "epoch_loss": [], "batches": 0, "items": [], "data_wait": [], "items_per_s": []}
         self.model.train()
         while self.epoch < cfg.trainer.max_epochs:
             per_epoch = self._start_epoch()  # this epoch's items on every rank (equal by construction)
             check_every = max(1, int(per_epoch / cfg.data.batch_size * cfg.trainer.val_check_interval))
             first_step = len(history["losses"])
-            for i, batch in enumerate(self.loader):
+            fed = Fed()
+            for i, batch in enumerate(fed.timed(self.loader)):
                 last_of_step = (i + 1) % accumulate == 0
                 sync = contextlib.nullcontext() if last_of_step or self.world == 1 else self.model.no_sync()
                 with sync:
@@ -233,19 +237,48 @@ class Trainer:
                     self.step += 1
                     history["losses"].append(float(loss.detach()) * accumulate)
                     if max_steps and self.step >= max_steps:
+                        fed.close(history)
                         self.save(checkpoint)
                         return history
                 if (i + 1) % check_every == 0 and cfg.trainer.val_check_interval < 1.0:
                     history["val_acc"].append(self.validate())
+            fed.close(history)
             self.epoch += 1
             done = history["losses"][first_step:]
             history["epoch_loss"].append(sum(done) / len(done) if done else None)
             history["val_acc"].append(self.validate())
             self.save(checkpoint)
             if self.rank == 0:
-                log.info("epoch %d done: step %d, mean loss %s, val accuracy %s", self.epoch, self.step,
-                         history["epoch_loss"][-1], history["val_acc"][-1])
+                log.info("epoch %d done: step %d, mean loss %s, val accuracy %s; %.1f items/s, waiting for data %.0f%% of "
+                         "the time", self.epoch, self.step, history["epoch_loss"][-1], history["val_acc"][-1],
+                         history["items_per_s"][-1], 100 * history["data_wait"][-1])
         return history
+
+
+class Fed:
+    """Whether the model is fed: time the loop spends in the loader's next() against all of
+    it (the step's forward, backward and optimizer included), and items per second."""
+
+    def __init__(self):
+        self.wait = 0.0
+        self.items = 0
+        self.start = time.perf_counter()
+
+    def timed(self, loader):
+        batches = iter(loader)
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            self.wait += time.perf_counter() - began
+            if batch is None:
+                return
+            self.items += len(batch["meta"])
+            yield batch
+
+    def close(self, history: dict) -> None:
+        total = time.perf_counter() - self.start
+        history["data_wait"].append(self.wait / total if total else 0.0)
+        history["items_per_s"].append(self.items / total if total else 0.0)
 
 
 def run_train(config_path: str | None, resume: str | None = None, max_steps: int | None = None, checkpoint: str | None = None) -> dict:
