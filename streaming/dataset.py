@@ -178,7 +178,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         order, windows = plan.order, plan.windows(world.rank, world.worker)
         self._running, self._ledger = (spec.to_json(), world), ledger
         held = _Held(self._reader(), order)
-        decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats)
+        decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats, shared=world.in_worker)
         logged: set[tuple] = set()
 
         def on_skip(exc: SampleError) -> None:

@@ -107,8 +107,9 @@ def frames_decoded(wanted, gop: int) -> int:
 class ClipDecoder:
     """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
 
-    def __init__(self, threads: int = 1, stats: collections.Counter | None = None):
+    def __init__(self, threads: int = 1, stats: collections.Counter | None = None, shared: bool = False):
         self.threads = threads  # FFmpeg's decoder threads and swscale's slice threads (reformat's default is one per CPU)
+        self.shared = shared  # items are made in shared memory (a DataLoader worker's: streaming.items._item_buffer)
         # frames_decoded / frames_delivered (each view's frames decoded, and converted for an item): the dataset's stats
         self.stats = stats if stats is not None else collections.Counter()
         self.pid = os.getpid()

@@ -196,7 +196,7 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
         "frame_labels": torch.from_numpy(frame_labels(frames, info.label_table)),
     }
     if opts.load_rgb:
-        item["video"] = torch.from_numpy(_decode_views(sample, meta, frames, opts, decoder, shard))
+        item["video"] = _decode_views(sample, meta, frames, opts, decoder, shard)
     if opts.load_kpt:
         item["keypoints"], item["keypoints_mask"] = _keypoints(sample, frames, info.nframes, opts, shard)
     info = {
@@ -222,10 +222,23 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
     return item
 
 
-def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, decoder: ClipDecoder, shard: str) -> np.ndarray:
+def _item_buffer(shape: tuple[int, ...], decoder: ClipDecoder) -> tuple[torch.Tensor, np.ndarray]:
+    """(the item's video tensor, a numpy view of it to decode into). In a DataLoader worker
+    (`decoder.shared`) the tensor is made in shared memory: handing the item to the main
+    process then sends a handle, not a copy of its pixels (the worker would otherwise copy
+    every item into fresh shared memory when it is pickled). Never reused there: the main
+    process holds it. In-process, the decoder's spare array is reused (ClipDecoder.buffer)."""
+    if decoder.shared:
+        tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        return tensor, tensor.numpy()
+    array = decoder.buffer(shape)
+    return torch.from_numpy(array), array
+
+
+def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, decoder: ClipDecoder, shard: str) -> torch.Tensor:
     key = sample["__key__"]
     wanted, inverse = np.unique(frames, return_inverse=True)
-    decoded = None
+    decoded = video = None
     for v, view in enumerate(opts.views):
         data = sample.get(clip_suffix(view))
         if data is None:
@@ -237,8 +250,10 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         if decoded is None:
             shape = (len(opts.views), len(wanted), 3, *size)
             try:
-                decoded = decoder.buffer(shape)
-            except MemoryError:  # one allocation, refused whole: under the limits, over what this node holds
+                video, decoded = _item_buffer(shape, decoder)
+            except (MemoryError, RuntimeError) as exc:  # torch's allocator raises RuntimeError
+                if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
+                    raise  # one allocation, refused whole: under the limits, over what this node holds
                 raise ShardFormatError(f"cannot allocate the item's {np.prod(shape)} bytes ({'x'.join(map(str, shape))}); "
                                        "lower Limits.max_item_bytes or pass img_size", shard=shard, key=key, view=view,
                                        member=f"{key}.{META}") from None
@@ -255,8 +270,11 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
                               member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
-        return decoded
-    return decoded[:, inverse]  # repeated indices: expand once, after decoding each frame once
+        return video
+    # Repeated indices: expand once, after decoding each frame once (into shared memory in a worker, as the item is).
+    index = torch.from_numpy(inverse.reshape(-1))
+    out = torch.empty((video.shape[0], len(index), *video.shape[2:]), dtype=torch.uint8)
+    return torch.index_select(video, 1, index, out=out.share_memory_() if decoder.shared else out)
 
 
 def _check_allocation(views, frames, stored, size, limits, shard, key, view) -> None:

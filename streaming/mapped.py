@@ -34,6 +34,7 @@ from .mapindex import item_index, item_labels, video_items
 from .options import clip_rng, open_source, sample_items, sample_reader
 from .remote import StorageOptions, redact
 from .tario import Limits
+from .world import World
 
 log = logging.getLogger("vidshard.streaming")
 
@@ -188,7 +189,8 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
             handles = ShardHandles(self.open_shards)
             reader = sample_reader(self, self.stats, HandleReader, handles=handles)
             local = self._local.state = _Local(pid=os.getpid(), handles=handles, reader=reader,
-                                               decoder=ClipDecoder(threads=self.decode_threads, stats=self.stats))
+                                               decoder=ClipDecoder(threads=self.decode_threads, stats=self.stats,
+                                                                   shared=World.detect().in_worker))
         return local
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from .items import build_item, parse_sample
 from .options import Source, clip_rng, member_limit, open_source, wanted_members
 from .remote import StorageOptions, redact
 from .tario import Limits
+from .world import World
 
 log = logging.getLogger("vidshard.streaming")
 
@@ -94,7 +95,7 @@ class WdsItems:
         info = parse_sample(sample, entry.nframes, entry.nsegments, src.options,
                             clip_rng(self.seed, self._epoch.value, shard, index), url, entry.segments)
         if self._decoder is None:
-            self._decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats)
+            self._decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats, shared=World.detect().in_worker)
         items = []
         for spec in info.specs:
             item = build_item(sample, info, spec, src.options, self._decoder, url)

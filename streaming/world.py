@@ -16,6 +16,7 @@ class World:
     world_size: int = 1
     worker: int = 0
     num_workers: int = 1
+    in_worker: bool = False  # a DataLoader worker process: its items reach the main process through shared memory
 
     def __post_init__(self):
         if not (0 <= self.rank < self.world_size and 0 <= self.worker < self.num_workers):
@@ -34,4 +35,4 @@ class World:
             rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return cls(rank=rank, world_size=world_size, worker=worker, num_workers=num_workers)
+        return cls(rank=rank, world_size=world_size, worker=worker, num_workers=num_workers, in_worker=info is not None)

@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         run(args.level, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
-            only_random_access=args.random_access)
+            only_random_access=args.random_access, only_workers=args.workers)
     except BenchSetupError as exc:
         print(f"vidshard bench: error: {exc}", file=sys.stderr)
         return 2
@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only: shuffle quality, resume planning and items/s of each shuffle scheme (local disk, local S3)")
     b.add_argument("--random-access", action="store_true",
                    help="only: random-access items/s (VideoShardMapDataset) beside streaming items/s, local disk and local S3")
+    b.add_argument("--workers", action="store_true",
+                   help="only: 2 DataLoader workers against one in-process core (chunk and segment modes), items in shared "
+                        "memory and copied, and each worker's peak RSS against its bound")
     b.set_defaults(func=cmd_bench)
     return parser
 

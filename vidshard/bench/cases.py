@@ -9,6 +9,7 @@ first_item_s, peak_rss_mb (the largest of this process and its DataLoader worker
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -74,16 +75,43 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
     from streaming import VideoShardDataset
 
     mode = args["mode"]
+    if args.get("copy_items"):  # the path before items were decoded into shared memory, measured beside it
+        _decode_into_private_memory()
     ds = VideoShardDataset(args["shards"], sample="chunk" if mode == "keypoints" else mode,
                            num_frames=args.get("num_frames"), load_rgb=mode != "keypoints", load_kpt=mode == "keypoints",
-                           shuffle_buffer="256MB", decode_threads=1)
+                           shuffle_buffer=args.get("shuffle_buffer", "256MB"), decode_threads=1)
     views = len(ds.options.views)
-    source = ds if cores == 1 else DataLoader(ds, batch_size=None, num_workers=cores, prefetch_factor=1)
+    starts = multiprocessing.Array("d", 2 * cores)  # each worker's (pid, RSS) when it starts (fork leaves file pages unmapped)
+
+    def note_start(worker: int) -> None:
+        from vidshard.bench.memory import process_usage
+
+        starts[2 * worker], starts[2 * worker + 1] = os.getpid(), process_usage(os.getpid())["rss_mb"]
+
+    source = ds if cores == 1 else DataLoader(ds, batch_size=None, num_workers=cores, prefetch_factor=1,
+                                              persistent_workers=True, worker_init_fn=note_start)
     for item in source:
         yield 1, len(item["frame_index"]) * views
         del item
+    if cores > 1:
+        from vidshard.bench.memory import children_peak_rss_mb
+
+        peaks = children_peak_rss_mb()  # while the workers live (persistent)
+        extra["worker_peak_rss_mb"] = round(max(peaks.values(), default=0.0), 1)
+        extra["worker_growth_mb"] = round(max(peaks[int(starts[2 * w])] - starts[2 * w + 1] for w in range(cores)), 1)
     if cores == 1 and ds.stats["frames_delivered"]:  # workers count in their own processes
         extra["decoded_per_delivered"] = round(ds.stats["frames_decoded"] / ds.stats["frames_delivered"], 3)
+
+
+def _decode_into_private_memory() -> None:
+    """Workers decode into their own memory, as before: pickling each item copies it into
+    fresh shared memory (the bench's "items copied" rows)."""
+    import dataclasses
+
+    import streaming.world
+
+    detect = streaming.world.World.detect
+    streaming.world.World.detect = classmethod(lambda cls: dataclasses.replace(detect(), in_worker=False))
 
 
 def _ffmpeg(args: dict, cores: int) -> Iterator[tuple[int, int]]:

@@ -115,7 +115,7 @@ def reader_cases(s: Sizes, src: str, shards: dict[int, str], clips, raw, cores: 
     for name, args in tqdm(specs, desc=f"cases, {cores} core(s)", disable=None):
         result = case({**args, "cores": cores})
         rows.append({"name": name, "cores": cores, **{k: result.get(k) for k in
-                     ("items_per_s", "frames_per_s", "peak_rss_mb", "first_item_s", "oom")}})
+                     ("items_per_s", "frames_per_s", "peak_rss_mb", "first_item_s", "oom", "decoded_per_delivered")}})
     return rows
 
 
@@ -137,7 +137,14 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
 
 
 def run(level: str, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
-        only_shuffle: bool = False, only_random_access: bool = False) -> dict:
+        only_shuffle: bool = False, only_random_access: bool = False, only_workers: bool = False) -> dict:
+    if only_workers:
+        from vidshard.bench import workers
+
+        result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "level": level, "workers": workers.report(level)}
+        _emit(result, "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.",
+                                  *workers.markdown(result["workers"])]) + "\n", json_out, md_out)
+        return result
     if not only_engines:  # the shuffle and random-access cases read from a local S3 server: checked before any work
         from vidshard.bench.shuffle import require_local_s3
 

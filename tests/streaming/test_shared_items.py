@@ -1,0 +1,57 @@
+"""Items reach the training process without a copy of their pixels: in a DataLoader worker
+the item's video is decoded straight into shared memory (and a collated batch is made there),
+so pickling it sends a handle; in-process the decoder's buffer is reused instead. Proven
+from pixels that the items are the in-process items."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from streaming import VideoShardDataset, VideoShardMapDataset, collate
+
+from .test_map_dataset import check_pixels, identity
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*pin_memory.*")
+
+
+def mark_shared(item: dict) -> dict:
+    """(runs where the item is made: in the worker)"""
+    item["meta"]["shared"] = item["video"].is_shared()
+    return item
+
+
+def shared_collate(items: list[dict]) -> dict:
+    batch = collate(items)
+    batch["shared"] = batch["video"].is_shared() and batch["frame_index"].is_shared()
+    return batch
+
+
+@pytest.mark.parametrize("mode, kw", [("chunk", {}), ("segment", {"num_frames": 25}), ("clip", {"num_frames": 4})])
+def test_worker_items_are_made_in_shared_memory(map_dataset, mode, kw):
+    """segment mode with 25 frames of segments shorter than that: repeated indices, expanded in shared memory too."""
+    here = {identity(i): i for i in VideoShardDataset(map_dataset, sample=mode, shuffle=False, **kw)}
+    ds = VideoShardDataset(map_dataset, sample=mode, shuffle=False, transform=mark_shared, **kw)
+    got = list(DataLoader(ds, batch_size=None, num_workers=2, pin_memory=True))
+    assert len(got) == len(here) and all(item["meta"]["shared"] for item in got)
+    for item in got:
+        check_pixels(item)
+        assert torch.equal(item["video"], here[identity(item)]["video"])
+    assert not any(i["video"].is_shared() for i in here.values())  # in-process: the reused private buffer
+
+
+def test_worker_batches_are_collated_in_shared_memory(map_dataset):
+    ds = VideoShardDataset(map_dataset, sample="segment", num_frames=3, shuffle=False, img_size=(16, 16))
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=shared_collate, pin_memory=True))
+    assert batches and all(b["shared"] for b in batches)
+    assert sum(len(b["meta"]) for b in batches) == len(ds)
+    assert collate([next(iter(ds))])["video"].is_shared() is False  # outside a worker: ordinary memory
+
+
+def test_map_dataset_items_from_workers_are_shared(map_dataset):
+    ds = VideoShardMapDataset(map_dataset, sample="chunk", transform=mark_shared)
+    got = list(DataLoader(ds, batch_size=None, num_workers=2, shuffle=True))
+    assert len(got) == len(ds) and all(item["meta"]["shared"] for item in got)
+    for item in got:
+        check_pixels(item)

@@ -1,0 +1,60 @@
+"""`vidshard bench --workers`: what DataLoader workers add over one in-process core, and what
+a worker holds, on the same data in the same run.
+
+Per mode (chunk, segment of 16 frames): one core iterating the dataset in-process (the
+baseline), two DataLoader workers on two cores with items decoded into shared memory (the
+hand-off sends a handle), and the same two workers with items decoded into private memory
+and copied into shared memory when pickled (how it was before). Ratios are items/s over
+the baseline; each worker's peak RSS is set beside the bound of docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+
+from vidshard.bench.harness import VIEWS, case
+from vidshard.synth import synth_source
+
+# (videos, frames, size, max_video_frames) per level
+LEVELS = {"full": (3, 1000, 224, 1000), "quick": (2, 300, 160, 300), "smoke": (1, 40, 48, 20)}
+SHUFFLE_BUFFER = 64 << 20
+
+
+def report(level: str) -> dict:
+    from shardwriter.job import WriteConfig, write_dataset
+
+    videos, frames, size, chunk = LEVELS[level]
+    cores = min(2, len(os.sched_getaffinity(0)))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vidshard-bench-workers-") as tmp:
+        src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
+        synth_source(src, videos=videos, frames=frames, views=VIEWS, size=(size, size), fps=Fraction(30))
+        write_dataset(src, out, WriteConfig(max_video_frames=chunk), workers=cores)
+        for mode, num_frames, item_frames in (("chunk", None, chunk), ("segment", 16, 16)):
+            base = {"case": "vidshard", "shards": out, "mode": mode, "num_frames": num_frames, "shuffle_buffer": SHUFFLE_BUFFER}
+            item_mb = len(VIEWS) * item_frames * 3 * size * size / 2**20
+            one = case({**base, "cores": 1})
+            for label, extra in (("items in shared memory", {}), ("items copied (before)", {"copy_items": True})):
+                two = case({**base, "cores": cores, **extra})
+                rows.append({"mode": mode, "workers": cores, "variant": label, "items_per_s": round(two["items_per_s"], 2),
+                             "one_core_items_per_s": round(one["items_per_s"], 2),
+                             "vs_one_core": round(two["items_per_s"] / one["items_per_s"], 3),
+                             "worker_growth_mb": two["worker_growth_mb"],
+                             "item_mb": round(item_mb, 1),
+                             # docs/streaming.md with batch_size=None, prefetch_factor 1: the window, the item being
+                             # decoded, the item queued, and FFmpeg's and the stream's buffers (64 MB allowed here)
+                             "bound_mb": round(SHUFFLE_BUFFER / 2**20 + 2 * item_mb + 64, 1)})
+    return {"level": level, "videos": videos, "frames": frames, "size": size, "max_video_frames": chunk, "rows": rows}
+
+
+def markdown(result: dict) -> list[str]:
+    lines = ["", f"DataLoader workers against one in-process core ({result['videos']} videos x 3 views x {result['frames']} "
+             f"frames, {result['size']}x{result['size']}, chunks of {result['max_video_frames']}; same data, same run):", "",
+             "| mode | workers | items | items/s | one core items/s | ratio | worker RSS growth (MB) | bound (MB) | item (MB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['workers']} | {r['variant']} | {r['items_per_s']} | {r['one_core_items_per_s']} | "
+                     f"{r['vs_one_core']} | {r['worker_growth_mb']} | {r['bound_mb']} | {r['item_mb']} |")
+    return lines
