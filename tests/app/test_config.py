@@ -40,3 +40,8 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(str(path))
     assert str(path) in str(info.value)
+
+
+def test_overrides_reach_top_level_and_section_keys(tmp_path):
+    cfg = load_config(None, {"work_dir": str(tmp_path), "data.batch_size": 3, "train.video_batch_size": 2})
+    assert (cfg.work_dir, cfg.data.batch_size, cfg.train.video_batch_size) == (str(tmp_path), 3, 2)

@@ -138,7 +138,7 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
 
 def run(level: str, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
         only_shuffle: bool = False, only_random_access: bool = False, only: str | None = None) -> dict:
-    if only in ("workers", "gop"):  # cases of their own: vidshard/bench/workers.py, vidshard/bench/gop.py
+    if only in ("workers", "gop", "train_step"):  # cases of their own: vidshard/bench/<only>.py
         import importlib
 
         module = importlib.import_module(f"vidshard.bench.{only}")

@@ -133,5 +133,8 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
             raw = yaml.safe_load(f) or {}
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        raw.setdefault(section, {})[key] = value
+        if key:
+            raw.setdefault(section, {})[key] = value
+        else:  # a top-level key (work_dir, experiment)
+            raw[section] = value
     return _section(Config, raw, path or "config")
