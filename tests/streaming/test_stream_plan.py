@@ -6,6 +6,7 @@ import collections
 import inspect
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from streaming import plan as plan_module
 from streaming.order import blocks, items_per_rank
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan, plan_items
 from streaming.sampling import clip_window, frame_labels, uniform
-from streaming.units import parse_bytes
 from vidshard.bench.shuffle import paired_rounds, shuffle_quality
 
 BUFFER = 60
@@ -204,19 +204,40 @@ def test_a_resume_chain_computes_each_level_once(monkeypatch):
     assert calls == {0: 1, 1: 1, 2: 1}
 
 
+def _default_block(buffer_bytes: int) -> int | None:
+    """The dataset's default shuffle_block, in bytes, for this buffer."""
+    from streaming.dataset import shuffle_block_bytes
+    from streaming.remote import StorageOptions
+
+    default = inspect.signature(VideoShardDataset).parameters["shuffle_block"].default
+    assert default != "shard"
+    return shuffle_block_bytes(default, buffer_bytes, StorageOptions().block_bytes)
+
+
 def test_shuffle_quality_on_the_issue_configuration():
     """100 shards x 50 samples of 20 MB, 2 ranks x 4 workers, 256 MB buffer, batches of 8:
     pairs sharing a batch in epoch 0 meet again in epoch 1 at most 3x as often as under a global
     shuffle, and a batch holds samples of at least 6 shards on average."""
     catalog = Catalog(sample_items=[np.ones(50, np.int64)] * 100, sample_bytes=[np.full(50, 20 * 10**6, np.int64)] * 100)
     kw = dict(world_size=2, num_workers=4, buffer_bytes=256 * 10**6, batch=8)
-    default = inspect.signature(VideoShardDataset).parameters["shuffle_block"].default
-    assert default != "shard"
-    blocks_ = shuffle_quality(catalog, block_bytes=parse_bytes(default), **kw)  # the dataset's default shuffle_block
+    blocks_ = shuffle_quality(catalog, block_bytes=_default_block(kw["buffer_bytes"]), **kw)
     assert blocks_["pair_repeat"] <= 3 * blocks_["global_pair_repeat"]
     assert blocks_["shards_per_batch"] >= 6
     shards = shuffle_quality(catalog, block_bytes=None, **kw)  # the scheme before blocks, as measured in the issue
     assert shards["pair_repeat"] > 100 * shards["global_pair_repeat"] and shards["shards_per_batch"] < 1.5
+
+
+@pytest.mark.parametrize("sample_bytes", [25_000, 500_000, 5_000_000, 50_000_000])
+@pytest.mark.parametrize("buffer_samples", [4, 16, 100, 1000])
+def test_the_default_block_shuffles_near_globally_for_any_sample_and_buffer(sample_bytes, buffer_samples):
+    """Samples of 25 KB to 50 MB, buffers of 4 to 1000 samples (1 rank x 2 workers, batches of
+    8, 40 shards x 60 samples): pair repeats at most 3x a global shuffle's with the default
+    options. A fixed 4 MB block gave 229x (25 KB samples, 4-sample buffer), 102x, 9x."""
+    catalog = Catalog(sample_items=[np.ones(60, np.int64)] * 40, sample_bytes=[np.full(60, sample_bytes, np.int64)] * 40)
+    buffer_bytes = sample_bytes * buffer_samples
+    got = shuffle_quality(catalog, world_size=1, num_workers=2, buffer_bytes=buffer_bytes, batch=8,
+                          block_bytes=_default_block(buffer_bytes))
+    assert got["pair_repeat"] <= 3 * got["global_pair_repeat"], got
 
 
 def test_bench_rounds_alternate_which_scheme_runs_first():
