@@ -163,7 +163,7 @@ CONFIGS = {
 SCHEMES: list[tuple[str, int | None]] = [("vidshard shuffle_block=\"shard\" (before this change)", None),
                                          ("vidshard shuffle_block=\"16MB\"", 16 * MB),
                                          ("vidshard shuffle_block=\"8MB\"", 8 * MB),
-                                         ("vidshard shuffle_block=\"4MB\" (default)", 4 * MB),
+                                         ("vidshard shuffle_block=\"4MB\" (about the default, \"auto\", at this buffer)", 4 * MB),
                                          ("vidshard shuffle_block=1 (one sample per block)", 1)]
 
 
