@@ -60,6 +60,13 @@ def rgb_conversion(colorspace: int, color_range: int) -> dict:
 
 
 CLIP_CODEC = "h264"  # what the writer encodes (docs/format.md): anything else is not a vidshard clip
+# 4:2:0, 8 bits; FFmpeg's H.264 decoder names a full-range clip's format yuvj420p
+CLIP_PIX_FMTS = ("yuv420p", "yuvj420p")
+# The samples as stored, in order: an edit list can play stored frames twice or skip some
+# while every pts, count and keyframe still looks right (a hostile clip whose two edits play
+# frames 0-7 twice delivered them as frames 8-15). The writer's clips carry none but an
+# identity edit, so nothing valid changes.
+_DEMUX = {"ignore_editlist": "1"}
 
 
 class ClipMismatch(ValueError):
@@ -104,6 +111,12 @@ def frames_decoded(wanted, gop: int) -> int:
     return decoded
 
 
+def _sample_positions(data: bytes, options: dict) -> list[int]:
+    """Byte positions of the video packets the demuxer gives, in order (no decoding)."""
+    with av.open(io.BytesIO(data), "r", format="mp4", options=options) as container:
+        return [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+
+
 class ClipDecoder:
     """Decodes sorted frame indices of a clip into a preallocated [N, 3, H, W] uint8 array."""
 
@@ -143,8 +156,8 @@ class ClipDecoder:
 
         ClipMismatch when the clip disagrees with `claims`; EOFError when it ends early.
         """
-        with av.open(io.BytesIO(data), "r", format="mp4") as container:
-            stream, ticks = self._checked_stream(container, claims)
+        with av.open(io.BytesIO(data), "r", format="mp4", options=_DEMUX) as container:
+            stream, ticks, pix_fmt = self._checked_stream(container, claims)
             height, width = size if size else (claims.height, claims.width)
             interpolation = Interpolation.AREA if size else None
             # The clip's own matrix and range (meta.json's view_colour says the same), not
@@ -161,7 +174,7 @@ class ClipDecoder:
                     frame = next(frames, None)
                     if frame is None:
                         raise EOFError(f"clip ends before frame {target}")
-                    self._check_frame(frame, next_frame, ticks, claims, stream, after_seek=entered)
+                    self._check_frame(frame, next_frame, ticks, claims, stream, pix_fmt, after_seek=entered)
                     self.stats["frames_decoded"] += 1
                     entered = False
                     next_frame += 1
@@ -175,21 +188,27 @@ class ClipDecoder:
 
     def check(self, data: bytes, claims: Claims) -> int:
         """Decode every frame of the clip, checking each as `decode` does (`vidshard verify
-        --decode`); the frames decoded."""
-        with av.open(io.BytesIO(data), "r", format="mp4") as container:
-            stream, ticks = self._checked_stream(container, claims)
+        --decode`); the frames decoded. Also what a player would show: the clip's edit list
+        must play its stored samples once each, in order (the reader reads them as stored)."""
+        played, stored = _sample_positions(data, {}), _sample_positions(data, _DEMUX)
+        if played != stored:
+            raise ClipMismatch(f"the clip's edit list plays {len(played)} samples other than the {len(stored)} it stores, once "
+                               "each in order: a player shows other frames than the reader delivers")
+        with av.open(io.BytesIO(data), "r", format="mp4", options=_DEMUX) as container:
+            stream, ticks, pix_fmt = self._checked_stream(container, claims)
             count = 0
             for frame in container.decode(stream):
                 if count >= claims.frames:
                     raise ClipMismatch(f"clip decodes to more than the {claims.frames} frames meta.json says")
-                self._check_frame(frame, count, ticks, claims, stream)
+                self._check_frame(frame, count, ticks, claims, stream, pix_fmt)
                 count += 1
             if count != claims.frames:
                 raise ClipMismatch(f"clip decodes to {count} frames, meta.json says {claims.frames}")
             return count
 
     def _checked_stream(self, container, claims: Claims):
-        """(the clip's video stream, pts ticks per frame), after its header agreed with `claims`."""
+        """(the clip's video stream, pts ticks per frame, its pixel format), after its header agreed
+        with `claims`. The format is kept: the decoder's own field follows the frames it decodes."""
         streams = container.streams
         if len(streams) != 1 or not streams.video:
             raise ClipMismatch(f"a clip holds exactly one video stream; this one holds "
@@ -198,8 +217,10 @@ class ClipDecoder:
         context = stream.codec_context
         declared = (context.name, stream.frames, context.height, context.width, stream.average_rate)
         said = (CLIP_CODEC, claims.frames, claims.height, claims.width, claims.fps)
-        if declared != said:
-            names = ("codec", "frames", "height", "width", "frame rate")
+        if declared != said or context.pix_fmt not in CLIP_PIX_FMTS:
+            if context.pix_fmt not in CLIP_PIX_FMTS:
+                declared, said = (*declared, context.pix_fmt), (*said, " or ".join(CLIP_PIX_FMTS))
+            names = ("codec", "frames", "height", "width", "frame rate", "pixel format")
             diff = ", ".join(f"{n} {d} (meta.json: {w})" for n, d, w in zip(names, declared, said) if d != w)
             raise ClipMismatch(f"clip header disagrees with meta.json: {diff}")
         if stream.time_base is None or stream.start_time not in (0, None):
@@ -210,10 +231,10 @@ class ClipDecoder:
         context.thread_count = self.threads
         # Checked by FFmpeg before it allocates a frame: the per-frame check below comes after.
         context.options = {"max_pixels": str(_max_pixels(claims))}
-        return stream, ticks
+        return stream, ticks, context.pix_fmt
 
     @staticmethod
-    def _check_frame(frame, index: int, ticks: Fraction, claims: Claims, stream, after_seek: bool = False) -> None:
+    def _check_frame(frame, index: int, ticks: Fraction, claims: Claims, stream, pix_fmt: str, after_seek: bool = False) -> None:
         """The decoded frame must be frame `index`: its pts, size and format, and a keyframe
         exactly where meta.json's gop puts one (so a seek lands where the decoder expects)."""
         expected = round(index * ticks)
@@ -224,9 +245,9 @@ class ClipDecoder:
                                    f"{claims.gop} puts them")
             raise ClipMismatch(f"decoded frame has pts {frame.pts}, frame {index} of a {claims.fps} fps clip has {expected} "
                                f"(time base {stream.time_base}): frames missing, repeated or at another rate than meta.json says")
-        if (frame.height, frame.width) != (claims.height, claims.width) or frame.format.name != stream.codec_context.pix_fmt:
+        if (frame.height, frame.width, frame.format.name) != (claims.height, claims.width, pix_fmt):
             raise ClipMismatch(f"frame {index} decodes to {frame.width}x{frame.height} {frame.format.name}; the clip declares "
-                               f"{claims.width}x{claims.height} {stream.codec_context.pix_fmt}")
+                               f"{claims.width}x{claims.height} {pix_fmt}")
         if bool(frame.key_frame) != (index % claims.gop == 0):
             raise ClipMismatch(f"frame {index} is {'a' if frame.key_frame else 'not a'} keyframe: the clip's keyframes are not "
                                f"where meta.json's gop {claims.gop} puts them (every {claims.gop} frames from frame 0)")

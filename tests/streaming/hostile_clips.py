@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import struct
 import subprocess
 import tempfile
 from fractions import Fraction
@@ -120,3 +121,81 @@ def with_cover(key, clip):
         av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24").to_image().save(cover)
         _ffmpeg("-i", cover, "-i", src, "-map", "0", "-map", "1", "-c", "copy", "-disposition:v:0", "attached_pic", out)
         return open(out, "rb").read()
+
+
+def _box(b: bytes, path: list[bytes], start: int = 0, end: int | None = None, chain: tuple = ()) -> tuple:
+    """((offset, type), ...) of the boxes down to `path`'s last, in an MP4's bytes."""
+    end = len(b) if end is None else end
+    while start < end:
+        size, kind = struct.unpack(">I4s", b[start:start + 8])
+        if kind == path[0]:
+            found = chain + ((start, kind),)
+            return found if len(path) == 1 else _box(b, path[1:], start + 8, start + size, found)
+        start += size
+    raise ValueError(f"no {path[0]!r} box")
+
+
+def edits_playing_twice(frames: int):
+    """The clip's edit list replaced by two edits that both play its first `frames` frames:
+    counts, pts, rate and keyframes all look right; frames `frames`.. show frames 0.. again."""
+    def change(key, clip):
+        b = bytearray(clip)
+        chain = _box(b, [b"moov", b"trak", b"edts", b"elst"])
+        elst = chain[-1][0]
+        count = struct.unpack(">I", b[elst + 12:elst + 16])[0]
+        _, media_time, rate = struct.unpack(">Iii", b[elst + 16:elst + 28])
+        mvhd = _box(b, [b"moov", b"mvhd"])[-1][0]
+        mdhd = _box(b, [b"moov", b"trak", b"mdia", b"mdhd"])[-1][0]
+        timescale = struct.unpack(">I", b[mdhd + 20:mdhd + 24])[0]
+        with av.open(io.BytesIO(clip)) as c:
+            fps = c.streams.video[0].average_rate
+        span = round(frames / fps * timescale)
+        struct.pack_into(">II", b, mvhd + 20, timescale, 2 * span)  # movie time in the media's units
+        struct.pack_into(">I", b, _box(b, [b"moov", b"trak", b"tkhd"])[-1][0] + 28, 2 * span)
+        new = struct.pack(">Iii", span, media_time, rate) * 2
+        delta = len(new) - 12 * count
+        b[elst + 16:elst + 16 + 12 * count] = new
+        struct.pack_into(">I", b, elst + 12, 2)
+        for offset, _ in chain:  # every enclosing box grows
+            struct.pack_into(">I", b, offset, struct.unpack(">I", b[offset:offset + 4])[0] + delta)
+        stco = _box(b, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stco"])[-1][0]
+        for k in range(struct.unpack(">I", b[stco + 12:stco + 16])[0]):  # moov before mdat: chunks move by delta
+            at = stco + 16 + 4 * k
+            struct.pack_into(">I", b, at, struct.unpack(">I", b[at:at + 4])[0] + delta)
+        return bytes(b)
+    return change
+
+
+def edit_starting_later(frames: int):
+    """The clip's one edit starts `frames` frames later: the first frames are cut from play."""
+    def change(key, clip):
+        with av.open(io.BytesIO(clip)) as c:
+            s = c.streams.video[0]
+            ticks = int(1 / (s.average_rate * s.time_base))
+        b = bytearray(clip)
+        elst = _box(b, [b"moov", b"trak", b"edts", b"elst"])[-1][0]
+        assert b[elst + 8] == 0  # version 0: 32-bit fields
+        media_time = struct.unpack(">i", b[elst + 20:elst + 24])[0]
+        struct.pack_into(">i", b, elst + 20, media_time + frames * ticks)
+        return bytes(b)
+    return change
+
+
+def pixel_format_switch(at: int = 8):
+    """The clip's own frames re-encoded as H.264, yuv420p for `at` frames, then yuv444p (a
+    mid-stream SPS change of chroma format); the header says yuv420p."""
+    def change(key, clip):
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "in.mp4")
+            open(src, "wb").write(clip)
+            parts = []
+            for i, (fmt, select) in enumerate((("yuv420p", f"lt(n\\,{at})"), ("yuv444p", f"gte(n\\,{at})"))):
+                part = os.path.join(tmp, f"{i}.h264")
+                _ffmpeg("-i", src, "-vf", f"select={select},setpts=N/FRAME_RATE/TB", "-c:v", "libx264", "-preset", "ultrafast",
+                        "-bf", "0", "-g", "8", "-crf", "0", "-pix_fmt", fmt, part)
+                parts.append(open(part, "rb").read())
+            joined, out = os.path.join(tmp, "j.h264"), os.path.join(tmp, "clip.mp4")
+            open(joined, "wb").write(b"".join(parts))
+            _ffmpeg("-r", "30", "-i", joined, "-c", "copy", "-movflags", "+faststart", out)
+            return open(out, "rb").read()
+    return change

@@ -18,7 +18,10 @@ from streaming.decode import Claims, ClipDecoder, ClipMismatch
 from vidshard.synth import read_barcode
 from vidshard.tools.verify import verify
 
-from .hostile_clips import meta_next_chunk, meta_rate_times, meta_shifted, meta_view_size, mjpeg_bomb, size_switch, with_cover
+from .hostile_clips import (
+    edit_starting_later, edits_playing_twice, meta_next_chunk, meta_rate_times, meta_shifted, meta_view_size, mjpeg_bomb,
+    pixel_format_switch, size_switch, with_cover,
+)
 from .hostile_shards import GiB, change_first, meta_with, replace
 from .sandbox import isolated
 
@@ -54,6 +57,17 @@ CLAIM_CASES = [
           r"codec mjpeg \(meta.json: h264\)", MP4, "decode"),
     _case("cover-picture-stream-first", "front.mp4", with_cover, {}, "DecodeError",
           r"exactly one video stream; this one holds video, video", MP4, "decode"),
+    _case("h264-switches-to-yuv444p", "front.mp4", pixel_format_switch(8), {}, "DecodeError",
+          r"frame 8 decodes to 64x48 yuv444p; the clip declares 64x48 yuv420p", MP4, "decode"),
+]
+# Clips whose edit list plays other frames than they store: every pts, count and keyframe
+# looks right. The reader reads the samples as stored (the right frames, delivered);
+# `verify --decode` reports the clip, which a player would show otherwise.
+EDIT_LIST_CASES = [
+    _case("edit-list-playing-frames-0-14-twice", "front.mp4", edits_playing_twice(15), {}, None,
+          r"the clip's edit list plays \d+ samples other than the 30 it stores", MP4, None),
+    _case("edit-list-starting-a-gop-later", "front.mp4", edit_starting_later(8), {}, None,
+          r"the clip's edit list plays \d+ samples other than the 30 it stores", MP4, None),
 ]
 
 
@@ -82,7 +96,7 @@ def delivered(path: str, mode: str) -> dict:
 
 
 @pytest.mark.parametrize("mode", ["chunk", "segment", "clip"])
-@pytest.mark.parametrize("case", CLAIM_CASES, ids=[c[0] for c in CLAIM_CASES])
+@pytest.mark.parametrize("case", CLAIM_CASES + EDIT_LIST_CASES, ids=[c[0] for c in CLAIM_CASES + EDIT_LIST_CASES])
 def test_no_frame_is_delivered_under_a_false_frame_index(copy, case, mode):
     _, breaks, _, _, _, _, skip = case
     key = breaks(copy)
@@ -90,11 +104,14 @@ def test_no_frame_is_delivered_under_a_false_frame_index(copy, case, mode):
     assert outcome.kind == "ok", outcome
     result = outcome.value
     assert result["wrong"] == [], result["wrong"][:3]
-    assert key not in result["keys"] and set(result["skipped"]) == {skip}, result
+    if skip is None:  # right data: the sample is delivered, its frames proven above
+        assert key in result["keys"] and result["skipped"] == {}, result
+    else:  # (in segment mode the sample's items whose frames lie before a mid-stream change are right data)
+        assert set(result["skipped"]) == {skip} and (mode == "segment" or key not in result["keys"]), result
     assert outcome.grown < GiB, outcome
 
 
-@pytest.mark.parametrize("case", CLAIM_CASES, ids=[c[0] for c in CLAIM_CASES])
+@pytest.mark.parametrize("case", CLAIM_CASES + EDIT_LIST_CASES, ids=[c[0] for c in CLAIM_CASES + EDIT_LIST_CASES])
 def test_verify_decode_gives_the_readers_reason(copy, case):
     """(test_hostile.py checks that verify --decode reports every case of the corpus.)"""
     name, breaks, _, _, reason, _, _ = case
@@ -116,9 +133,10 @@ def test_each_frame_is_checked_even_where_the_header_agrees(small_dataset, monke
     key, parts = next(iter(samples.items()))
     original = ClipDecoder._checked_stream
 
-    def unchecked(self, container, claims):
-        return original(self, container, Claims(frames=claims.frames, height=claims.height, width=claims.width,
-                                                fps=Fraction(30), gop=claims.gop))[0], 1 / (claims.fps * container.streams.video[0].time_base)
+    def unchecked(self, container, claims):  # the header checked against the clip's true rate, the frames against 25 fps
+        stream, _, pix_fmt = original(self, container, Claims(frames=claims.frames, height=claims.height, width=claims.width,
+                                                              fps=Fraction(30), gop=claims.gop))
+        return stream, 1 / (claims.fps * stream.time_base), pix_fmt
 
     monkeypatch.setattr(ClipDecoder, "_checked_stream", unchecked)
     import numpy as np
