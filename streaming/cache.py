@@ -52,6 +52,11 @@ def _flock(path: str, blocking: bool = True) -> Iterator[bool]:
         os.close(fd)  # closing releases the lock
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """Which file a name or a handle is: a copy replaced under the same name is another one."""
+    return st.st_dev, st.st_ino
+
+
 _NAME = re.compile(r"[0-9a-f]{64}\.(tar|reserve)")
 
 
@@ -66,6 +71,7 @@ class ShardCache:
     def __init__(self, directory: str, limit: int, verify: bool = True):
         self.dir, self.limit, self.verify = directory, limit, verify
         self._rejected: set[str] = set()  # shards whose download did not match index.json (this process)
+        self._intact: dict[str, tuple[int, int]] = {}  # sha256 -> the copy this process hashed and found intact
         os.makedirs(directory, exist_ok=True)
 
     def _path(self, name: str, ext: str) -> str:
@@ -141,32 +147,34 @@ class ShardCache:
         stats["cache_hits"] += 1
         return f
 
-    def check_copy(self, sha256: str, size: int) -> tuple[tuple[int, int] | None, str | None]:
-        """Hash the complete copy of a shard: (its identity (device, inode), why it is damaged
-        or None). A damaged copy is removed (the next `open` downloads the shard again)."""
+    def check_copy(self, sha256: str, size: int) -> str | None:
+        """Why the shard's complete copy is damaged (then it is removed: the next `open`
+        downloads the shard again), or None. Each copy is hashed at most once per process
+        (an intact copy of a shard that holds one bad sample is not hashed every epoch)."""
         final = self._path(sha256, "tar")
         with _flock(self._path(sha256, "lock")):  # not while a download replaces it
             try:
                 f = open(final, "rb")
             except FileNotFoundError:
-                return None, None
+                return None
             with f:
-                st = os.fstat(f.fileno())
+                identity = _identity(os.fstat(f.fileno()))
+                if self._intact.get(sha256) == identity:
+                    return None
                 held, digest = sha256_of(f)
             if (held, digest) == (size, sha256):
-                return (st.st_dev, st.st_ino), None
+                self._intact[sha256] = identity
+                return None
             with contextlib.suppress(FileNotFoundError):
                 os.remove(final)
-        return (st.st_dev, st.st_ino), f"{final} holds {held} bytes of sha256 {digest[:16]}..., index.json says {size} bytes of " \
-                                       f"{sha256[:16]}..."
+        return f"{final} holds {held} bytes of sha256 {digest[:16]}..., index.json says {size} bytes of {sha256[:16]}..."
 
     def identity(self, sha256: str) -> tuple[int, int] | None:
-        """(device, inode) of the shard's complete copy, None when there is none."""
+        """(device, inode) of the shard's complete copy now, None when there is none."""
         try:
-            st = os.stat(self._path(sha256, "tar"))
+            return _identity(os.stat(self._path(sha256, "tar")))
         except FileNotFoundError:
             return None
-        return st.st_dev, st.st_ino
 
     def _reserve(self, name: str, size: int) -> bool:
         """Reserve `size` bytes, evicting least recently used shards; False if they do not fit

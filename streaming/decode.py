@@ -190,12 +190,12 @@ class ClipDecoder:
         """Decode every frame of the clip, checking each as `decode` does (`vidshard verify
         --decode`); the frames decoded. Also what a player would show: the clip's edit list
         must play its stored samples once each, in order (the reader reads them as stored)."""
-        played, stored = _sample_positions(data, {}), _sample_positions(data, _DEMUX)
-        if played != stored:
-            raise ClipMismatch(f"the clip's edit list plays {len(played)} samples other than the {len(stored)} it stores, once "
-                               "each in order: a player shows other frames than the reader delivers")
         with av.open(io.BytesIO(data), "r", format="mp4", options=_DEMUX) as container:
             stream, ticks, pix_fmt = self._checked_stream(container, claims)
+            played, stored = _sample_positions(data, {}), _sample_positions(data, _DEMUX)
+            if played != stored:
+                raise ClipMismatch(f"the clip's edit list plays {len(played)} samples other than the {len(stored)} it stores, "
+                                   "once each in order: a player shows other frames than the reader delivers")
             count = 0
             for frame in container.decode(stream):
                 if count >= claims.frames:

@@ -6,6 +6,7 @@ JSON members); `build_item` decodes exactly those frames of every view and the k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -162,6 +163,8 @@ def check_place(meta: dict, key: str, chunking: tuple[int | None, int], shard: s
         chunk, start = chunk_start(key, *chunking)
     except ValueError as exc:
         raise ShardFormatError(str(exc), shard=shard, key=key) from None
+    if meta.get("key", key) != key:
+        raise ShardFormatError(f"meta.json names the sample {str(meta['key'])[:80]!r}", shard=shard, key=key, member=f"{key}.{META}")
     said = (meta["video_id"], meta["chunk_index"], meta["start_frame"])
     if said != (video_of(key), chunk, start):
         raise ShardFormatError(f"meta.json says video {said[0]!r} chunk {said[1]} from frame {said[2]}; the key and index.json "
@@ -261,14 +264,8 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             raise ShardFormatError(
                 f"views differ in size ({decoded.shape[-2:]} vs {size}): pass img_size", shard=shard, key=key, view=view
             )
-        try:
+        with _clip_errors(shard, key, view):
             decoder.decode(data, wanted, clip_claims(meta, view, shard, key), opts.img_size, decoded[v])
-        except ClipMismatch as exc:
-            raise DecodeError(str(exc), shard=shard, key=key, view=view, member=f"{key}.{clip_suffix(view)}") from None
-        # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
-        except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:
-            raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view,
-                              member=f"{key}.{clip_suffix(view)}") from None
     if len(wanted) == len(frames):
         return video
     # Repeated indices: expand once, after decoding each frame once (into shared memory in a worker, as the item is).
@@ -285,6 +282,26 @@ def _check_allocation(views, frames, stored, size, limits, shard, key, view) -> 
     item = views * frames * 3 * size[0] * size[1]
     if item > limits.max_item_bytes:
         raise ShardFormatError(f"item would take {item} bytes, over the limit of {limits.max_item_bytes}", shard=shard, key=key, view=view)
+
+
+def check_clip(decoder: ClipDecoder, data: bytes, meta: dict, view: str, shard: str, key: str) -> int:
+    """Decode a whole clip, every frame checked against meta.json (`vidshard verify --decode`);
+    its frames, or the DecodeError the reader would give."""
+    with _clip_errors(shard, key, view):
+        return decoder.check(data, clip_claims(meta, view, shard, key))
+
+
+@contextlib.contextmanager
+def _clip_errors(shard: str, key: str, view: str):
+    """A clip's failures as the sample's DecodeError naming shard, key, member and view."""
+    member = f"{key}.{clip_suffix(view)}"
+    try:
+        yield
+    except ClipMismatch as exc:
+        raise DecodeError(str(exc), shard=shard, key=key, view=view, member=member) from None
+    # OverflowError, ZeroDivisionError: frame times computed from a hostile container header
+    except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:
+        raise DecodeError(f"clip does not decode ({exc})", shard=shard, key=key, view=view, member=member) from None
 
 
 def clip_claims(meta: dict, view: str, shard: str, key: str) -> Claims:

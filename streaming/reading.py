@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 
@@ -35,8 +36,7 @@ class SampleReader:
                  stats: Counter):
         self.manifest, self.urls, self.storage, self.cache = manifest, urls, storage, cache
         self.limits, self.want, self.member_limit, self.stats = limits, want, member_limit, stats
-        self.from_cache: set[int] = set()  # shards this reader read from a cache copy
-        self.checked: dict[int, tuple[int, int]] = {}  # shard -> the cache copy (device, inode) found intact
+        self.from_cache: dict[int, tuple[int, int]] = {}  # shard -> the cache copy this reader last opened (device, inode)
 
     def read(self, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Read]:
         """Every (shard, sample) pair -> its sample or its error."""
@@ -109,7 +109,8 @@ class SampleReader:
             copy = self.cache.open(entry.sha256, entry.filesize,
                                    lambda dst: download(url, entry.filesize, dst, self.storage, self.stats), self.stats)
             if copy is not None:
-                self.from_cache.add(shard)
+                st = os.fstat(copy.fileno())
+                self.from_cache[shard] = (st.st_dev, st.st_ino)
             return copy
         except StorageError:
             raise
@@ -119,20 +120,26 @@ class SampleReader:
             return None
 
     def recover(self, shard: int) -> bool:
-        """After a sample of `shard` failed its checks: whether the bytes came from a damaged
-        cache copy, now dropped (read the sample again: the shard is fetched again). Each
-        copy is hashed at most once per process; an intact copy leaves the error standing."""
+        """After a sample of `shard` failed its checks: whether it was read from a cache copy
+        that is damaged (hashed: dropped) or that another process replaced or removed since
+        this reader opened it (a worker that found it damaged, or evicted it). Then read the
+        sample again: the shard is fetched again. An intact copy leaves the error standing
+        (each copy is hashed at most once per process: ShardCache.check_copy); so does a
+        cache whose disk fails here (counted, logged)."""
         if self.cache is None or shard not in self.from_cache:
             return False
-        entry = self.manifest.shards[shard]
-        identity = self.cache.identity(entry.sha256)
-        if identity is None or self.checked.get(shard) == identity:
+        entry, url = self.manifest.shards[shard], redact(self.urls[shard])
+        try:
+            if self.cache.identity(entry.sha256) != self.from_cache[shard]:
+                log.info("the cache copy of %s was replaced or removed while this process read it: reading the shard again", url)
+                return True
+            damage = self.cache.check_copy(entry.sha256, entry.filesize)
+        except OSError as exc:
+            self.stats["cache_errors"] += 1
+            log.warning("cache %s: %s; not checking the copy of %s", self.cache.dir, exc, url)
             return False
-        identity, damage = self.cache.check_copy(entry.sha256, entry.filesize)
         if damage is None:
-            if identity is not None:
-                self.checked[shard] = identity
             return False
         self.stats["cache_damaged"] += 1
-        log.warning("the cache copy of %s is damaged (%s): dropped, reading the shard again", redact(self.urls[shard]), damage)
+        log.warning("the cache copy of %s is damaged (%s): dropped, reading the shard again", url, damage)
         return True

@@ -172,6 +172,16 @@ def meta_views_8192_squared(key, data):
     return json.dumps(meta).encode()
 
 
+def timeline_segment_moved_back(key, data):
+    """The second segment moved 3 frames earlier, same label and length: it overlaps the first
+    (index.json's [label, frames] pairs still agree)."""
+    timeline = json.loads(data)
+    second = timeline["segments"][1]
+    second["start"] -= 3
+    second["end"] -= 3
+    return json.dumps(timeline).encode()
+
+
 def timeline_span(key, data):
     timeline = json.loads(data)
     timeline["segments"][0]["end"] = 10**12

@@ -41,7 +41,7 @@ def rank_epochs(url: str, cache: str, limit: int, rank: int, start, conn) -> Non
     try:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(RANKS))
         ds = VideoShardDataset(url, storage=FAST, cache_dir=cache, cache_limit=limit, load_rgb=False, load_kpt=True,
-                               shuffle_buffer="40KB")
+                               shuffle_buffer="40KB", shuffle_block="shard")  # whole shards: what a cache below the dataset takes
         start.wait(60)  # every rank begins at once: the first windows collide
         epochs = []
         for epoch in range(EPOCHS):
@@ -271,3 +271,60 @@ def test_a_damaged_cache_copy_is_dropped_and_fetched_again(small_dataset, tmp_pa
     assert ds.stats["cache_damaged"] == 1 and not any(k.startswith("skipped") for k in ds.stats), ds.stats
     assert [r for r in caplog.records if "cache copy" in r.getMessage() and shard["sha256"][:16] in r.getMessage()
             and ("fetching the shard again" in r.getMessage() or "reading the shard again" in r.getMessage())], caplog.text
+
+
+def test_a_copy_dropped_by_another_process_is_read_again_not_blamed_on_the_source(small_dataset, tmp_path):
+    """Two readers share one cache and both hold the copy open; the copy is damaged, the first
+    finds it out and drops it. The second, reading its old (unlinked) copy, sees it replaced
+    and reads again: it delivers every item too, without hashing anything itself."""
+    from streaming import VideoShardMapDataset
+
+    cache = str(tmp_path / "cache")
+    a, b = (VideoShardMapDataset(small_dataset, cache_dir=cache, load_rgb=False, load_kpt=True) for _ in range(2))
+    keys = sorted(a[i]["meta"]["key"] for i in range(len(a)))
+    assert sorted(b[i]["meta"]["key"] for i in range(len(b))) == keys  # both hold every shard's copy open
+    shard = json.load(open(os.path.join(small_dataset, "index.json")))["shardlist"][1]
+    _overwrite_header(str(tmp_path / "cache" / f"{shard['sha256']}.tar"), shard["samples"][1])
+    for ds in (a, b):
+        assert sorted(ds[i]["meta"]["key"] for i in range(len(ds))) == keys
+    assert a.stats["cache_damaged"] == 1 and b.stats["cache_damaged"] == 0
+
+
+def test_an_intact_copy_holding_a_bad_sample_is_hashed_once(small_dataset, tmp_path, monkeypatch):
+    """A shard (and so its cache copy) with a bad sample, sha256 as index.json says: the copy
+    is hashed once in this process, not every epoch; the sample is skipped every epoch."""
+    import streaming.cache
+
+    from .hostile_shards import change_first, replace
+
+    copy = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, copy)
+    change_first(copy, replace("meta.json", lambda k, d: b"{not json"))
+    hashed = collections.Counter()
+    real = streaming.cache.sha256_of
+    monkeypatch.setattr(streaming.cache, "sha256_of", lambda f: hashed.update(["copy"]) or real(f))
+    ds = VideoShardDataset(copy, cache_dir=str(tmp_path / "cache"), load_rgb=False, load_kpt=True, on_error="skip")
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert sum(1 for _ in ds) == len(ds)
+    assert hashed["copy"] == 1 and ds.stats["skipped_format"] == 3 and ds.stats["cache_damaged"] == 0
+
+
+def test_a_cache_disk_failing_while_a_copy_is_checked_leaves_the_skip(small_dataset, tmp_path, monkeypatch):
+    """The check of a copy fails (the cache's disk): counted and logged, and the sample's own
+    error stands (a skip under "skip"), never a crash of the epoch."""
+    from streaming.cache import ShardCache
+
+    from .hostile_shards import change_first, replace
+
+    copy = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, copy)
+    change_first(copy, replace("meta.json", lambda k, d: b"{not json"))
+
+    def failing(self, sha256, size):
+        raise PermissionError(13, "Permission denied", os.path.join(self.dir, f"{sha256}.lock"))
+
+    monkeypatch.setattr(ShardCache, "check_copy", failing)
+    ds = VideoShardDataset(copy, cache_dir=str(tmp_path / "cache"), load_rgb=False, load_kpt=True, on_error="skip")
+    assert sum(1 for _ in ds) == len(ds)
+    assert ds.stats["skipped_format"] == 1 and ds.stats["cache_errors"] == 1

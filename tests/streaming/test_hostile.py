@@ -22,8 +22,8 @@ from .hostile_shards import (
     GiB, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
     long_name_first, many_segments, meta_start_frame_1e19, meta_view_height_infinity, meta_views_8192_squared, meta_with,
     npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, set_first, set_keypoint_dtype,
-    set_sample, shard_copied_under_another_name, shard_listed_twice, key_in_two_shards, symlink, timeline_span, unchunked,
-    without_segments, zip_declaring_1gib, zip_of,
+    set_sample, shard_copied_under_another_name, shard_listed_twice, key_in_two_shards, symlink, timeline_segment_moved_back,
+    timeline_span, unchunked, without_segments, zip_declaring_1gib, zip_of,
 )
 from .sandbox import isolated
 from .test_claims import CLAIM_CASES
@@ -74,6 +74,9 @@ SAMPLE_CASES = [
      "ShardFormatError", "not valid JSON .RecursionError", r"\.meta\.json$", "format"),
     ("timeline-segment-1e12", lambda p: change_first(p, replace("timeline.json", timeline_span)), {"sample": "segment", **KPT},
      "ShardFormatError", r"is not inside the chunk", r"\.timeline\.json$", "format"),
+    ("timeline-segment-overlapping-its-neighbour", lambda p: change_first(p, replace("timeline.json", timeline_segment_moved_back)),
+     {"sample": "segment", **KPT}, "ShardFormatError", r"timeline segments overlap or are out of order", r"\.timeline\.json$",
+     "format"),
     ("other-key-in-range", lambda p: change_first(p, rename_members), KPT,
      "ShardFormatError", "found sample 'intruder_00000' in the byte range", None, "format"),
     ("long-name-record-of-1GiB", long_name_first, KPT,

@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import tarfile
 
-import av
 import fsspec
+import numpy as np
 from tqdm import tqdm
 
-from streaming.decode import ClipDecoder, ClipMismatch
-from streaming.errors import DecodeError, KeypointError, SampleError
+from streaming.decode import ClipDecoder
+from streaming.errors import KeypointError, SampleError
 from streaming.format import clip_suffix, kpt_suffix, sha256_of
-from streaming.items import check_place, check_segments, clip_claims, sample_meta
+from streaming.items import check_clip, parse_sample
 from streaming.npz import read_keypoints
+from streaming.options import open_source
 from streaming.remote import redact
-from streaming.shards import resolve_source
 from streaming.tario import Limits, iter_samples
 
 
 def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tuple[list[str], dict[str, int]]:
     """(problems, counts). Each problem names the shard and, where it applies, key and member."""
-    manifest, urls = resolve_source(source)
+    # The reader's own view of the dataset: its options give parse_sample index.json's chunking,
+    # labels and limits, so verify refuses exactly what the reader refuses.
+    src = open_source(source, sample="chunk", num_frames=None, stride=1, img_size=None, views=None, load_rgb=True,
+                      load_kpt=False, limits=limits, storage=None, cache_dir=None, cache_limit=0, verify_cache=True)
+    manifest, urls = src.manifest, src.urls
     problems: list[str] = []
     counts = {"shards": 0, "samples": 0, "clips_decoded": 0}
     decoder = ClipDecoder()
@@ -51,7 +55,7 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
                     if entry is None or sample["__key__"] != entry.key:
                         problems.append(f"{url}: sample {sample['__key__']!r} where index.json lists {entry and entry.key!r}")
                         continue
-                    problems += _check_sample(sample, entry, url, manifest, decoder, decode, counts, limits)
+                    problems += _check_sample(sample, entry, url, src, decoder, decode, counts)
         except SampleError as exc:
             problems.append(str(exc))
         left = [e.key for e in expected]
@@ -83,47 +87,30 @@ def _check_framing(f, url: str, entries) -> list[str]:
     return problems
 
 
-def _check_sample(sample, entry, url, manifest, decoder, decode, counts, limits) -> list[str]:
-    """The sample as the reader checks it: meta.json and timeline.json against index.json
-    (counts, segment labels, the key's chunk and first frame), and with `decode` every clip
-    decoded whole through the reader's decoder, every frame checked against meta.json."""
+def _check_sample(sample, entry, url, src, decoder, decode, counts) -> list[str]:
+    """The sample as the reader checks it (`streaming.items.parse_sample`: meta.json and
+    timeline.json against index.json and each other), every view's members, and with `decode`
+    every clip decoded whole through the reader's decoder, every frame checked against meta.json."""
     key, where = sample["__key__"], f"{url} {sample['__key__']}"
     try:
-        meta, timeline = sample_meta(sample, url)
-        check_place(meta, key, (manifest.max_video_frames, manifest.overlap), url)
-        if entry.segments is not None:
-            check_segments(timeline, entry.segments, url, key)
+        info = parse_sample(sample, entry.nframes, entry.nsegments, src.options, np.random.default_rng(0), url, entry.segments)
     except SampleError as exc:
         return [str(exc)]
     problems = []
-    frames = meta["end_frame"] - meta["start_frame"]
-    if meta.get("key") != key:
-        problems.append(f"{where}: meta.json key is {meta.get('key')!r}")
-    if frames != entry.nframes or len(timeline) != entry.nsegments:
-        problems.append(f"{where}: {frames} frames / {len(timeline)} segments, index.json says {entry.nframes} / {entry.nsegments}")
-    for view in manifest.views:
+    for view in src.manifest.views:
         clip = sample.get(clip_suffix(view))
         if clip is None:
             problems.append(f"{where}: no {clip_suffix(view)}")
         elif decode:
             counts["clips_decoded"] += 1
-            problems += _check_clip(decoder, clip, meta, url, key, view)
-        if manifest.keypoints:
-            problems += _check_keypoints(sample.get(kpt_suffix(view)), entry.nframes, manifest.keypoints, limits, url, key, view)
+            try:
+                check_clip(decoder, clip, info.meta, view, url, key)
+            except SampleError as exc:
+                problems.append(str(exc))
+        if src.manifest.keypoints:
+            problems += _check_keypoints(sample.get(kpt_suffix(view)), entry.nframes, src.manifest.keypoints,
+                                         src.options.limits, url, key, view)
     return problems
-
-
-def _check_clip(decoder: ClipDecoder, clip: bytes, meta: dict, url: str, key: str, view: str) -> list[str]:
-    member = f"{key}.{clip_suffix(view)}"
-    try:
-        decoder.check(clip, clip_claims(meta, view, url, key))
-    except SampleError as exc:
-        return [str(exc)]
-    except ClipMismatch as exc:
-        return [str(DecodeError(str(exc), shard=url, key=key, view=view, member=member))]
-    except (EOFError, OSError, ValueError, OverflowError, ZeroDivisionError, av.FFmpegError) as exc:  # as the reader's _decode_views
-        return [str(DecodeError(f"clip does not decode ({exc})", shard=url, key=key, view=view, member=member))]
-    return []
 
 
 def _check_keypoints(data, nframes, schema, limits, url, key, view) -> list[str]:
