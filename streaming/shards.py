@@ -46,9 +46,11 @@ def resolve_source(source: str | Sequence[str], storage: StorageOptions = Storag
         raise ValueError("shard URLs must share one folder (with its index.json)")
     manifest = load_manifest(_join(base, INDEX_NAME), storage, limits.max_index_bytes)
     by_name = {s.url: s for s in manifest.shards}
-    repeated = sorted(u for u, n in collections.Counter(urls).items() if n > 1)
-    if repeated:  # each would deliver its samples twice per epoch
-        raise ValueError(redact(f"shard URLs given more than once: {repeated[:5]}"))
+    # By name, as they are looked up: "a/shard-000000.tar" and "a//shard-000000.tar" are one shard,
+    # which would deliver its samples twice per epoch.
+    repeated = sorted(n for n, count in collections.Counter(posixpath.basename(u) for u in urls).items() if count > 1)
+    if repeated:
+        raise ValueError(redact(f"shards given more than once: {repeated[:5]}"))
     missing = [u for u in urls if posixpath.basename(u) not in by_name]
     if missing:
         raise ValueError(redact(f"shards not listed in {_join(base, INDEX_NAME)}: {missing[:5]}"))
