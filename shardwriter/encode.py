@@ -20,7 +20,7 @@ from av.video.frame import PictureType
 
 from .display import Colour, Filters, Matrix, clip_colour, orientation_filters, transposed
 from .errors import SourceError
-from .source import ViewSource
+from .media import ViewSource, played_stream
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
@@ -177,7 +177,7 @@ def _orientation_graph(filters: Filters, frame: av.VideoFrame) -> av.filter.Grap
 
 
 def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.VideoFrame]:
-    """Every frame of the file's first video stream as a clip frame: yuv420p at view.size,
+    """Every frame of the file's played stream (media.played_stream) as a clip frame: yuv420p at view.size,
     turned upright by view.filters, carrying view.colour.
 
     Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
@@ -192,7 +192,7 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.
     count = 0
     try:
         with av.open(view.path) as container:
-            stream = container.streams.video[0]
+            stream = played_stream(container)  # the stream probe_view counted
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 rgb = frame.format.is_rgb
@@ -212,6 +212,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.
                 count += 1
     except av.FFmpegError as exc:
         raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {count} ({exc})") from None
+    except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
+        raise SourceError(video_id, view.path, f"cannot read the file after frame {count} ({exc.strerror or exc})") from None
 
 
 def encode_chunks(

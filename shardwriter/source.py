@@ -13,19 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from fractions import Fraction
 from typing import Any
 
-import av
-import numpy as np
-
 from streaming.format import SAFE_NAME, check_views
 
-from .display import HDR_TRANSFERS, Colour, Matrix, display_rotation, mirrored, orientation_filters
+from .display import HDR_TRANSFERS, orientation_filters
 from .errors import SourceError, WriterError
 from .keypoints import Schema, frame_schema, list_keypoints
+from .media import ViewProbe, ViewSource, probe_view, same_rate  # noqa: F401  (ViewProbe, probe_view: imported from here)
 from .plan import SourceSegment, check_timeline
 from .stray import is_stray
 
@@ -86,41 +83,6 @@ def check_source(root: str, views: tuple[str, ...] | None) -> SourceListing:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViewSource:
-    """How one view's file is stored and how it is meant to be shown."""
-
-    codec: str
-    pix_fmt: str  # of the decoded frames
-    bit_depth: int  # bits per component of the decoded frames
-    width: int  # as stored (before the display matrix)
-    height: int
-    matrix: Matrix | None  # the display matrix, None where the file has none
-    colour: Colour  # as the decoder reports it for the first frame
-    yuv: bool
-
-    def describe(self) -> dict[str, Any]:
-        rotation = display_rotation(self.matrix)
-        return {
-            "codec": self.codec,
-            "pix_fmt": self.pix_fmt,
-            "width": self.width,
-            "height": self.height,
-            # counter-clockwise, in [0, 360): ffprobe prints 270 as -90
-            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,
-            "mirrored": mirrored(self.matrix),
-            "colour": self.colour.describe(),
-        }
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ViewProbe:
-    path: str
-    num_frames: int  # frames the decoder outputs (probe_view: not the packets it discards or cannot decode)
-    fps: Fraction
-    source: ViewSource
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class VideoSpec:
     """One validated source video: plain values, so a task can run in any process."""
 
@@ -144,69 +106,6 @@ class ScanResult:
     views: tuple[str, ...]
     keypoint_schema: Schema  # empty when the source has no keypoints
     keypoint_origin: dict[str, str]  # kind -> the file its schema was taken from
-
-
-def _frame_source(stream, frame) -> ViewSource:
-    desc = frame.format
-    matrix = frame.side_data.get("DISPLAYMATRIX")
-    return ViewSource(
-        codec=stream.codec_context.name,
-        pix_fmt=desc.name,
-        bit_depth=max(c.bits for c in desc.components),
-        width=frame.width,
-        height=frame.height,
-        matrix=tuple(int(v) for v in np.frombuffer(bytes(matrix), "<i4")) if matrix is not None else None,
-        colour=Colour(range=frame.color_range, matrix=frame.colorspace, primaries=frame.color_primaries,
-                      transfer=frame.color_trc),
-        yuv=not desc.is_rgb and len(desc.components) >= 3,
-    )
-
-
-def probe_view(video_id: str, path: str) -> ViewProbe:
-    """Open one view file, count its frames by demuxing, and decode its first frame (for its
-    display matrix and colour).
-
-    A frame counts when the decoder outputs it: a packet the demuxer flags to discard (the
-    part of an MP4/MOV edit list before its start or after its end) does not, and neither
-    does a leading packet the decoder drops without a flag: a recording cut in mid-GOP (a
-    split MPEG-TS segment, a capture joined mid-stream) starts with frames that refer to
-    frames before the cut, which decoders do not output. Those are the packets fed before
-    the first frame came out whose timestamp is earlier than that frame's: decoders output
-    in presentation order. The encode pass checks the count again while decoding.
-    """
-    first = None
-    leading: list[int | None] = []  # pts of the counted packets fed until the first frame came out
-    count = 0  # counted packets after those
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise SourceError(video_id, path, "no video stream in the file")
-            stream = container.streams.video[0]
-            fps = stream.average_rate or stream.guessed_rate
-            for packet in container.demux(stream):
-                if not packet.size:
-                    continue
-                if first is None:
-                    if not packet.is_discard:
-                        leading.append(packet.pts)
-                    first = next(iter(packet.decode()), None)
-                else:
-                    count += not packet.is_discard
-            if first is None and leading:
-                first = next(iter(stream.codec_context.decode(None)), None)  # a decoder that delays its output
-    except av.FFmpegError as exc:
-        raise SourceError(video_id, path, f"unreadable or corrupt video ({exc})") from None
-    if first is not None and first.pts is not None:
-        count += sum(1 for pts in leading if pts is None or pts >= first.pts)
-    else:
-        count += len(leading)
-    if count == 0:
-        raise SourceError(video_id, path, "zero-frame video")
-    if first is None:
-        raise SourceError(video_id, path, "no frame decodes from the video stream")
-    if not fps:
-        raise SourceError(video_id, path, "the video stream has no frame rate")
-    return ViewProbe(path=path, num_frames=count, fps=Fraction(fps), source=_frame_source(stream, first))
 
 
 def check_view_names(views: tuple[str, ...]) -> None:
@@ -270,8 +169,9 @@ def load_video(
     if len(set(counts)) > 1 and not truncate_views:
         detail = ", ".join(f"{v}={n}" for v, n in zip(views, counts))
         raise SourceError(video_id, folder, f"views have different frame counts ({detail}); --truncate-views writes the shortest")
-    rates = {p.fps for p in probes}
-    if len(rates) > 1:
+    # Rates equal within media.RATE_TOLERANCE are one rate (each already snapped to a
+    # standard rate it is that close to); the first view's is recorded.
+    if any(not same_rate(p.fps, probes[0].fps) for p in probes):
         detail = ", ".join(f"{v}={p.fps}" for v, p in zip(views, probes))
         raise SourceError(video_id, folder, f"views have different frame rates ({detail})")
     warnings = []
