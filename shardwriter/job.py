@@ -37,6 +37,7 @@ from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
+from .limits import check_video
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
 from .source import check_source
@@ -76,6 +77,11 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
                 f"{output}: no space left on the device ({exc.filename or exc}); nothing partial is listed: "
                 "free space and re-run the same command to resume"
             ) from None
+        if exc.errno == errno.EFBIG:  # RLIMIT_FSIZE (`ulimit -f`), or the file system's own file-size limit
+            raise WriterError(
+                f"{output}: a file grew past the file-size limit ({exc.filename or exc}; `ulimit -f` or the file "
+                "system's limit); nothing partial is listed: raise the limit and re-run the same command to resume"
+            ) from None
         raise
     start, ready, end = marks[0], marks[1] if len(marks) > 2 else marks[0], marks[-1]
     return dataclasses.replace(report, driver=measure(start, ready, end))
@@ -114,7 +120,8 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
                 raise outcome
             else:
                 probes.append(outcome)
-    problems.sort(key=lambda p: (p.video_id or "", p.path))
+    probes, refused = _writable(probes, config, source)
+    problems = sorted(problems + refused, key=lambda p: (p.video_id or "", p.path))
     if problems and config.on_error == "fail":
         _discard(store, work, [])
         _fail(problems)
@@ -155,6 +162,21 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
             log.warning("  %s", p)
     return WriteReport(videos=len(results), chunks=chunks, shards=len(outcome.shards),
                        bytes=manifest.totals["bytes"], skipped=problems)
+
+
+def _writable(probes: list, config: WriteConfig, source: str) -> tuple[list, list[SourceError]]:
+    """The probed videos whose samples the reader can take, and a SourceError for each other
+    one, found before anything is written (limits.py: the reader's own limits and rules)."""
+    good, refused = [], []
+    kinds = frozenset(n.partition(".")[0] for p in probes for n in p.schema)  # what meta.json may list, at most
+    for probe in probes:
+        try:
+            check_video(probe.spec, config, source, kinds)
+        except SourceError as exc:
+            refused.append(exc)
+        else:
+            good.append(probe)
+    return good, refused
 
 
 def _merge_schemas(probes) -> tuple[dict, dict]:

@@ -42,7 +42,7 @@ class ProbeResult:
 def run_probe_task(task: ProbeTask) -> ProbeResult:
     spec = load_video(task.source, task.video_id, task.views, task.truncate_views, task.encode.autorotate,
                       resize=task.encode.resize is not None)
-    schema, origin = keypoint_schema([spec])
+    schema, origin = keypoint_schema([spec], strict=True)
     for path, source in zip(spec.paths, spec.sources):
         try:
             view_encode(path, source, task.encode)

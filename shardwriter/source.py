@@ -38,21 +38,39 @@ class SourceListing:
     stray: tuple[str, ...]  # paths of files skipped by is_stray, sorted
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_dir() / is_file(), True where asking fails for another reason than a missing
+    target (a symlink loop, EIO): the entry is then listed, and opening it reports the error
+    with its path (load_video), instead of a traceback here or a silently missing view."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return True
+
+
 def list_source(root: str) -> SourceListing:
     videos_dir = os.path.join(root, "videos")
     if not os.path.isdir(videos_dir):
         raise WriterError(f"{videos_dir}: no such directory (expected SOURCE/videos/<video_id>/<view>.mp4)")
     names, stray, video_ids = set(), [], []
-    for entry in sorted(os.scandir(videos_dir), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(videos_dir), key=lambda e: e.name)
+    except OSError as exc:
+        raise WriterError(f"{videos_dir}: cannot list the folder ({exc.strerror or exc})") from None
+    for entry in entries:
         if is_stray(entry.name):
             stray.append(entry.path)
-        elif entry.is_dir():
+        elif _is(entry, "dir"):
             video_ids.append(entry.name)
     if not video_ids:
         raise WriterError(f"{videos_dir}: no video folders")
     for vid in video_ids:
-        for entry in os.scandir(os.path.join(videos_dir, vid)):
-            if not entry.is_file():
+        try:
+            entries = list(os.scandir(os.path.join(videos_dir, vid)))
+        except OSError:
+            continue  # its probe names the folder and the reason (_view_file)
+        for entry in entries:
+            if not _is(entry, "file"):
                 continue
             if is_stray(entry.name):
                 stray.append(entry.path)
@@ -117,9 +135,12 @@ def check_view_names(views: tuple[str, ...]) -> None:
 
 
 def _view_file(video_id: str, folder: str, view: str) -> str:
-    matches = sorted(
-        e.path for e in os.scandir(folder) if e.is_file() and not is_stray(e.name) and e.name.partition(".")[0] == view
-    )
+    try:
+        matches = sorted(
+            e.path for e in os.scandir(folder) if _is(e, "file") and not is_stray(e.name) and e.name.partition(".")[0] == view
+        )
+    except OSError as exc:  # a symlink loop as the video folder, EIO, no permission
+        raise SourceError(video_id, folder, f"cannot list the video folder ({exc.strerror or exc})") from None
     if not matches:
         raise SourceError(video_id, os.path.join(folder, f"{view}.*"), f"missing view file for view {view!r}")
     if len(matches) > 1:
@@ -146,6 +167,8 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
             obj = json.load(f)
     except FileNotFoundError:
         raise SourceError(video_id, path, "missing annotation JSON") from None
+    except OSError as exc:  # a directory, a symlink loop, no permission, EIO
+        raise SourceError(video_id, path, f"cannot read the annotation JSON ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise SourceError(video_id, path, f"invalid annotation JSON ({exc})") from None
     if not isinstance(obj, dict) or "timeline" not in obj:
@@ -227,8 +250,10 @@ def load_video(
     )
 
 
-def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
-    """The dataset's keypoint arrays, from the first file of each kind (sorted order)."""
+def keypoint_schema(videos: list[VideoSpec], strict: bool = False) -> tuple[Schema, dict[str, str]]:
+    """The dataset's keypoint arrays, from the first file of each kind (sorted order).
+    `strict`: a first file that cannot be read, or that index.json could not describe, is
+    the video's source error (the probe task: found before anything is written)."""
     schema: Schema = {}
     origin: dict[str, str] = {}
     for spec in videos:
@@ -242,6 +267,8 @@ def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
                     try:
                         schema.update(frame_schema(spec.video_id, kind, path))
                     except SourceError:
+                        if strict:
+                            raise
                         continue  # reported by its own video's task; take the schema elsewhere
                     origin[kind] = path
     return schema, origin

@@ -112,7 +112,8 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                 members[kpt_suffix(view)], coverage[view] = stack_chunk(
                     spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
                 )
-        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, views, coverage))
+        members[META] = dumps(chunk_meta(spec, task.encode, task.keypoint_schema, index, len(chunks), start, end, views,
+                                         coverage))
         for view, path in zip(spec.views, clip_paths[index]):
             members[clip_suffix(view)] = path
         with work.create(fragment_name(key)) as f:
@@ -144,10 +145,11 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
     )
 
 
-def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, views: list, coverage: dict) -> dict:
-    spec = task.spec
+def chunk_meta(spec: VideoSpec, encode: EncodeSettings, schema: Schema, index: int, num_chunks: int, start: int, end: int,
+               views: list, coverage: dict) -> dict:
+    """A chunk's meta.json (limits.py sizes it before anything is written)."""
     meta = {
-        "key": key,
+        "key": sample_key(spec.video_id, index),
         "video_id": spec.video_id,
         "chunk_index": index,
         "num_chunks": num_chunks,
@@ -161,9 +163,9 @@ def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, en
         "view_sizes": {v: {"width": e.size[0], "height": e.size[1]} for v, e in zip(spec.views, views)},
         "view_colour": {v: e.colour.describe() for v, e in zip(spec.views, views)},
         "view_source": {v: s.describe() for v, s in zip(spec.views, spec.sources)},
-        "autorotate": task.encode.autorotate,
-        "gop": task.encode.gop,
-        "keypoints": sorted({n.partition(".")[0] for n in task.keypoint_schema}),
+        "autorotate": encode.autorotate,
+        "gop": encode.gop,
+        "keypoints": sorted({n.partition(".")[0] for n in schema}),
         "keypoint_frames": coverage,  # per view: frames of the chunk that have keypoints
         "annotation": spec.annotation,
     }
