@@ -60,6 +60,10 @@ class EncodeSettings:
         # threads 1: libx264's output depends on its thread count; fixing it keeps shards
         # byte-identical across machines with different core counts (parallelism comes
         # from running several videos at once).
+        # mbtree=0: x264's macroblock-tree rate control made runs differ even so: the same
+        # decoded frames encoded 8 times in fresh processes gave 4 different byte strings for
+        # the synthetic test source (issue 22), 8 identical ones without it. The clips are
+        # short-GOP training data; mbtree's gain (bits moved to referenced blocks) is small there.
         return {
             "crf": str(self.crf),
             "preset": self.preset,
@@ -68,6 +72,7 @@ class EncodeSettings:
             "sc_threshold": "0",
             "bf": "0",
             "threads": "1",
+            "x264-params": "mbtree=0",
         }
 
     def describe(self) -> dict:
@@ -79,6 +84,7 @@ class EncodeSettings:
             "preset": self.preset,
             "gop": self.gop,
             "bframes": 0,
+            "mbtree": False,
             "resize": list(self.resize) if self.resize else None,
             "autorotate": self.autorotate,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),

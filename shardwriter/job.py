@@ -37,6 +37,9 @@ from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
+from .fingerprint import check_same_source, source_fingerprint
+from .fingerprint import record as record_source
+from .lock import OutputLock
 from .limits import check_video
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
@@ -92,22 +95,25 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
     # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
     listing = check_source(source, config.views)
     video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
+    sources = source_fingerprint(source, video_ids)
     store, work = open_store(output), open_store(work_at)
-    engine = make_engine(workers)
-    try:
+    with OutputLock(store, output):  # before anything of OUTPUT is read: a second writer stops here
         if store.exists(INDEX_NAME):
+            check_same_source(store, sources, output, "a finished dataset")
             return _already_written(store, work, config)
-        _claim_output(store, work, output, config)
-        marks.append(snapshot())  # start-up done: the engine is up, both stores answered
-        return _run(engine, source, output, work_at, store, work, config, video_ids, views)
-    finally:
-        # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
-        marks.append(snapshot())
-        engine.close()
+        _claim_output(store, work, output, config, sources)
+        engine = make_engine(workers)
+        try:
+            marks.append(snapshot())  # start-up done: the engine is up, both stores answered
+            return _run(engine, source, output, work_at, store, work, config, video_ids, views, sources)
+        finally:
+            # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
+            marks.append(snapshot())
+            engine.close()
 
 
 def _run(engine: Engine, source: str, output: str, work_at: str, store, work, config: WriteConfig,
-         video_ids: list[str], views: tuple[str, ...]) -> WriteReport:
+         video_ids: list[str], views: tuple[str, ...], sources: dict[str, str]) -> WriteReport:
     probes, problems = [], []
     tasks = [ProbeTask(source=source, video_id=v, views=views, truncate_views=config.truncate_views, encode=config.encode)
              for v in video_ids]  # (the listing is the driver's; every file is opened by a task)
@@ -149,6 +155,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
     if config.on_error == "skip":
         store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
     manifest = _manifest(views, results, outcome.shards, config, skipped=len(problems), schema=schema)
+    record_source(store, sources)  # what the finished dataset was written from (fingerprint.py)
     write_json(store, INDEX_NAME, manifest.to_json())  # last: its presence means "complete"
     work.delete_tree("")
     store.remove_partials()
@@ -204,8 +211,8 @@ def _discard(store, work, shard_names: list[str]) -> None:
     work.delete_tree("")
 
 
-def _claim_output(store, work, output: str, config: WriteConfig) -> None:
-    """Start a new run, or continue one with the same configuration; refuse anything else."""
+def _claim_output(store, work, output: str, config: WriteConfig, sources: dict[str, str]) -> None:
+    """Start a new run, or continue one with the same configuration and SOURCE; refuse anything else."""
     wanted = dumps({"output": output, **config.to_json()})
     if work.exists("job.json"):
         if work.read("job.json") != wanted:
@@ -213,12 +220,15 @@ def _claim_output(store, work, output: str, config: WriteConfig) -> None:
                 f"{output} holds an unfinished run with other settings ({work.url}/job.json); "
                 "re-run with the same settings to resume it, or write into a new OUTPUT"
             )
+        check_same_source(work, sources, output, "an unfinished run")
+        record_source(work, sources)  # (a run begun by a vidshard from before the record)
         return
     if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
     # Without job.json nothing in the work area can be checked against these settings (a run
     # killed while it discarded its work leaves records and spooled samples): start empty.
     work.delete_tree("")
+    record_source(work, sources)
     work.write("job.json", wanted)
 
 
