@@ -40,7 +40,7 @@ from .errors import SourceError, WriterError
 from .fingerprint import check_same_source, source_fingerprint
 from .fingerprint import record as record_source
 from .lock import OutputLock
-from .limits import check_video
+from .limits import writable
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
 from .source import check_source
@@ -126,7 +126,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
                 raise outcome
             else:
                 probes.append(outcome)
-    probes, refused = _writable(probes, config, source)
+    probes, refused = writable(probes, config, source)
     problems = sorted(problems + refused, key=lambda p: (p.video_id or "", p.path))
     if problems and config.on_error == "fail":
         _discard(store, work, [])
@@ -169,21 +169,6 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
             log.warning("  %s", p)
     return WriteReport(videos=len(results), chunks=chunks, shards=len(outcome.shards),
                        bytes=manifest.totals["bytes"], skipped=problems)
-
-
-def _writable(probes: list, config: WriteConfig, source: str) -> tuple[list, list[SourceError]]:
-    """The probed videos whose samples the reader can take, and a SourceError for each other
-    one, found before anything is written (limits.py: the reader's own limits and rules)."""
-    good, refused = [], []
-    kinds = frozenset(n.partition(".")[0] for p in probes for n in p.schema)  # what meta.json may list, at most
-    for probe in probes:
-        try:
-            check_video(probe.spec, config, source, kinds)
-        except SourceError as exc:
-            refused.append(exc)
-        else:
-            good.append(probe)
-    return good, refused
 
 
 def _merge_schemas(probes) -> tuple[dict, dict]:

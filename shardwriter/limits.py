@@ -28,6 +28,21 @@ from .task import chunk_meta
 LIMITS = Limits()  # the reader's defaults: what VideoShardDataset applies unless told otherwise
 
 
+def writable(probes: list, config, source: str) -> tuple[list, list[SourceError]]:
+    """The probed videos whose samples the reader can take, and a SourceError for each other
+    one (write and `vidshard check` alike)."""
+    good, refused = [], []
+    kinds = frozenset(n.partition(".")[0] for p in probes for n in p.schema)  # what meta.json may list, at most
+    for probe in probes:
+        try:
+            check_video(probe.spec, config, source, kinds)
+        except SourceError as exc:
+            refused.append(exc)
+        else:
+            good.append(probe)
+    return good, refused
+
+
 def check_video(spec: VideoSpec, config, source: str, kinds: frozenset[str] = frozenset()) -> None:
     """SourceError naming the video's folder or file when the reader would refuse a sample
     of it. `kinds`: keypoint kinds of the whole dataset (meta.json lists them)."""

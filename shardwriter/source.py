@@ -158,6 +158,15 @@ def _view_warnings(video_id: str, view: str, path: str, source: ViewSource) -> l
             f"{where}: HDR {HDR_TRANSFERS[source.colour.transfer]} transfer; frames are delivered as the "
             "HDR-coded signal converted with its matrix, not tone-mapped (what `ffmpeg -pix_fmt rgb24` shows too)"
         )
+    if source.covers:
+        notes.append(f"{where}: {source.covers} other video stream(s) (cover pictures, thumbnails) are not read; "
+                     f"stream {source.stream} is the video")
+    if source.field_order != "progressive":
+        notes.append(f"{where}: interlaced ({source.field_order}); frames are delivered as stored, both fields woven "
+                     "into one frame, not deinterlaced")
+    if source.sar != 1:
+        notes.append(f"{where}: non-square pixels (sample aspect ratio {source.sar.numerator}:{source.sar.denominator}); "
+                     "frames are delivered as stored, the clip carries the aspect ratio for players")
     return notes
 
 
@@ -176,18 +185,48 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
     return obj["timeline"], {k: v for k, v in obj.items() if k != "timeline"}
 
 
+def probe_views(root: str, video_id: str, views: tuple[str, ...]) -> list[ViewProbe | SourceError]:
+    """Each view's probe, or the SourceError that stopped it: every view, whatever the others
+    do (`vidshard check` lists them all)."""
+    folder = os.path.join(root, "videos", video_id)
+    out: list[ViewProbe | SourceError] = []
+    for view in views:
+        try:
+            out.append(probe_view(video_id, _view_file(video_id, folder, view)))
+        except SourceError as exc:
+            out.append(exc)
+    return out
+
+
+def view_problems(video_id: str, probe: ViewProbe, autorotate: bool, resize: bool) -> list[SourceError]:
+    """What stops one probed view from being written (write stops at the first, check lists all)."""
+    problems = []
+    if autorotate:
+        try:
+            orientation_filters(probe.source.matrix)
+        except ValueError as exc:
+            problems.append(SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation"))
+    width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
+    if not resize and (width % 2 or height % 2):
+        problems.append(SourceError(video_id, probe.path,
+                                    f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH"))
+    return problems
+
+
 def load_video(
     root: str, video_id: str, views: tuple[str, ...], truncate_views: bool, autorotate: bool = True,
-    resize: bool = False,
+    resize: bool = False, probes: list[ViewProbe] | None = None,
 ) -> VideoSpec:
     """Validate one video; raises SourceError naming the file and the reason. `resize`: the
-    clips get --resize's size, so the views' own sizes need not suit yuv420p."""
+    clips get --resize's size, so the views' own sizes need not suit yuv420p. `probes`: the
+    views' probes where the caller has them (probe_views)."""
     folder = os.path.join(root, "videos", video_id)
     if not SAFE_NAME.fullmatch(video_id):
         raise SourceError(
             video_id, folder, "video id cannot form a sample key: use letters, digits, '_' or '-' (no dots), <= 64 chars"
         )
-    probes = [probe_view(video_id, _view_file(video_id, folder, view)) for view in views]
+    if probes is None:
+        probes = [probe_view(video_id, _view_file(video_id, folder, view)) for view in views]
     counts = [p.num_frames for p in probes]
     if len(set(counts)) > 1 and not truncate_views:
         detail = ", ".join(f"{v}={n}" for v, n in zip(views, counts))
@@ -199,15 +238,8 @@ def load_video(
         raise SourceError(video_id, folder, f"views have different frame rates ({detail})")
     warnings = []
     for view, probe in zip(views, probes):
-        if autorotate:
-            try:
-                orientation_filters(probe.source.matrix)
-            except ValueError as exc:
-                raise SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation") from None
-        width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
-        if not resize and (width % 2 or height % 2):
-            raise SourceError(video_id, probe.path,
-                              f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH")
+        for problem in view_problems(video_id, probe, autorotate, resize):
+            raise problem
         warnings += _view_warnings(video_id, view, probe.path, probe.source)
     num_frames = min(counts)
     if len(set(counts)) > 1:
