@@ -101,6 +101,19 @@ class ViewEncode:
     filters: Filters  # orientation filters, applied after scaling (lossless pixel moves)
     colour: Colour  # the clips' colour tags; the source's range is kept (no requantisation)
     display_matrix: Matrix | None  # written into the clips under --no-autorotate, so players still turn them
+    sar: Fraction = Fraction(1)  # the clip's sample aspect ratio: the source's picture shape, at the clip's size
+    field_order: str = "progressive"  # "tt" / "bb": the clip is coded interlaced, that field first
+
+    def describe(self) -> dict[str, str]:
+        return {"sample_aspect_ratio": f"{self.sar.numerator}:{self.sar.denominator}", "field_order": self.field_order}
+
+
+def clip_sar(source: ViewSource, turned: bool, stored: tuple[int, int], size: tuple[int, int]) -> Fraction:
+    """The sample aspect ratio that shows a clip of `size` as the source displays: the same
+    picture shape (display aspect ratio). `stored`: the source's size after orientation."""
+    sar = 1 / source.sar if turned else source.sar  # a transposed pixel is as tall as it was wide
+    shape = sar * Fraction(stored[0], stored[1])
+    return (shape * Fraction(size[1], size[0])).limit_denominator(65535)  # H.264's VUI holds 16 bits each
 
 
 def view_encode(path: str, source: ViewSource, settings: EncodeSettings) -> ViewEncode:
@@ -110,12 +123,17 @@ def view_encode(path: str, source: ViewSource, settings: EncodeSettings) -> View
     w, h = settings.resize or (width, height)
     if w % 2 or h % 2:
         raise ValueError(f"yuv420p H.264 needs an even width and height, got {w}x{h}: pass --resize WxH")
+    # Fields stay fields only where rows stay rows: scaling mixes them, a transpose makes them columns.
+    keeps_rows = settings.resize is None and not transposed(filters)
+    interlaced = {"tt": "tt", "tb": "tt", "bb": "bb", "bt": "bb"}.get(source.field_order) if keeps_rows else None
     return ViewEncode(
         path=path,
         size=(w, h),
         filters=filters,
         colour=clip_colour(source.colour, source.yuv),
         display_matrix=None if settings.autorotate else source.matrix,
+        sar=clip_sar(source, transposed(filters), (width, height), (w, h)),
+        field_order=interlaced or "progressive",
     )
 
 
@@ -124,7 +142,8 @@ class ClipEncoder:
 
     def __init__(
         self, path: str, fps: Fraction, size: tuple[int, int], settings: EncodeSettings, *,
-        colour: Colour = Colour(), display_matrix: Matrix | None = None,
+        colour: Colour = Colour(), display_matrix: Matrix | None = None, sar: Fraction = Fraction(1),
+        field_order: str = "progressive",
     ):
         self.path = path
         self.time_base = 1 / fps
@@ -132,8 +151,15 @@ class ClipEncoder:
         # faststart moves moov to the front (rewrites the file on close: needs a real path);
         # bitexact keeps library version strings out of the bytes.
         self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"})
-        self.stream = self.container.add_stream(CODEC, rate=fps, options=settings.codec_options())
+        options = settings.codec_options()
+        if field_order != "progressive":  # coded as fields (MBAFF), the source's first field first
+            options["x264-params"] += f":interlaced=1:{'tff' if field_order == 'tt' else 'bff'}=1"
+        self.stream = self.container.add_stream(CODEC, rate=fps, options=options)
         self.stream.width, self.stream.height = size
+        if sar != 1:  # the H.264 VUI and the mp4 pasp box; square pixels write neither (the bytes of before)
+            self.stream.codec_context.sample_aspect_ratio = sar
+        if field_order != "progressive":
+            self.stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
         self.stream.pix_fmt = PIX_FMT
         context = self.stream.codec_context
         context.flags |= av.codec.context.Flags.bitexact
@@ -255,7 +281,8 @@ def encode_chunks(
                 frames.append(frame)
             while next_chunk < len(chunks) and chunks[next_chunk][0] == f:
                 open_clips[next_chunk] = [
-                    ClipEncoder(p, fps, view.size, settings, colour=view.colour, display_matrix=view.display_matrix)
+                    ClipEncoder(p, fps, view.size, settings, colour=view.colour, display_matrix=view.display_matrix,
+                                sar=view.sar, field_order=view.field_order)
                     for p, view in zip(clip_paths[next_chunk], views)
                 ]
                 next_chunk += 1

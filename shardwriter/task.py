@@ -163,6 +163,7 @@ def chunk_meta(spec: VideoSpec, encode: EncodeSettings, schema: Schema, index: i
         "view_sizes": {v: {"width": e.size[0], "height": e.size[1]} for v, e in zip(spec.views, views)},
         "view_colour": {v: e.colour.describe() for v, e in zip(spec.views, views)},
         "view_source": {v: s.describe() for v, s in zip(spec.views, spec.sources)},
+        "view_clip": {v: e.describe() for v, e in zip(spec.views, views)},  # the clip's aspect ratio and field order
         "autorotate": encode.autorotate,
         "gop": encode.gop,
         "keypoints": sorted({n.partition(".")[0] for n in schema}),
