@@ -213,7 +213,10 @@ SHARD_URL = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}/){0,8}[A-Za-z0-9_]
 SAMPLE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
 # Array names are only compared with zip entry names, never used as paths: any short printable name.
 KPT_ARRAY = re.compile(r"[^\x00-\x1f/]{1,255}")
-KPT_DTYPE = re.compile(r"[<>|=][biufcSUV][1-9][0-9]{0,5}")  # fixed-size numpy types: never "O" (pickled objects)
+# The numpy types torch.from_numpy takes (items deliver keypoints as tensors): bool, ints,
+# floats, complex. Never "O" (pickled objects); strings, bytes and voids (a structured array
+# reads back as one) could be parsed but never delivered, so index.json may not name them.
+KPT_DTYPE = re.compile(r"[<>|=](b1|i[1248]|u[1248]|f[248]|c8|c16)")
 
 
 def check_manifest(m: Manifest) -> None:
