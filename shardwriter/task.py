@@ -17,7 +17,7 @@ import os
 import tempfile
 from typing import Any
 
-from streaming.format import META, TIMELINE, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
+from streaming.format import META, TIMELINE, Limits, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
 
 from .encode import EncodeSettings, encode_chunks, view_encode
 from .errors import SourceError
@@ -26,6 +26,9 @@ from .plan import chunk_plan, clip_timeline
 from .source import VideoSpec
 from .spool import fragment_name, write_fragment
 from .store import open_store
+
+
+MAX_MEMBER_BYTES = Limits().max_member_bytes  # the reader's default (limits.py checks the rest before writing)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,8 +117,14 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                 )
         members[META] = dumps(chunk_meta(spec, task.encode, task.keypoint_schema, index, len(chunks), start, end, views,
                                          coverage))
-        for view, path in zip(spec.views, clip_paths[index]):
+        for view, path, source in zip(spec.views, clip_paths[index], spec.paths):
             members[clip_suffix(view)] = path
+            # Known only once encoded: a clip the reader would refuse (Limits.max_member_bytes)
+            # stops the video here, before its sample is spooled and long before index.json.
+            if os.path.getsize(path) > MAX_MEMBER_BYTES:
+                raise SourceError(spec.video_id, source, f"the clip of frames [{start}, {end}) takes {os.path.getsize(path)} "
+                                                         f"bytes, over the reader's limit of {MAX_MEMBER_BYTES} "
+                                                         "(Limits.max_member_bytes): lower --max-video-frames or --resize")
         with work.create(fragment_name(key)) as f:
             size = write_fragment(f, key, members.items())
         for path in clip_paths[index]:
