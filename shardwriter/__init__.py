@@ -2,6 +2,11 @@
 
     config.py    the job's settings (WriteConfig), checked when made
     source.py    the SOURCE layout read into validated VideoSpecs (probing each view)
+    media.py     one view file as a player sees it: the stream played, its rate, how it is stored
+    limits.py    the reader's limits and key format applied to a probed video, before writing
+    check.py     `vidshard check`: every problem and warning of a SOURCE at once
+    fingerprint.py  the SOURCE listing an OUTPUT was written from, recorded and compared
+    lock.py      one writer per OUTPUT (.vidshard-lock: host, pid, start time)
     display.py   how a view is meant to be shown: display matrix and colour (pure)
     stray.py     file names in source folders that are never data (.DS_Store, backups)
     plan.py      pure planning: chunk ranges, timeline clipping, sample order, shard packing

@@ -20,7 +20,7 @@ from av.video.frame import PictureType
 
 from .display import Colour, Filters, Matrix, clip_colour, orientation_filters, transposed
 from .errors import SourceError
-from .source import ViewSource
+from .media import ViewSource, played_stream
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
@@ -60,6 +60,10 @@ class EncodeSettings:
         # threads 1: libx264's output depends on its thread count; fixing it keeps shards
         # byte-identical across machines with different core counts (parallelism comes
         # from running several videos at once).
+        # mbtree=0: x264's macroblock-tree rate control made runs differ even so: the same
+        # decoded frames encoded 8 times in fresh processes gave 4 different byte strings for
+        # the synthetic test source (issue 22), 8 identical ones without it. The clips are
+        # short-GOP training data; mbtree's gain (bits moved to referenced blocks) is small there.
         return {
             "crf": str(self.crf),
             "preset": self.preset,
@@ -68,6 +72,7 @@ class EncodeSettings:
             "sc_threshold": "0",
             "bf": "0",
             "threads": "1",
+            "x264-params": "mbtree=0",
         }
 
     def describe(self) -> dict:
@@ -79,6 +84,7 @@ class EncodeSettings:
             "preset": self.preset,
             "gop": self.gop,
             "bframes": 0,
+            "mbtree": False,
             "resize": list(self.resize) if self.resize else None,
             "autorotate": self.autorotate,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
@@ -95,6 +101,19 @@ class ViewEncode:
     filters: Filters  # orientation filters, applied after scaling (lossless pixel moves)
     colour: Colour  # the clips' colour tags; the source's range is kept (no requantisation)
     display_matrix: Matrix | None  # written into the clips under --no-autorotate, so players still turn them
+    sar: Fraction = Fraction(1)  # the clip's sample aspect ratio: the source's picture shape, at the clip's size
+    field_order: str = "progressive"  # "tt" / "bb": the clip is coded interlaced, that field first
+
+    def describe(self) -> dict[str, str]:
+        return {"sample_aspect_ratio": f"{self.sar.numerator}:{self.sar.denominator}", "field_order": self.field_order}
+
+
+def clip_sar(source: ViewSource, turned: bool, stored: tuple[int, int], size: tuple[int, int]) -> Fraction:
+    """The sample aspect ratio that shows a clip of `size` as the source displays: the same
+    picture shape (display aspect ratio). `stored`: the source's size after orientation."""
+    sar = 1 / source.sar if turned else source.sar  # a transposed pixel is as tall as it was wide
+    shape = sar * Fraction(stored[0], stored[1])
+    return (shape * Fraction(size[1], size[0])).limit_denominator(65535)  # H.264's VUI holds 16 bits each
 
 
 def view_encode(path: str, source: ViewSource, settings: EncodeSettings) -> ViewEncode:
@@ -104,12 +123,17 @@ def view_encode(path: str, source: ViewSource, settings: EncodeSettings) -> View
     w, h = settings.resize or (width, height)
     if w % 2 or h % 2:
         raise ValueError(f"yuv420p H.264 needs an even width and height, got {w}x{h}: pass --resize WxH")
+    # Fields stay fields only where rows stay rows: scaling mixes them, a transpose makes them columns.
+    keeps_rows = settings.resize is None and not transposed(filters)
+    interlaced = {"tt": "tt", "tb": "tt", "bb": "bb", "bt": "bb"}.get(source.field_order) if keeps_rows else None
     return ViewEncode(
         path=path,
         size=(w, h),
         filters=filters,
         colour=clip_colour(source.colour, source.yuv),
         display_matrix=None if settings.autorotate else source.matrix,
+        sar=clip_sar(source, transposed(filters), (width, height), (w, h)),
+        field_order=interlaced or "progressive",
     )
 
 
@@ -118,7 +142,8 @@ class ClipEncoder:
 
     def __init__(
         self, path: str, fps: Fraction, size: tuple[int, int], settings: EncodeSettings, *,
-        colour: Colour = Colour(), display_matrix: Matrix | None = None,
+        colour: Colour = Colour(), display_matrix: Matrix | None = None, sar: Fraction = Fraction(1),
+        field_order: str = "progressive",
     ):
         self.path = path
         self.time_base = 1 / fps
@@ -126,8 +151,15 @@ class ClipEncoder:
         # faststart moves moov to the front (rewrites the file on close: needs a real path);
         # bitexact keeps library version strings out of the bytes.
         self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"})
-        self.stream = self.container.add_stream(CODEC, rate=fps, options=settings.codec_options())
+        options = settings.codec_options()
+        if field_order != "progressive":  # coded as fields (MBAFF), the source's first field first
+            options["x264-params"] += f":interlaced=1:{'tff' if field_order == 'tt' else 'bff'}=1"
+        self.stream = self.container.add_stream(CODEC, rate=fps, options=options)
         self.stream.width, self.stream.height = size
+        if sar != 1:  # the H.264 VUI and the mp4 pasp box; square pixels write neither (the bytes of before)
+            self.stream.codec_context.sample_aspect_ratio = sar
+        if field_order != "progressive":
+            self.stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
         self.stream.pix_fmt = PIX_FMT
         context = self.stream.codec_context
         context.flags |= av.codec.context.Flags.bitexact
@@ -177,7 +209,7 @@ def _orientation_graph(filters: Filters, frame: av.VideoFrame) -> av.filter.Grap
 
 
 def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.VideoFrame]:
-    """Every frame of the file's first video stream as a clip frame: yuv420p at view.size,
+    """Every frame of the file's played stream (media.played_stream) as a clip frame: yuv420p at view.size,
     turned upright by view.filters, carrying view.colour.
 
     Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
@@ -192,7 +224,7 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.
     count = 0
     try:
         with av.open(view.path) as container:
-            stream = container.streams.video[0]
+            stream = played_stream(container)  # the stream probe_view counted
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 rgb = frame.format.is_rgb
@@ -212,6 +244,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.
                 count += 1
     except av.FFmpegError as exc:
         raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {count} ({exc})") from None
+    except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
+        raise SourceError(video_id, view.path, f"cannot read the file after frame {count} ({exc.strerror or exc})") from None
 
 
 def encode_chunks(
@@ -247,7 +281,8 @@ def encode_chunks(
                 frames.append(frame)
             while next_chunk < len(chunks) and chunks[next_chunk][0] == f:
                 open_clips[next_chunk] = [
-                    ClipEncoder(p, fps, view.size, settings, colour=view.colour, display_matrix=view.display_matrix)
+                    ClipEncoder(p, fps, view.size, settings, colour=view.colour, display_matrix=view.display_matrix,
+                                sar=view.sar, field_order=view.field_order)
                     for p, view in zip(clip_paths[next_chunk], views)
                 ]
                 next_chunk += 1

@@ -37,6 +37,10 @@ from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
+from .fingerprint import check_same_source, source_fingerprint
+from .fingerprint import record as record_source
+from .lock import OutputLock
+from .limits import writable
 from .probe import ProbeTask, run_probe_task
 from .schedule import make_plan, check_plan, run_plan
 from .source import check_source
@@ -76,6 +80,11 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
                 f"{output}: no space left on the device ({exc.filename or exc}); nothing partial is listed: "
                 "free space and re-run the same command to resume"
             ) from None
+        if exc.errno == errno.EFBIG:  # RLIMIT_FSIZE (`ulimit -f`), or the file system's own file-size limit
+            raise WriterError(
+                f"{output}: a file grew past the file-size limit ({exc.filename or exc}; `ulimit -f` or the file "
+                "system's limit); nothing partial is listed: raise the limit and re-run the same command to resume"
+            ) from None
         raise
     start, ready, end = marks[0], marks[1] if len(marks) > 2 else marks[0], marks[-1]
     return dataclasses.replace(report, driver=measure(start, ready, end))
@@ -86,22 +95,25 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
     # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
     listing = check_source(source, config.views)
     video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
+    sources = source_fingerprint(source, video_ids)
     store, work = open_store(output), open_store(work_at)
-    engine = make_engine(workers)
-    try:
+    with OutputLock(store, output):  # before anything of OUTPUT is read: a second writer stops here
         if store.exists(INDEX_NAME):
+            check_same_source(store, sources, output, "a finished dataset")
             return _already_written(store, work, config)
-        _claim_output(store, work, output, config)
-        marks.append(snapshot())  # start-up done: the engine is up, both stores answered
-        return _run(engine, source, output, work_at, store, work, config, video_ids, views)
-    finally:
-        # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
-        marks.append(snapshot())
-        engine.close()
+        _claim_output(store, work, output, config, sources)
+        engine = make_engine(workers)
+        try:
+            marks.append(snapshot())  # start-up done: the engine is up, both stores answered
+            return _run(engine, source, output, work_at, store, work, config, video_ids, views, sources)
+        finally:
+            # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
+            marks.append(snapshot())
+            engine.close()
 
 
 def _run(engine: Engine, source: str, output: str, work_at: str, store, work, config: WriteConfig,
-         video_ids: list[str], views: tuple[str, ...]) -> WriteReport:
+         video_ids: list[str], views: tuple[str, ...], sources: dict[str, str]) -> WriteReport:
     probes, problems = [], []
     tasks = [ProbeTask(source=source, video_id=v, views=views, truncate_views=config.truncate_views, encode=config.encode)
              for v in video_ids]  # (the listing is the driver's; every file is opened by a task)
@@ -114,7 +126,8 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
                 raise outcome
             else:
                 probes.append(outcome)
-    problems.sort(key=lambda p: (p.video_id or "", p.path))
+    probes, refused = writable(probes, config, source)
+    problems = sorted(problems + refused, key=lambda p: (p.video_id or "", p.path))
     if problems and config.on_error == "fail":
         _discard(store, work, [])
         _fail(problems)
@@ -142,6 +155,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
     if config.on_error == "skip":
         store.write(ERRORS_NAME, dumps({"skipped": [p.to_json() for p in problems]}))
     manifest = _manifest(views, results, outcome.shards, config, skipped=len(problems), schema=schema)
+    record_source(store, sources)  # what the finished dataset was written from (fingerprint.py)
     write_json(store, INDEX_NAME, manifest.to_json())  # last: its presence means "complete"
     work.delete_tree("")
     store.remove_partials()
@@ -182,8 +196,8 @@ def _discard(store, work, shard_names: list[str]) -> None:
     work.delete_tree("")
 
 
-def _claim_output(store, work, output: str, config: WriteConfig) -> None:
-    """Start a new run, or continue one with the same configuration; refuse anything else."""
+def _claim_output(store, work, output: str, config: WriteConfig, sources: dict[str, str]) -> None:
+    """Start a new run, or continue one with the same configuration and SOURCE; refuse anything else."""
     wanted = dumps({"output": output, **config.to_json()})
     if work.exists("job.json"):
         if work.read("job.json") != wanted:
@@ -191,12 +205,15 @@ def _claim_output(store, work, output: str, config: WriteConfig) -> None:
                 f"{output} holds an unfinished run with other settings ({work.url}/job.json); "
                 "re-run with the same settings to resume it, or write into a new OUTPUT"
             )
+        check_same_source(work, sources, output, "an unfinished run")
+        record_source(work, sources)  # (a run begun by a vidshard from before the record)
         return
     if store.listing():
         raise WriterError(f"{output} is not empty and holds no vidshard run to resume: write into a new OUTPUT")
     # Without job.json nothing in the work area can be checked against these settings (a run
     # killed while it discarded its work leaves records and spooled samples): start empty.
     work.delete_tree("")
+    record_source(work, sources)
     work.write("job.json", wanted)
 
 

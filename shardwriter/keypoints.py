@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from streaming.format import KPT_ARRAY, KPT_DTYPE
+
 from .errors import SourceError
 from .stray import is_stray
 
@@ -26,11 +28,19 @@ Schema = dict[str, tuple[tuple[int, ...], str]]
 def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, dict[str, str]]:
     """frame -> {kind: path} for one view; rejects stray names and frames past the video."""
     files: dict[int, dict[str, str]] = {}
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(video_id, directory, f"cannot list the keypoint folder ({exc.strerror or exc})") from None
+    for entry in entries:
         if is_stray(entry.name):
             continue  # .DS_Store and the like: reported by the source scan
         match = KPT_FILE.fullmatch(entry.name)
-        if match is None or not entry.is_file():
+        try:
+            regular = entry.is_file()
+        except OSError as exc:  # a symlink loop, EIO
+            raise SourceError(video_id, entry.path, f"cannot read the keypoint file ({exc.strerror or exc})") from None
+        if match is None or not regular:
             raise SourceError(video_id, entry.path, "not a keypoint file named <frame:06d>_<name>.npz")
         frame = int(match.group(1))
         if frame >= num_frames:
@@ -48,16 +58,32 @@ def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, 
 
 
 def load_frame(video_id: str, path: str) -> dict[str, np.ndarray]:
-    """The arrays of one per-frame file; pickled (object) arrays are refused, never loaded."""
+    """The arrays of one per-frame file; pickled (object) arrays are refused, never loaded,
+    and so is an array index.json could not describe (describable)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise SourceError(video_id, path, f"unreadable keypoint file ({exc})") from None
+    except Exception as exc:  # whatever else a damaged archive makes numpy raise: named, not a traceback
+        raise SourceError(video_id, path, f"unreadable keypoint file ({type(exc).__name__}: {exc})") from None
+    for name, value in arrays.items():
+        # index.json records a dtype as `dtype.str`, which a structured or sub-array dtype
+        # does not survive ('|V8' reads back as plain bytes): the reader would refuse every sample.
+        if np.dtype(value.dtype.str) != value.dtype or not KPT_DTYPE.fullmatch(value.dtype.str):
+            raise SourceError(video_id, path, f"array {name!r} has dtype {value.dtype} ({value.dtype.str}), which "
+                                              "index.json cannot describe: keypoint arrays must be of one plain type "
+                                              "(no structured, object, datetime or sub-array dtypes)")
+    return arrays
 
 
 def frame_schema(video_id: str, kind: str, path: str) -> Schema:
-    return {f"{kind}.{name}": (a.shape, a.dtype.str) for name, a in load_frame(video_id, path).items()}
+    schema = {f"{kind}.{name}": (a.shape, a.dtype.str) for name, a in load_frame(video_id, path).items()}
+    for name in schema:  # the names index.json can hold (the reader's rule), checked once per kind
+        if not KPT_ARRAY.fullmatch(name):
+            raise SourceError(video_id, path, f"keypoint array name {name!r} cannot be listed in index.json "
+                                              "(1-255 characters, no '/' or control characters)")
+    return schema
 
 
 def stack_chunk(

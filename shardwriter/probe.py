@@ -39,10 +39,11 @@ class ProbeResult:
     fingerprint: str
 
 
-def run_probe_task(task: ProbeTask) -> ProbeResult:
+def run_probe_task(task: ProbeTask, probes: list | None = None) -> ProbeResult:
+    """`probes`: the views' ViewProbes where the caller has them (check.py)."""
     spec = load_video(task.source, task.video_id, task.views, task.truncate_views, task.encode.autorotate,
-                      resize=task.encode.resize is not None)
-    schema, origin = keypoint_schema([spec])
+                      resize=task.encode.resize is not None, probes=probes)
+    schema, origin = keypoint_schema([spec], strict=True)
     for path, source in zip(spec.paths, spec.sources):
         try:
             view_encode(path, source, task.encode)

@@ -13,19 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from fractions import Fraction
 from typing import Any
 
-import av
-import numpy as np
-
 from streaming.format import SAFE_NAME, check_views
 
-from .display import HDR_TRANSFERS, Colour, Matrix, display_rotation, mirrored, orientation_filters
+from .display import HDR_TRANSFERS, orientation_filters
 from .errors import SourceError, WriterError
 from .keypoints import Schema, frame_schema, list_keypoints
+from .media import ViewProbe, ViewSource, probe_view, same_rate  # noqa: F401  (ViewProbe, probe_view: imported from here)
 from .plan import SourceSegment, check_timeline
 from .stray import is_stray
 
@@ -41,21 +38,39 @@ class SourceListing:
     stray: tuple[str, ...]  # paths of files skipped by is_stray, sorted
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """entry.is_dir() / is_file(), True where asking fails for another reason than a missing
+    target (a symlink loop, EIO): the entry is then listed, and opening it reports the error
+    with its path (load_video), instead of a traceback here or a silently missing view."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:
+        return True
+
+
 def list_source(root: str) -> SourceListing:
     videos_dir = os.path.join(root, "videos")
     if not os.path.isdir(videos_dir):
         raise WriterError(f"{videos_dir}: no such directory (expected SOURCE/videos/<video_id>/<view>.mp4)")
     names, stray, video_ids = set(), [], []
-    for entry in sorted(os.scandir(videos_dir), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(videos_dir), key=lambda e: e.name)
+    except OSError as exc:
+        raise WriterError(f"{videos_dir}: cannot list the folder ({exc.strerror or exc})") from None
+    for entry in entries:
         if is_stray(entry.name):
             stray.append(entry.path)
-        elif entry.is_dir():
+        elif _is(entry, "dir"):
             video_ids.append(entry.name)
     if not video_ids:
         raise WriterError(f"{videos_dir}: no video folders")
     for vid in video_ids:
-        for entry in os.scandir(os.path.join(videos_dir, vid)):
-            if not entry.is_file():
+        try:
+            entries = list(os.scandir(os.path.join(videos_dir, vid)))
+        except OSError:
+            continue  # its probe names the folder and the reason (_view_file)
+        for entry in entries:
+            if not _is(entry, "file"):
                 continue
             if is_stray(entry.name):
                 stray.append(entry.path)
@@ -86,41 +101,6 @@ def check_source(root: str, views: tuple[str, ...] | None) -> SourceListing:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViewSource:
-    """How one view's file is stored and how it is meant to be shown."""
-
-    codec: str
-    pix_fmt: str  # of the decoded frames
-    bit_depth: int  # bits per component of the decoded frames
-    width: int  # as stored (before the display matrix)
-    height: int
-    matrix: Matrix | None  # the display matrix, None where the file has none
-    colour: Colour  # as the decoder reports it for the first frame
-    yuv: bool
-
-    def describe(self) -> dict[str, Any]:
-        rotation = display_rotation(self.matrix)
-        return {
-            "codec": self.codec,
-            "pix_fmt": self.pix_fmt,
-            "width": self.width,
-            "height": self.height,
-            # counter-clockwise, in [0, 360): ffprobe prints 270 as -90
-            "rotation": 0 if math.isnan(rotation) else round(rotation) % 360,
-            "mirrored": mirrored(self.matrix),
-            "colour": self.colour.describe(),
-        }
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ViewProbe:
-    path: str
-    num_frames: int  # frames the decoder outputs (probe_view: not the packets it discards or cannot decode)
-    fps: Fraction
-    source: ViewSource
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class VideoSpec:
     """One validated source video: plain values, so a task can run in any process."""
 
@@ -146,69 +126,6 @@ class ScanResult:
     keypoint_origin: dict[str, str]  # kind -> the file its schema was taken from
 
 
-def _frame_source(stream, frame) -> ViewSource:
-    desc = frame.format
-    matrix = frame.side_data.get("DISPLAYMATRIX")
-    return ViewSource(
-        codec=stream.codec_context.name,
-        pix_fmt=desc.name,
-        bit_depth=max(c.bits for c in desc.components),
-        width=frame.width,
-        height=frame.height,
-        matrix=tuple(int(v) for v in np.frombuffer(bytes(matrix), "<i4")) if matrix is not None else None,
-        colour=Colour(range=frame.color_range, matrix=frame.colorspace, primaries=frame.color_primaries,
-                      transfer=frame.color_trc),
-        yuv=not desc.is_rgb and len(desc.components) >= 3,
-    )
-
-
-def probe_view(video_id: str, path: str) -> ViewProbe:
-    """Open one view file, count its frames by demuxing, and decode its first frame (for its
-    display matrix and colour).
-
-    A frame counts when the decoder outputs it: a packet the demuxer flags to discard (the
-    part of an MP4/MOV edit list before its start or after its end) does not, and neither
-    does a leading packet the decoder drops without a flag: a recording cut in mid-GOP (a
-    split MPEG-TS segment, a capture joined mid-stream) starts with frames that refer to
-    frames before the cut, which decoders do not output. Those are the packets fed before
-    the first frame came out whose timestamp is earlier than that frame's: decoders output
-    in presentation order. The encode pass checks the count again while decoding.
-    """
-    first = None
-    leading: list[int | None] = []  # pts of the counted packets fed until the first frame came out
-    count = 0  # counted packets after those
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise SourceError(video_id, path, "no video stream in the file")
-            stream = container.streams.video[0]
-            fps = stream.average_rate or stream.guessed_rate
-            for packet in container.demux(stream):
-                if not packet.size:
-                    continue
-                if first is None:
-                    if not packet.is_discard:
-                        leading.append(packet.pts)
-                    first = next(iter(packet.decode()), None)
-                else:
-                    count += not packet.is_discard
-            if first is None and leading:
-                first = next(iter(stream.codec_context.decode(None)), None)  # a decoder that delays its output
-    except av.FFmpegError as exc:
-        raise SourceError(video_id, path, f"unreadable or corrupt video ({exc})") from None
-    if first is not None and first.pts is not None:
-        count += sum(1 for pts in leading if pts is None or pts >= first.pts)
-    else:
-        count += len(leading)
-    if count == 0:
-        raise SourceError(video_id, path, "zero-frame video")
-    if first is None:
-        raise SourceError(video_id, path, "no frame decodes from the video stream")
-    if not fps:
-        raise SourceError(video_id, path, "the video stream has no frame rate")
-    return ViewProbe(path=path, num_frames=count, fps=Fraction(fps), source=_frame_source(stream, first))
-
-
 def check_view_names(views: tuple[str, ...]) -> None:
     """The views found in the files obey the rules --views does (config.check_views)."""
     try:
@@ -218,9 +135,12 @@ def check_view_names(views: tuple[str, ...]) -> None:
 
 
 def _view_file(video_id: str, folder: str, view: str) -> str:
-    matches = sorted(
-        e.path for e in os.scandir(folder) if e.is_file() and not is_stray(e.name) and e.name.partition(".")[0] == view
-    )
+    try:
+        matches = sorted(
+            e.path for e in os.scandir(folder) if _is(e, "file") and not is_stray(e.name) and e.name.partition(".")[0] == view
+        )
+    except OSError as exc:  # a symlink loop as the video folder, EIO, no permission
+        raise SourceError(video_id, folder, f"cannot list the video folder ({exc.strerror or exc})") from None
     if not matches:
         raise SourceError(video_id, os.path.join(folder, f"{view}.*"), f"missing view file for view {view!r}")
     if len(matches) > 1:
@@ -238,6 +158,15 @@ def _view_warnings(video_id: str, view: str, path: str, source: ViewSource) -> l
             f"{where}: HDR {HDR_TRANSFERS[source.colour.transfer]} transfer; frames are delivered as the "
             "HDR-coded signal converted with its matrix, not tone-mapped (what `ffmpeg -pix_fmt rgb24` shows too)"
         )
+    if source.covers:
+        notes.append(f"{where}: {source.covers} other video stream(s) (cover pictures, thumbnails) are not read; "
+                     f"stream {source.stream} is the video")
+    if source.field_order != "progressive":
+        notes.append(f"{where}: interlaced ({source.field_order}); frames are delivered as stored, both fields woven "
+                     "into one frame, not deinterlaced")
+    if source.sar != 1:
+        notes.append(f"{where}: non-square pixels (sample aspect ratio {source.sar.numerator}:{source.sar.denominator}); "
+                     "frames are delivered as stored, the clip carries the aspect ratio for players")
     return notes
 
 
@@ -247,6 +176,8 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
             obj = json.load(f)
     except FileNotFoundError:
         raise SourceError(video_id, path, "missing annotation JSON") from None
+    except OSError as exc:  # a directory, a symlink loop, no permission, EIO
+        raise SourceError(video_id, path, f"cannot read the annotation JSON ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise SourceError(video_id, path, f"invalid annotation JSON ({exc})") from None
     if not isinstance(obj, dict) or "timeline" not in obj:
@@ -254,37 +185,61 @@ def _annotation(video_id: str, path: str) -> tuple[Any, dict[str, Any]]:
     return obj["timeline"], {k: v for k, v in obj.items() if k != "timeline"}
 
 
+def probe_views(root: str, video_id: str, views: tuple[str, ...]) -> list[ViewProbe | SourceError]:
+    """Each view's probe, or the SourceError that stopped it: every view, whatever the others
+    do (`vidshard check` lists them all)."""
+    folder = os.path.join(root, "videos", video_id)
+    out: list[ViewProbe | SourceError] = []
+    for view in views:
+        try:
+            out.append(probe_view(video_id, _view_file(video_id, folder, view)))
+        except SourceError as exc:
+            out.append(exc)
+    return out
+
+
+def view_problems(video_id: str, probe: ViewProbe, autorotate: bool, resize: bool) -> list[SourceError]:
+    """What stops one probed view from being written (write stops at the first, check lists all)."""
+    problems = []
+    if autorotate:
+        try:
+            orientation_filters(probe.source.matrix)
+        except ValueError as exc:
+            problems.append(SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation"))
+    width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
+    if not resize and (width % 2 or height % 2):
+        problems.append(SourceError(video_id, probe.path,
+                                    f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH"))
+    return problems
+
+
 def load_video(
     root: str, video_id: str, views: tuple[str, ...], truncate_views: bool, autorotate: bool = True,
-    resize: bool = False,
+    resize: bool = False, probes: list[ViewProbe] | None = None,
 ) -> VideoSpec:
     """Validate one video; raises SourceError naming the file and the reason. `resize`: the
-    clips get --resize's size, so the views' own sizes need not suit yuv420p."""
+    clips get --resize's size, so the views' own sizes need not suit yuv420p. `probes`: the
+    views' probes where the caller has them (probe_views)."""
     folder = os.path.join(root, "videos", video_id)
     if not SAFE_NAME.fullmatch(video_id):
         raise SourceError(
             video_id, folder, "video id cannot form a sample key: use letters, digits, '_' or '-' (no dots), <= 64 chars"
         )
-    probes = [probe_view(video_id, _view_file(video_id, folder, view)) for view in views]
+    if probes is None:
+        probes = [probe_view(video_id, _view_file(video_id, folder, view)) for view in views]
     counts = [p.num_frames for p in probes]
     if len(set(counts)) > 1 and not truncate_views:
         detail = ", ".join(f"{v}={n}" for v, n in zip(views, counts))
         raise SourceError(video_id, folder, f"views have different frame counts ({detail}); --truncate-views writes the shortest")
-    rates = {p.fps for p in probes}
-    if len(rates) > 1:
+    # Rates equal within media.RATE_TOLERANCE are one rate (each already snapped to a
+    # standard rate it is that close to); the first view's is recorded.
+    if any(not same_rate(p.fps, probes[0].fps) for p in probes):
         detail = ", ".join(f"{v}={p.fps}" for v, p in zip(views, probes))
         raise SourceError(video_id, folder, f"views have different frame rates ({detail})")
     warnings = []
     for view, probe in zip(views, probes):
-        if autorotate:
-            try:
-                orientation_filters(probe.source.matrix)
-            except ValueError as exc:
-                raise SourceError(video_id, probe.path, f"{exc}; --no-autorotate writes the stored orientation") from None
-        width, height = probe.source.width, probe.source.height  # a rotation keeps both parities
-        if not resize and (width % 2 or height % 2):
-            raise SourceError(video_id, probe.path,
-                              f"yuv420p H.264 needs an even width and height, got {width}x{height}: pass --resize WxH")
+        for problem in view_problems(video_id, probe, autorotate, resize):
+            raise problem
         warnings += _view_warnings(video_id, view, probe.path, probe.source)
     num_frames = min(counts)
     if len(set(counts)) > 1:
@@ -327,8 +282,10 @@ def load_video(
     )
 
 
-def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
-    """The dataset's keypoint arrays, from the first file of each kind (sorted order)."""
+def keypoint_schema(videos: list[VideoSpec], strict: bool = False) -> tuple[Schema, dict[str, str]]:
+    """The dataset's keypoint arrays, from the first file of each kind (sorted order).
+    `strict`: a first file that cannot be read, or that index.json could not describe, is
+    the video's source error (the probe task: found before anything is written)."""
     schema: Schema = {}
     origin: dict[str, str] = {}
     for spec in videos:
@@ -342,6 +299,8 @@ def keypoint_schema(videos: list[VideoSpec]) -> tuple[Schema, dict[str, str]]:
                     try:
                         schema.update(frame_schema(spec.video_id, kind, path))
                     except SourceError:
+                        if strict:
+                            raise
                         continue  # reported by its own video's task; take the schema elsewhere
                     origin[kind] = path
     return schema, origin

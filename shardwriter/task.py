@@ -17,7 +17,7 @@ import os
 import tempfile
 from typing import Any
 
-from streaming.format import META, TIMELINE, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
+from streaming.format import META, TIMELINE, Limits, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
 
 from .encode import EncodeSettings, encode_chunks, view_encode
 from .errors import SourceError
@@ -26,6 +26,9 @@ from .plan import chunk_plan, clip_timeline
 from .source import VideoSpec
 from .spool import fragment_name, write_fragment
 from .store import open_store
+
+
+MAX_MEMBER_BYTES = Limits().max_member_bytes  # the reader's default (limits.py checks the rest before writing)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,9 +115,16 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                 members[kpt_suffix(view)], coverage[view] = stack_chunk(
                     spec.video_id, files, start, end, task.keypoint_schema, task.keypoint_origin
                 )
-        members[META] = dumps(_meta(task, key, index, len(chunks), start, end, views, coverage))
-        for view, path in zip(spec.views, clip_paths[index]):
+        members[META] = dumps(chunk_meta(spec, task.encode, task.keypoint_schema, index, len(chunks), start, end, views,
+                                         coverage))
+        for view, path, source in zip(spec.views, clip_paths[index], spec.paths):
             members[clip_suffix(view)] = path
+            # Known only once encoded: a clip the reader would refuse (Limits.max_member_bytes)
+            # stops the video here, before its sample is spooled and long before index.json.
+            if os.path.getsize(path) > MAX_MEMBER_BYTES:
+                raise SourceError(spec.video_id, source, f"the clip of frames [{start}, {end}) takes {os.path.getsize(path)} "
+                                                         f"bytes, over the reader's limit of {MAX_MEMBER_BYTES} "
+                                                         "(Limits.max_member_bytes): lower --max-video-frames or --resize")
         with work.create(fragment_name(key)) as f:
             size = write_fragment(f, key, members.items())
         for path in clip_paths[index]:
@@ -144,10 +154,11 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
     )
 
 
-def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, end: int, views: list, coverage: dict) -> dict:
-    spec = task.spec
+def chunk_meta(spec: VideoSpec, encode: EncodeSettings, schema: Schema, index: int, num_chunks: int, start: int, end: int,
+               views: list, coverage: dict) -> dict:
+    """A chunk's meta.json (limits.py sizes it before anything is written)."""
     meta = {
-        "key": key,
+        "key": sample_key(spec.video_id, index),
         "video_id": spec.video_id,
         "chunk_index": index,
         "num_chunks": num_chunks,
@@ -161,9 +172,10 @@ def _meta(task: VideoTask, key: str, index: int, num_chunks: int, start: int, en
         "view_sizes": {v: {"width": e.size[0], "height": e.size[1]} for v, e in zip(spec.views, views)},
         "view_colour": {v: e.colour.describe() for v, e in zip(spec.views, views)},
         "view_source": {v: s.describe() for v, s in zip(spec.views, spec.sources)},
-        "autorotate": task.encode.autorotate,
-        "gop": task.encode.gop,
-        "keypoints": sorted({n.partition(".")[0] for n in task.keypoint_schema}),
+        "view_clip": {v: e.describe() for v, e in zip(spec.views, views)},  # the clip's aspect ratio and field order
+        "autorotate": encode.autorotate,
+        "gop": encode.gop,
+        "keypoints": sorted({n.partition(".")[0] for n in schema}),
         "keypoint_frames": coverage,  # per view: frames of the chunk that have keypoints
         "annotation": spec.annotation,
     }

@@ -39,6 +39,23 @@ CLIP_EXT = "mp4"
 KPT_EXT = "kpt.npz"
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Bounds the reader applies to untrusted shards (docs/security.md), and the writer to
+    what it writes (shardwriter/limits.py): a dataset `vidshard write` accepts reads under them."""
+
+    max_member_bytes: int = 2 * 1024**3  # one member (a clip of a long chunk at high resolution fits)
+    max_json_bytes: int = 16 * 1024**2  # meta.json / timeline.json
+    max_frame_pixels: int = 8192 * 8192  # width x height of one decoded frame
+    max_item_bytes: int = 32 * 1024**3  # V x T x 3 x H x W of one decoded item
+    max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
+    max_segments: int = 100_000  # timeline segments of one chunk
+    max_epoch_items: int = 100_000_000  # items of one epoch (index.json's counts): each is several int64s in every worker's plan
+    # index.json, read whole before parsing: it takes about 220 bytes per sample, so 1 GiB
+    # lists about 4.5M samples; parsed, JSON takes many times its bytes in Python objects.
+    max_index_bytes: int = 1024**3
+
+
 def check_views(views: tuple[str, ...], where: str = "--views") -> None:
     """ValueError naming `where` when a view cannot name a tar member or is listed twice."""
     if not views:
@@ -207,7 +224,10 @@ SHARD_URL = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}/){0,8}[A-Za-z0-9_]
 SAMPLE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}")
 # Array names are only compared with zip entry names, never used as paths: any short printable name.
 KPT_ARRAY = re.compile(r"[^\x00-\x1f/]{1,255}")
-KPT_DTYPE = re.compile(r"[<>|=][biufcSUV][1-9][0-9]{0,5}")  # fixed-size numpy types: never "O" (pickled objects)
+# The numpy types torch.from_numpy takes (items deliver keypoints as tensors): bool, ints,
+# floats, complex. Never "O" (pickled objects); strings, bytes and voids (a structured array
+# reads back as one) could be parsed but never delivered, so index.json may not name them.
+KPT_DTYPE = re.compile(r"[<>|=](b1|i[1248]|u[1248]|f[248]|c8|c16)")
 
 
 def check_manifest(m: Manifest) -> None:

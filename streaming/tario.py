@@ -16,7 +16,6 @@ stream mode joins 10 KiB records and holds a member twice).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 import tarfile
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from .errors import SampleError, ShardFormatError
+from .format import Limits  # noqa: F401  (defined with the format: the writer applies them too)
 
 SAFE_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9_.-]+")
 # Suffixes the reader understands; anything else (e.g. .pyd, .pickle, .pth) is never read.
@@ -34,22 +34,6 @@ _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 # GNU.sparse.map that is not numbers (ValueError), and a chain of extended headers (GNU
 # long names, pax), which it reads by recursing once per header (RecursionError).
 _HEADER_ERRORS = (ValueError, RecursionError)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Limits:
-    """Bounds applied to untrusted shards (docs/security.md)."""
-
-    max_member_bytes: int = 2 * 1024**3  # one member (a clip of a long chunk at high resolution fits)
-    max_json_bytes: int = 16 * 1024**2  # meta.json / timeline.json
-    max_frame_pixels: int = 8192 * 8192  # width x height of one decoded frame
-    max_item_bytes: int = 32 * 1024**3  # V x T x 3 x H x W of one decoded item
-    max_chunk_frames: int = 1_000_000  # frames of one chunk (index.json's nframes): bounds every frame index array
-    max_segments: int = 100_000  # timeline segments of one chunk
-    max_epoch_items: int = 100_000_000  # items of one epoch (index.json's counts): each is several int64s in every worker's plan
-    # index.json, read whole before parsing: it takes about 220 bytes per sample, so 1 GiB
-    # lists about 4.5M samples; parsed, JSON takes many times its bytes in Python objects.
-    max_index_bytes: int = 1024**3
 
 
 def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:

@@ -61,20 +61,9 @@ def _bytes(text: str) -> int:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from shardwriter.job import WriteConfig, write_dataset
+    from shardwriter.job import write_dataset
 
-    config = WriteConfig(
-        max_video_frames=args.max_video_frames,
-        overlap=args.overlap,
-        views=args.views,
-        shard_bytes=args.shard_size,
-        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize,
-                              autorotate=not args.no_autorotate),
-        seed=args.seed,
-        on_error=args.on_error,
-        truncate_views=args.truncate_views,
-        mix_videos=args.mix_videos,
-    )
+    config = _write_config(args)
     engine = None
     if args.engine == "ray":
         from shardwriter.ray_engine import ray_engine
@@ -90,6 +79,40 @@ def cmd_write(args: argparse.Namespace) -> int:
               f"read {d.store_read_bytes}, wrote {d.store_written_bytes}); start-up apart: read {d.startup_read_bytes}, "
               f"wrote {d.startup_written_bytes}; peak RSS {d.peak_rss_bytes} bytes")
     return 0
+
+
+def _write_config(args: argparse.Namespace):
+    from shardwriter.job import WriteConfig
+
+    return WriteConfig(
+        max_video_frames=args.max_video_frames,
+        overlap=args.overlap,
+        views=args.views,
+        shard_bytes=getattr(args, "shard_size", WriteConfig.shard_bytes),
+        encode=EncodeSettings(crf=args.crf, preset=args.preset, gop=args.gop, resize=args.resize,
+                              autorotate=not args.no_autorotate),
+        seed=getattr(args, "seed", WriteConfig.seed),
+        on_error=getattr(args, "on_error", WriteConfig.on_error),
+        truncate_views=args.truncate_views,
+        mix_videos=getattr(args, "mix_videos", WriteConfig.mix_videos),
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from shardwriter.check import check_dataset, format_report
+    from shardwriter.engine import LocalEngine
+
+    config = _write_config(args)  # a bad setting: ValueError, exit 2 like write
+    engine = LocalEngine(args.workers)
+    try:
+        report = check_dataset(args.source, config, engine)
+    except WriterError as exc:  # the layout itself (no videos/, an unknown --views name): the one problem
+        print(f"vidshard check: {exc}\nvidshard write would refuse this SOURCE", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    print(format_report(report))
+    return 0 if report.accepted else 1
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -203,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--ray-address", default=None, help="Ray cluster: auto, ray://host:10001, or none for a local one")
     w.add_argument("--num-cpus-per-task", type=float, default=1, help="CPUs Ray reserves per task")
     w.set_defaults(func=cmd_write)
+
+    c = sub.add_parser("check", help="probe every file of a SOURCE and list every problem and warning at once")
+    c.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
+    c.add_argument("--max-video-frames", type=int, default=None,
+                   help="as write will be given (chunk counts and sizes are checked against the reader's limits)")
+    c.add_argument("--overlap", type=int, default=0)
+    c.add_argument("--views", type=_views, default=None, help="comma-separated views, as write will be given")
+    c.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT, as write will be given")
+    c.add_argument("--no-autorotate", action="store_true")
+    c.add_argument("--truncate-views", action="store_true")
+    c.add_argument("--workers", type=int, default=4, help="files probed in parallel")
+    c.set_defaults(func=cmd_check, gop=EncodeSettings.gop, crf=EncodeSettings.crf, preset=EncodeSettings.preset)
 
     s = sub.add_parser("synth", help="write a synthetic source whose pixels carry frame and view")
     s.add_argument("out")

@@ -79,7 +79,7 @@ def test_the_driver_holds_about_a_kilobyte_per_sample(tmp_path):
     config = WriteConfig(max_video_frames=FRAMES, shard_bytes=1 << 30)
     tracemalloc.start()
     try:
-        report = _run(Inline(), "/mnt/src", out, work, open_store(out), open_store(work), config, videos, VIEWS)
+        report = _run(Inline(), "/mnt/src", out, work, open_store(out), open_store(work), config, videos, VIEWS, {})
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -91,7 +91,8 @@ def test_rotation_applied_and_recorded(tmp_path):
     meta = json.loads(samples["rec_00000"]["meta.json"])
     assert meta["autorotate"] is True
     assert meta["view_source"]["front"] | {"colour": None} == {
-        "codec": "h264", "pix_fmt": "yuv420p", "width": 72, "height": 88, "rotation": 90, "mirrored": False, "colour": None}
+        "codec": "h264", "pix_fmt": "yuv420p", "width": 72, "height": 88, "rotation": 90, "mirrored": False, "colour": None,
+        "sample_aspect_ratio": "1:1", "field_order": "progressive", "stream": 0}
 
 
 def test_no_autorotate_keeps_the_stored_orientation(tmp_path):

@@ -101,6 +101,35 @@ def kpt_pickle(src):
     return kpt(src, 42), "unreadable keypoint file.*allow_pickle"
 
 
+def kpt_structured(src):
+    """Every file of the kind holds a structured array: the first one fixes the schema, which
+    index.json could not describe ('|V8'), so the probe refuses it naming that file."""
+    folder = os.path.dirname(kpt(src, 0))
+    for name in os.listdir(folder):
+        np.savez(os.path.join(folder, name), joints_2d=np.zeros(17, [("x", "<f4"), ("y", "<f4")]), frame=np.int64(0))
+    first = os.path.join(folder, sorted(os.listdir(folder))[0])
+    return first, r"joints_2d.*index.json cannot describe"
+
+
+def view_symlink_loop(src):
+    os.remove(video(src))
+    os.symlink("front.mp4", video(src))  # points at itself: ELOOP on open and stat
+    return video(src), "symbolic links"
+
+
+def folder_symlink_loop(src):
+    os.rename(os.path.join(src, "videos", VID), os.path.join(src, "videos", "elsewhere"))
+    os.symlink(VID, os.path.join(src, "videos", VID))
+    return os.path.join(src, "videos", VID), "cannot list the video folder.*symbolic links"
+
+
+def annotation_is_a_folder(src):
+    path = annotation(src)
+    os.remove(path)
+    os.mkdir(path)
+    return path, "cannot read the annotation JSON.*directory"
+
+
 def bad_id(src):
     old = os.path.join(src, "videos", VID)
     new = os.path.join(src, "videos", "session.001")
@@ -125,6 +154,10 @@ CASES = {
     "kpt_dtype_change": kpt_dtype_change,
     "kpt_pickle": kpt_pickle,
     "bad_id": bad_id,
+    "kpt_structured": kpt_structured,
+    "view_symlink_loop": view_symlink_loop,
+    "folder_symlink_loop": folder_symlink_loop,
+    "annotation_is_a_folder": annotation_is_a_folder,
 }
 
 
@@ -140,7 +173,8 @@ def test_fail_names_file_and_reason_and_writes_nothing(source_copy, tmp_path, ca
     assert not [n for n in os.listdir(out) if not n.startswith(".")]  # no shard, no index
 
 
-@pytest.mark.parametrize("case", ["corrupt_video", "kpt_shape_change", "segment_overlap", "bad_id"])
+@pytest.mark.parametrize("case", ["corrupt_video", "kpt_shape_change", "segment_overlap", "bad_id", "kpt_structured",
+                                  "view_symlink_loop", "annotation_is_a_folder"])
 def test_skip_finishes_and_reports(source_copy, tmp_path, case):
     path, reason = CASES[case](source_copy)
     out = str(tmp_path / "out")

@@ -88,7 +88,9 @@ def test_plan_is_saved_first_and_a_changed_source_is_refused(source_copy, small_
     assert published and len(plan["order"]) == 9 and len(plan["videos"]) == 3
     with open(os.path.join(source_copy, "annotations", "session_001.json"), "a") as f:
         f.write(" ")  # any change to a source file, even one that keeps every frame count
-    with pytest.raises(WriterError, match=r"saved plan no longer holds \(source videos changed since .*session_001"):
+    # Found from the listing (fingerprint.py) before any video is probed; the saved plan's
+    # per-video fingerprints (schedule.check_plan) are the second line of defence.
+    with pytest.raises(WriterError, match=r"unfinished run written from another SOURCE \(videos whose files differ.*session_001"):
         write(source_copy, out, overlap=6)
     assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == published  # nothing touched
 
