@@ -23,11 +23,9 @@ import dataclasses
 import errno
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
 
 from tqdm import tqdm
 
