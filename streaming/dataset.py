@@ -227,7 +227,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     def _parse(self, sample: dict, shard: int, index: int, epoch: int) -> SampleInfo:
         entry = self.manifest.shards[shard].samples[index]
-        rng = clip_rng(self.seed, epoch, shard, index)
+        rng = clip_rng(self.seed, epoch, entry.key)
         return parse_sample(sample, entry.nframes, entry.nsegments, self.options, rng, redact(self.urls[shard]), entry.segments)
 
 

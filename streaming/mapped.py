@@ -167,7 +167,7 @@ class VideoShardMapDataset(torch.utils.data.Dataset):
         if isinstance(sample, SampleError):
             raise sample
         entry = self.manifest.shards[shard].samples[index]
-        info = parse_sample(sample, entry.nframes, entry.nsegments, self.options, clip_rng(self.seed, self.epoch, shard, index),
+        info = parse_sample(sample, entry.nframes, entry.nsegments, self.options, clip_rng(self.seed, self.epoch, entry.key),
                             url, entry.segments)
         if sub >= len(info.specs):  # index.json and the sample agree on the counts (parse_sample): not expected
             raise SampleError(f"index.json lists more items than the sample has ({len(info.specs)})", shard=url, key=entry.key)

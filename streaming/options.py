@@ -117,9 +117,11 @@ def sample_reader(src, stats: Counter, cls: type[SampleReader] = SampleReader, *
                **extra)
 
 
-def clip_rng(seed: int, epoch: int, shard: int, index: int) -> np.random.Generator:
-    """The generator of a sample's clip-mode window: the same in both datasets, for a given epoch."""
-    return np.random.default_rng([seed, epoch, _CLIP_STREAM, shard, index])
+def clip_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The generator of a sample's clip-mode window, from its key: the same window in both
+    datasets and in `wds_items` for a given (seed, epoch), whatever subset of shards (and so
+    shard numbering) each was given."""
+    return np.random.default_rng([seed, epoch, _CLIP_STREAM, *key.encode()])
 
 
 def check_counts(manifest: Manifest, limits: Limits) -> None:

@@ -36,6 +36,11 @@ _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _HEADER_ERRORS = (ValueError, RecursionError)
 
 
+def kind_limit(suffix: str, limits: Limits) -> int:
+    """The byte limit of a member by its kind: JSON members max_json_bytes, others max_member_bytes."""
+    return limits.max_json_bytes if suffix.endswith(".json") else limits.max_member_bytes
+
+
 def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | None = None) -> tuple[str, str]:
     """(key, suffix) of a member that may be read; ShardFormatError otherwise. `limit`
     overrides the byte limit of the member's kind (the caller may know a tighter one)."""
@@ -49,7 +54,7 @@ def check_member(info: tarfile.TarInfo, url: str, limits: Limits, limit: int | N
                                shard=url, member=name)
     key, _, suffix = name.partition(".")
     if limit is None:
-        limit = limits.max_json_bytes if suffix.endswith(".json") else limits.max_member_bytes
+        limit = kind_limit(suffix, limits)
     if info.size > limit:
         raise ShardFormatError(f"member declares {info.size} bytes, over the limit of {limit}", shard=url, key=key, member=name)
     return key, suffix

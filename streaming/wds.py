@@ -34,7 +34,7 @@ from .errors import SampleError, ShardFormatError
 from .items import build_item, parse_sample
 from .options import Source, clip_rng, member_limit, open_source, wanted_members
 from .remote import StorageOptions, redact
-from .tario import Limits
+from .tario import Limits, kind_limit
 from .world import World
 
 log = logging.getLogger("vidshard.streaming")
@@ -79,7 +79,10 @@ class WdsItems:
     def of(self, raw: dict) -> list[dict[str, Any]]:
         """The items of one raw sample (webdataset's or wids'); its typed SampleError."""
         key = raw.get("__key__")
-        folder = self._folder(self.source if self.source is not None else posixpath.dirname(str(raw.get("__url__", ""))))
+        url = raw.get("__url__")
+        if self.source is None and (not isinstance(url, str) or url.startswith("pipe:") or "/" not in url.strip("/")):
+            raise ValueError(f"a sample from {str(url)[:100]!r}: no folder to find index.json in; pass wds_items(source=...)")
+        folder = self._folder(self.source if self.source is not None else posixpath.dirname(url))
         found = folder.where.get(key) if isinstance(key, str) else None
         shown = redact(str(raw.get("__url__") or raw.get("__shard__") or folder.name))
         if found is None:
@@ -87,13 +90,13 @@ class WdsItems:
         shard, index = found
         src, url = folder.src, redact(folder.src.urls[shard])
         entry = src.manifest.shards[shard].samples[index]
-        named = raw.get("__url__") or raw.get("__shard__")
-        if named is not None and posixpath.basename(str(named)) != posixpath.basename(src.manifest.shards[shard].url):
+        named, listed = raw.get("__url__") or raw.get("__shard__"), posixpath.basename(src.manifest.shards[shard].url)
+        if named is not None and not _names(str(named), listed):
             raise ShardFormatError(f"sample read from {shown}, index.json lists it in {src.manifest.shards[shard].url}",
                                    shard=shown, key=key)
         sample = _members(raw, key, src, entry, url)
         info = parse_sample(sample, entry.nframes, entry.nsegments, src.options,
-                            clip_rng(self.seed, self._epoch.value, shard, index), url, entry.segments)
+                            clip_rng(self.seed, self._epoch.value, key), url, entry.segments)
         if self._decoder is None:
             self._decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats, shared=World.detect().in_worker)
         items = []
@@ -134,6 +137,13 @@ class _Folder:
         self.name, self.src, self.where = name, src, where
 
 
+def _names(url: str, shard: str) -> bool:
+    """Whether a sample's URL names this shard file: its last path segment, or for a `pipe:`
+    command (`pipe:aws s3 cp s3://b/shard-000003.tar -`) one of its words' last segment."""
+    words = url[len("pipe:"):].split() if url.startswith("pipe:") else [url]
+    return any(posixpath.basename(word) == shard for word in words)
+
+
 def _members(raw: dict, key: str, src: Source, entry, url: str) -> dict:
     """The members items read, as bytes under vidshard's suffixes ("front.mp4"), each held to
     its byte limit; wids names them ".front.mp4" and hands over file objects."""
@@ -151,7 +161,7 @@ def _members(raw: dict, key: str, src: Source, entry, url: str) -> dict:
                                    member=f"{key}.{suffix}")
         limit = member_limit(src, entry, suffix)
         if limit is None:
-            limit = limits.max_json_bytes if suffix.endswith(".json") else limits.max_member_bytes
+            limit = kind_limit(suffix, limits)
         if len(data) > limit:
             raise ShardFormatError(f"member holds {len(data)} bytes, over the limit of {limit}", shard=url, key=key,
                                    member=f"{key}.{suffix}")

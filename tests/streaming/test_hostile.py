@@ -277,3 +277,11 @@ def test_meta_json_extras_are_not_held_with_the_window(copy):
     assert baseline.kind == outcome.kind == "ok" and outcome.value["items"] == outcome.value["len"] == 9, outcome
     grew = (outcome.peak_rss - baseline.peak_rss) >> 20
     assert grew < 150, f"peak RSS {grew} MB above the same epoch without the extras"
+
+
+def test_a_shard_given_twice_is_refused_however_it_is_spelled(copy):
+    """Shard URLs selecting a subset: one shard named twice (a//b.tar is a/b.tar) would be read twice per epoch."""
+    one = os.path.join(copy, "shard-000000.tar")
+    for urls in ([one, one], [one, one.replace("/shard-", "//shard-")]):
+        with pytest.raises(ValueError, match=r"shards given more than once: \['shard-000000.tar'\]"):
+            VideoShardDataset(urls)

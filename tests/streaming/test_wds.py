@@ -26,7 +26,7 @@ def shard_urls(path: str) -> list[str]:
     return sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(".tar"))
 
 
-def reference(path: str, mode: str, kw: dict) -> dict[tuple, dict]:
+def reference(path, mode: str, kw: dict) -> dict[tuple, dict]:
     stream = VideoShardDataset(path, sample=mode, shuffle=False, **kw)
     stream.set_epoch(1)
     return {identity(item)[:2]: item for item in stream}
@@ -139,7 +139,7 @@ def test_decoded_members_and_samples_of_another_dataset_are_refused(map_dataset,
     both shards."""
     from streaming.errors import ShardFormatError
 
-    with pytest.raises(ShardFormatError, match=r"member front.mp4 is a bytes|member meta.json is a dict, not bytes"):
+    with pytest.raises(ShardFormatError, match=r"member (meta|timeline).json is a dict, not bytes"):
         list(wds.WebDataset(shard_urls(map_dataset), shardshuffle=False, empty_check=False).decode().compose(wds_items()))
     stage = wds_items(source=map_dataset)
     with pytest.raises(ShardFormatError, match=r"sample read from .*/shard-000000.tar, index.json lists it in shard-000002.tar"):
@@ -155,3 +155,27 @@ def test_the_readme_pipeline_batches_with_collate(map_dataset):
     batches = list(pipeline)
     assert batches and batches[0]["video"].shape == (3, 2, 4, 3, 16, 16) and batches[0]["frame_index"].shape == (3, 4)
     assert sum(len(b["frame_index"]) for b in batches) == len(VideoShardDataset(map_dataset, sample="segment", num_frames=4))
+
+
+def test_clip_windows_follow_the_key_whatever_shards_a_dataset_is_given(map_dataset):
+    """A dataset of two of the shards and a pipeline over the same two draw the same clip
+    windows (seeded by (seed, epoch, key), not by a shard's position in what each was given)."""
+    urls = shard_urls(map_dataset)[2:4]
+    want = reference(urls, "clip", {"num_frames": 4})
+    stage = wds_items(sample="clip", num_frames=4)
+    stage.set_epoch(1)
+    got = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).compose(stage))
+    assert len(got) == len(want) > 0
+    for item in got:
+        same_item({k: v for k, v in item.items() if k != "keypoints"}, want[identity(item)[:2]])
+
+
+def test_pipe_urls_and_samples_without_a_url(map_dataset):
+    """`pipe:` shards with source= give the items; a sample with no URL and no source= is refused, saying what to pass."""
+    urls = [f"pipe:cat {u}" for u in shard_urls(map_dataset)]
+    got = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).compose(wds_items(source=map_dataset)))
+    assert sorted(identity(i) for i in got) == sorted(identity(i) for i in reference(map_dataset, "chunk", {}).values())
+    with pytest.raises(ValueError, match=r"no folder to find index.json in; pass wds_items\(source=...\)"):
+        wds_items().of({"__key__": "session_000_00000", "meta.json": b"{}"})
+    with pytest.raises(ValueError, match="pass wds_items"):
+        list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).compose(wds_items()))
