@@ -25,7 +25,8 @@ from .plan import PlanSpec
 STATE_KEY = "vidshard_resume"
 
 # Spec fields that decide the order -> the dataset option a user would have changed.
-_ORDER_SETTINGS = {"seed": "seed", "shuffle": "shuffle", "block_bytes": "shuffle_block", "buffer_bytes": "shuffle_buffer",
+# shuffle_buffer before shuffle_block: the default block is derived from the buffer.
+_ORDER_SETTINGS = {"seed": "seed", "shuffle": "shuffle", "buffer_bytes": "shuffle_buffer", "block_bytes": "shuffle_block",
                    "drop_last": "drop_last"}
 
 

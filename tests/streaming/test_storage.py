@@ -85,7 +85,8 @@ def test_cache_stays_under_its_limit_and_serves_the_second_epoch(small_dataset, 
         watcher.start()
         try:
             ds = VideoShardDataset(f"http://127.0.0.1:{http.port}", storage=FAST, cache_dir=str(cache), cache_limit=limit,
-                                   verify_cache=True, load_rgb=False, load_kpt=True)
+                                   verify_cache=True, load_rgb=False, load_kpt=True,
+                                   shuffle_block="shard")  # whole shards: what a cache below the dataset takes
             for epoch in range(2):
                 ds.set_epoch(epoch)
                 assert len(epoch_keys(ds)) == 9
@@ -216,7 +217,7 @@ def test_server_ignoring_range_streams_shards_the_cache_cannot_take(plain_http, 
     port = int(plain_http.rsplit(":", 1)[1])
     with FaultyProxy(port, reset_p=0.1, seed=4) as proxy:
         ds = VideoShardDataset(f"http://127.0.0.1:{proxy.port}", storage=dataclasses.replace(FAST, timeout_s=0.25),
-                               cache_dir=str(tmp_path / "cache"),
+                               cache_dir=str(tmp_path / "cache"), shuffle_block="shard",  # (FAST's 16 KiB requests cap "auto")
                                cache_limit=sizes[-1] - 1, load_kpt=True, img_size=(16, 16))
         for epoch in range(2):
             ds.set_epoch(epoch)
