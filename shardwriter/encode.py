@@ -10,7 +10,9 @@ its `moov` atom first, so a reader can seek to frame f by decoding from `f - f %
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -25,6 +27,30 @@ from .media import ViewSource, played_stream
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
 SWS_CS_ITU601 = 5  # swscale's name for the BT.601 matrix (PyAV's reformat takes swscale's codes)
+
+
+X264_CPU_AVX512 = 1 << 16  # x264.h
+
+
+@functools.cache
+def x264_cpu_flags() -> int | None:
+    """What libx264 detects on this CPU (x264_cpu_detect, asked of the libx264 or libavcodec this
+    process has loaded), or None where it cannot be asked (no /proc/self/maps, no such symbol)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {parts[5].strip() for parts in (line.split(None, 5) for line in f) if len(parts) == 6}
+    except OSError:
+        return None
+    for path in sorted(paths, key=lambda p: "x264" not in os.path.basename(p)):
+        if not any(name in os.path.basename(path) for name in ("x264", "avcodec")):
+            continue
+        try:
+            detect = ctypes.CDLL(path).x264_cpu_detect
+        except (OSError, AttributeError):
+            continue
+        detect.restype = ctypes.c_uint32
+        return detect()
+    return None
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
@@ -60,11 +86,7 @@ class EncodeSettings:
         # threads 1: libx264's output depends on its thread count; fixing it keeps shards
         # byte-identical across machines with different core counts (parallelism comes
         # from running several videos at once).
-        # mbtree=0: x264's macroblock-tree rate control made runs differ even so: the same
-        # decoded frames encoded 8 times in fresh processes gave 4 different byte strings for
-        # the synthetic test source (issue 22), 8 identical ones without it. The clips are
-        # short-GOP training data; mbtree's gain (bits moved to referenced blocks) is small there.
-        return {
+        options = {
             "crf": str(self.crf),
             "preset": self.preset,
             "g": str(self.gop),
@@ -72,8 +94,20 @@ class EncodeSettings:
             "sc_threshold": "0",
             "bf": "0",
             "threads": "1",
-            "x264-params": "mbtree=0",
         }
+        # No AVX-512 in libx264 (the rest of what it detects is kept). Its AVX-512
+        # mbtree_propagate_list (core 165) works 8 macroblocks at a time without masking the
+        # end of a row, so where the width is not a multiple of 8 macroblocks (128 px: 64, 96,
+        # 160, 720 px...) the last row reads past its arrays into uninitialised heap memory,
+        # and what it finds moves mbtree's costs: the same frames gave different bytes as the
+        # heap's leftovers changed (measured: 7 of 300 runs of one 3-view test video, 0 of 600
+        # without AVX-512; heap blocks of 0xff vs 0x00 always differ). Without it: the same
+        # speed (4-5% faster here), mbtree kept (mbtree=0 fixes it too, at +17-19% bytes), and
+        # the bytes an AVX2 machine writes.
+        flags = x264_cpu_flags()
+        if flags is not None and flags & X264_CPU_AVX512:
+            options["x264-params"] = f"asm={flags & ~X264_CPU_AVX512}"
+        return options
 
     def describe(self) -> dict:
         return {
@@ -84,7 +118,7 @@ class EncodeSettings:
             "preset": self.preset,
             "gop": self.gop,
             "bframes": 0,
-            "mbtree": False,
+            "x264_avx512": False,  # never used: its mbtree code read uninitialised memory (codec_options)
             "resize": list(self.resize) if self.resize else None,
             "autorotate": self.autorotate,
             "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
