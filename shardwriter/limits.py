@@ -4,7 +4,10 @@ driver, before its first byte is written. Each refusal is a SourceError naming t
 
     chunks        no more than the sample key's CHUNK_DIGITS digits number
     chunk frames  at most Limits.max_chunk_frames per chunk
+    frame rate    inside the reader's [MIN_FPS, MAX_FPS]
     frame size    at most Limits.max_frame_pixels per clip frame
+    chunk item    a chunk-mode item (every view, every frame, stored size) at most Limits.max_item_bytes
+    kpt.npz       the schema's arrays for a chunk's frames at most Limits.max_member_bytes (npz_bound)
     meta.json     at most Limits.max_json_bytes, sized from the chunk with the largest numbers
     timeline.json at most Limits.max_segments segments and max_json_bytes per chunk
 
@@ -17,7 +20,7 @@ import bisect
 import math
 import os
 
-from streaming.format import CHUNK_DIGITS, Limits, dumps, timeline_to_json
+from streaming.format import CHUNK_DIGITS, MAX_FPS, MIN_FPS, Limits, dumps, npz_bound, timeline_to_json
 
 from .encode import view_encode
 from .errors import SourceError
@@ -35,7 +38,7 @@ def writable(probes: list, config, source: str) -> tuple[list, list[SourceError]
     kinds = frozenset(n.partition(".")[0] for p in probes for n in p.schema)  # what meta.json may list, at most
     for probe in probes:
         try:
-            check_video(probe.spec, config, source, kinds)
+            check_video(probe.spec, config, source, kinds, probe.schema)
         except SourceError as exc:
             refused.append(exc)
         else:
@@ -43,10 +46,14 @@ def writable(probes: list, config, source: str) -> tuple[list, list[SourceError]
     return good, refused
 
 
-def check_video(spec: VideoSpec, config, source: str, kinds: frozenset[str] = frozenset()) -> None:
+def check_video(spec: VideoSpec, config, source: str, kinds: frozenset[str] = frozenset(), schema: dict | None = None) -> None:
     """SourceError naming the video's folder or file when the reader would refuse a sample
-    of it. `kinds`: keypoint kinds of the whole dataset (meta.json lists them)."""
+    of it. `kinds`: keypoint kinds of the whole dataset (meta.json lists them); `schema`: this
+    video's keypoint arrays (name -> (per-frame shape, dtype))."""
     folder = os.path.join(source, "videos", spec.video_id)
+    if not MIN_FPS <= spec.fps <= MAX_FPS:
+        raise SourceError(spec.video_id, spec.paths[0], f"a frame rate of {spec.fps} fps, outside the reader's "
+                                                        f"[{MIN_FPS}, {MAX_FPS}]")
     max_frames = config.max_video_frames or spec.num_frames
     step = max_frames - config.overlap
     count = 1 + max(0, math.ceil((spec.num_frames - max_frames) / step))  # len(chunk_plan(...)) without the list
@@ -71,6 +78,18 @@ def check_video(spec: VideoSpec, config, source: str, kinds: frozenset[str] = fr
                                                    f"of {LIMITS.max_frame_pixels} per frame (Limits.max_frame_pixels): "
                                                    "pass --resize")
         views.append(view)
+    frames = min(max_frames, spec.num_frames)
+    item = frames * 3 * sum(v.size[0] * v.size[1] for v in views)
+    if item > LIMITS.max_item_bytes:
+        raise SourceError(spec.video_id, folder, f"a chunk-mode item of {frames} frames of every view would take {item} bytes, "
+                                                 f"over the reader's limit of {LIMITS.max_item_bytes} (Limits.max_item_bytes): "
+                                                 "pass --max-video-frames or --resize")
+    if schema:
+        archive = npz_bound({name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in schema.items()}, frames)
+        if archive > LIMITS.max_member_bytes:
+            raise SourceError(spec.video_id, os.path.join(source, "keypoints", spec.video_id),
+                              f"a chunk's keypoint archive of {frames} frames may take {archive} bytes, over the reader's "
+                              f"limit of {LIMITS.max_member_bytes} per member (Limits.max_member_bytes): pass --max-video-frames")
     _check_meta(spec, config, views, kinds, source)
     _check_timelines(spec, config, source)
 

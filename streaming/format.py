@@ -17,8 +17,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+from fractions import Fraction
 from typing import IO, Any
+
+import numpy as np
 
 FORMAT_NAME = "vidshard"
 FORMAT_VERSION = 1
@@ -353,3 +357,30 @@ def _typed_list(obj: dict, name: str) -> list:
     if not isinstance(value, list):
         raise ValueError(f"field {name!r} must be a list")
     return value
+
+
+# Numbers from meta.json/timeline.json become int64 tensors and float frame times: a hostile
+# 10**19 would raise OverflowError deep in numpy or PyAV, so the reader bounds them (and the
+# writer refuses a source outside them).
+MAX_INT = 2**53
+MIN_FPS, MAX_FPS = Fraction(1, 10**6), Fraction(10**6)
+
+
+# A kpt.npz, as the writer makes it and the reader bounds it (streaming/npz.py): one .npy per
+# schema array of a chunk's frames, and the per-frame `mask`.
+MASK = "mask"
+ENTRY_OVERHEAD = 4096  # zip local + central headers (zip64 extras) and the .npy header of one array
+
+
+def expected_arrays(schema: dict, nframes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Entry name -> (shape, dtype) of a chunk of `nframes` frames, from index.json's schema."""
+    arrays = {f"{name}.npy": ((nframes, *info["shape"]), np.dtype(info["dtype"])) for name, info in schema.items()}
+    arrays[f"{MASK}.npy"] = ((nframes,), np.dtype(bool))
+    return arrays
+
+
+def npz_bound(schema: dict, nframes: int) -> int:
+    """The most bytes a valid archive of these arrays takes (stored, or deflated: deflate
+    adds at most 5 bytes per 16 KiB block to data it cannot compress)."""
+    data = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected_arrays(schema, nframes).values())
+    return data + data // 1024 + ENTRY_OVERHEAD * (len(schema) + 2)

@@ -19,16 +19,15 @@ import torch
 
 from .decode import Claims, ClipDecoder, ClipMismatch
 from .errors import DecodeError, KeypointError, ShardFormatError
-from .format import KPT_EXT, META, TIMELINE, Segment, chunk_start, clip_suffix, kpt_suffix, timeline_from_json, video_of
+from .format import (
+    KPT_EXT, MAX_FPS, MAX_INT, META, MIN_FPS, TIMELINE, Segment, chunk_start, clip_suffix, kpt_suffix, timeline_from_json,
+    video_of,
+)
 from .npz import read_keypoints
 from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
 
 
-# Numbers from meta.json/timeline.json become int64 tensors and float frame times: a
-# hostile 10**19 would raise OverflowError deep in numpy or PyAV, so they are bounded here.
-MAX_INT = 2**53
-MIN_FPS, MAX_FPS = Fraction(1, 10**6), Fraction(10**6)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,27 +22,12 @@ import zlib
 import numpy as np
 
 from .errors import KeypointError
+from .format import ENTRY_OVERHEAD, MASK, expected_arrays, npz_bound
 
-MASK = "mask"
-_ENTRY_OVERHEAD = 4096  # zip local + central headers (zip64 extras) and the .npy header of one array
 # What zipfile and the .npy header parser raise on damaged bytes (the header is a Python
 # literal read with ast.literal_eval, hence SyntaxError).
 _ERRORS = (ValueError, OSError, EOFError, KeyError, IndexError, SyntaxError, NotImplementedError, TypeError,
            RecursionError, zipfile.BadZipFile, zlib.error, struct.error)
-
-
-def expected_arrays(schema: dict, nframes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Entry name -> (shape, dtype) of a chunk of `nframes` frames, from index.json's schema."""
-    arrays = {f"{name}.npy": ((nframes, *info["shape"]), np.dtype(info["dtype"])) for name, info in schema.items()}
-    arrays[f"{MASK}.npy"] = ((nframes,), np.dtype(bool))
-    return arrays
-
-
-def npz_bound(schema: dict, nframes: int) -> int:
-    """The most bytes a valid archive of these arrays takes (stored, or deflated: deflate
-    adds at most 5 bytes per 16 KiB block to data it cannot compress)."""
-    data = sum(math.prod(shape) * dtype.itemsize for shape, dtype in expected_arrays(schema, nframes).values())
-    return data + data // 1024 + _ENTRY_OVERHEAD * (len(schema) + 2)
 
 
 def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray | slice, *, max_bytes: int, shard: str, key: str,
@@ -86,14 +71,14 @@ def read_keypoints(data: bytes, schema: dict, nframes: int, frames: np.ndarray |
 def _read_entry(zf: zipfile.ZipFile, name: str, shape: tuple[int, ...], dtype: np.dtype, refuse) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     info = zf.getinfo(name)
-    if info.file_size > nbytes + _ENTRY_OVERHEAD:
+    if info.file_size > nbytes + ENTRY_OVERHEAD:
         raise refuse(f"{name} declares {info.file_size} bytes uncompressed; {shape} {dtype.str} takes {nbytes}")
     with zf.open(info) as f:  # zipfile stops at the declared size, whatever the deflate stream holds
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            declared, fortran, declared_dtype = np.lib.format.read_array_header_1_0(f, max_header_size=_ENTRY_OVERHEAD)
+            declared, fortran, declared_dtype = np.lib.format.read_array_header_1_0(f, max_header_size=ENTRY_OVERHEAD)
         elif version == (2, 0):
-            declared, fortran, declared_dtype = np.lib.format.read_array_header_2_0(f, max_header_size=_ENTRY_OVERHEAD)
+            declared, fortran, declared_dtype = np.lib.format.read_array_header_2_0(f, max_header_size=ENTRY_OVERHEAD)
         else:
             raise refuse(f"{name}: .npy format version {version} is not read")
         if declared_dtype.hasobject:

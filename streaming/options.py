@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .cache import ShardCache
-from .format import KPT_EXT, META, TIMELINE, Manifest, clip_suffix, kpt_suffix, label_ids, video_of
+from .format import KPT_EXT, META, TIMELINE, Manifest, clip_suffix, kpt_suffix, label_ids, npz_bound, video_of
 from .items import Options
-from .npz import npz_bound
 from .reading import SampleReader
 from .remote import StorageOptions
 from .sampling import MODES

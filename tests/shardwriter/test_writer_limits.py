@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +117,33 @@ def test_a_clip_over_the_readers_member_limit_stops_its_video(source_copy, tmp_p
         run_video_task(task)
     assert info.value.path == probe.spec.paths[0] and "Limits.max_member_bytes" in info.value.reason, info.value
     assert not os.path.exists(tmp_path / "work" / "spool")  # nothing of the video spooled
+
+
+@pytest.mark.parametrize("limit, why", [
+    ({"max_item_bytes": 64 * 48 * 3 * 30 * 3 - 1}, r"a chunk-mode item of 30 frames of every view would take 829440 bytes, "
+                                                    r"over the reader's limit of 829439 \(Limits.max_item_bytes\)"),
+    ({"max_member_bytes": 10_000}, r"a chunk's keypoint archive of 30 frames may take \d+ bytes, over the reader's limit of "
+                                   r"10000 per member \(Limits.max_member_bytes\)"),
+])
+def test_a_chunk_the_reader_would_refuse_is_refused_before_writing(source_copy, tmp_path, monkeypatch, limit, why):
+    """(the reader's limits lowered in-process: real ones take gigabytes to reach)"""
+    import dataclasses
+
+    import shardwriter.limits
+
+    monkeypatch.setattr(shardwriter.limits, "LIMITS", dataclasses.replace(Limits(), **limit))
+    message = refused(source_copy, str(tmp_path / "out"), max_video_frames=30, workers=1)
+    assert re.search(why, message) and "session_" in message, message
+
+
+def test_a_frame_rate_the_reader_cannot_hold_is_refused(source_copy):
+    import dataclasses
+    from fractions import Fraction
+
+    from shardwriter.errors import SourceError
+    from shardwriter.limits import check_video
+
+    config = WriteConfig(max_video_frames=30)
+    probe = run_probe_task(ProbeTask(source=source_copy, video_id=VID, views=VIEWS, truncate_views=False, encode=config.encode))
+    with pytest.raises(SourceError, match=r"a frame rate of 10000001 fps, outside the reader's \[1/1000000, 1000000\]"):
+        check_video(dataclasses.replace(probe.spec, fps=Fraction(10**7 + 1)), config, source_copy)

@@ -17,7 +17,8 @@ import fsspec
 
 from streaming.errors import ShardFormatError
 from streaming.format import META, Segment
-from streaming.items import MAX_INT, sample_meta
+from streaming.format import MAX_INT
+from streaming.items import sample_meta
 from streaming.tario import Limits, Span, iter_members
 
 
