@@ -28,7 +28,7 @@ class Watching:
 
     def wait(self, handles):
         done = self.inner.wait(handles)
-        spooled = sum(e.stat().st_size for e in os.scandir(self.spool)) if os.path.isdir(self.spool) else 0
+        spooled = sum(_size(e) for e in os.scandir(self.spool)) if os.path.isdir(self.spool) else 0
         for _, outcome in done:
             kind = "shard" if isinstance(outcome, ShardEntry) else "video" if hasattr(outcome, "chunks") else "probe"
             self.log.append((kind, spooled))
@@ -36,6 +36,13 @@ class Watching:
 
     def close(self):
         self.inner.close()
+
+
+def _size(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:  # a shard task removed it after the listing: it holds nothing now
+        return 0
 
 
 @pytest.fixture(scope="module")
