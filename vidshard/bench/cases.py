@@ -90,6 +90,10 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
 
     source = ds if cores == 1 else DataLoader(ds, batch_size=None, num_workers=cores, prefetch_factor=1,
                                               persistent_workers=True, worker_init_fn=note_start)
+    for _ in range(args.get("warmup_epochs", 0)):  # workers started, caches warm: what every later epoch of a run sees
+        for item in source:
+            del item
+        yield WARM
     for item in source:
         yield 1, len(item["frame_index"]) * views
         del item
@@ -101,6 +105,9 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
         extra["worker_growth_mb"] = round(max(peaks[int(starts[2 * w])] - starts[2 * w + 1] for w in range(cores)), 1)
     if cores == 1 and ds.stats["frames_delivered"]:  # workers count in their own processes
         extra["decoded_per_delivered"] = round(ds.stats["frames_decoded"] / ds.stats["frames_delivered"], 3)
+
+
+WARM = (0, 0)  # yielded by a case when its warm-up epochs are done
 
 
 def _decode_into_private_memory() -> None:
@@ -157,6 +164,9 @@ def run_case(args: dict) -> dict:
     start = time.perf_counter()
     try:
         for n_items, n_frames in source:
+            if (n_items, n_frames) == WARM:  # the timed epoch starts now
+                start, first = time.perf_counter(), None
+                continue
             items += n_items
             frames += n_frames
             first = first if first is not None else time.perf_counter() - start
