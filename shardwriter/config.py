@@ -23,7 +23,7 @@ class WriteConfig:
     shard_bytes: int = 1 << 30
     encode: EncodeSettings = EncodeSettings()
     seed: int = 0
-    on_error: str = "fail"  # "fail" | "skip"
+    on_error: str = "raise"  # "raise": the first bad video stops the job | "skip": reported, the rest written (the reader's words)
     truncate_views: bool = False
     mix_videos: int = 64  # a shard mixes the chunks of up to this many videos (plan.sample_order)
 
@@ -45,8 +45,8 @@ class WriteConfig:
             check_views(tuple(self.views))
         if self.mix_videos < 1:
             raise ValueError(f"--mix-videos must be >= 1, got {self.mix_videos}")
-        if self.on_error not in ("fail", "skip"):
-            raise ValueError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"--on-error must be 'raise' or 'skip', got {self.on_error!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 

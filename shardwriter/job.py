@@ -126,7 +126,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
                 probes.append(outcome)
     probes, refused = writable(probes, config, source)
     problems = sorted(problems + refused, key=lambda p: (p.video_id or "", p.path))
-    if problems and config.on_error == "fail":
+    if problems and config.on_error == "raise":
         _discard(store, work, [])
         _fail(problems)
     if not probes:

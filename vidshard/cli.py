@@ -12,6 +12,7 @@ from fractions import Fraction
 from streaming.errors import SampleError
 from streaming.units import parse_bytes
 
+from shardwriter.config import WriteConfig
 from shardwriter.encode import EncodeSettings
 from shardwriter.errors import WriterError
 
@@ -82,8 +83,6 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def _write_config(args: argparse.Namespace):
-    from shardwriter.job import WriteConfig
-
     return WriteConfig(
         max_video_frames=args.max_video_frames,
         overlap=args.overlap,
@@ -205,20 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
     w.add_argument("output", help="OUTPUT folder or object-store URL (s3://bucket/prefix) for shard-*.tar and index.json")
     w.add_argument("--max-video-frames", type=int, required=True, help="frames per chunk, at most")
-    w.add_argument("--overlap", type=int, default=0, help="frames shared by consecutive chunks")
+    # Every default is the library's (WriteConfig, EncodeSettings): a dataset written from Python and from the shell is one.
+    w.add_argument("--overlap", type=int, default=WriteConfig.overlap, help="frames shared by consecutive chunks")
     w.add_argument("--views", type=_views, default=None, help="comma-separated views, in sample order")
     w.add_argument("--workers", type=int, default=1, help="videos encoded in parallel")
-    w.add_argument("--shard-size", type=_bytes, default=parse_bytes("1GB"), help="close a shard at this size")
+    w.add_argument("--shard-size", type=_bytes, default=WriteConfig.shard_bytes, help="close a shard at this size (default 1 GiB)")
     w.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT of every clip")
     w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")
     w.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 constant rate factor")
     w.add_argument("--preset", default=EncodeSettings.preset, help="x264 preset")
     w.add_argument("--no-autorotate", action="store_true",
                    help="keep each view's stored orientation (default: turn it as its display matrix says)")
-    w.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="what a bad video does")
+    w.add_argument("--on-error", choices=("raise", "skip"), default=WriteConfig.on_error,
+                   help="a bad video stops the job (raise) or is reported and left out (skip)")
     w.add_argument("--truncate-views", action="store_true", help="views of unequal length: keep the shortest")
-    w.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards")
-    w.add_argument("--mix-videos", type=int, default=64, help="a shard mixes the chunks of up to this many videos")
+    w.add_argument("--seed", type=int, default=WriteConfig.seed, help="seed of the sample order across shards")
+    w.add_argument("--mix-videos", type=int, default=WriteConfig.mix_videos, help="a shard mixes the chunks of up to this many videos")
     w.add_argument("--work-dir", default=None,
                    help="where the plan and spool go (a folder or URL every worker reaches; the writer uses "
                         "a subfolder vidshard-work-HASH of its own; default OUTPUT/.vidshard-work)")

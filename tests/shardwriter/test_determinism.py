@@ -20,6 +20,7 @@ give different bytes on a machine with AVX-512; elsewhere the test cannot fail.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,3 +138,19 @@ def test_worker_counts_give_the_same_bytes_without_a_pinned_heap(small_source, s
     out = str(tmp_path / "out")
     write(small_source, out, overlap=6, workers=workers)
     assert digests(out) == digests(small_dataset)
+
+
+def test_library_defaults_and_cli_defaults_write_the_same_bytes(small_source, tmp_path):
+    """Every write default lives once, in the library (WriteConfig, EncodeSettings); the CLI
+    reads it: `--shard-size` was "1GB" (10^9) on the command line and 1 GiB in WriteConfig."""
+    from shardwriter.job import WriteConfig, write_dataset
+    from vidshard.cli import main
+
+    from .test_writer_resume import digests
+
+    lib, cli = str(tmp_path / "lib"), str(tmp_path / "cli")
+    write_dataset(small_source, lib, WriteConfig(max_video_frames=30))
+    assert main(["-q", "write", small_source, cli, "--max-video-frames", "30"]) == 0
+    assert digests(lib) == digests(cli)
+    index = json.load(open(os.path.join(cli, "index.json")))
+    assert index["config"]["shard_bytes"] == WriteConfig.shard_bytes and index["config"]["on_error"] == "raise"
