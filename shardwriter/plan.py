@@ -141,36 +141,9 @@ def sample_order(chunks_per_video: dict[str, int], seed: int, mix_videos: int) -
     return order
 
 
-def tar_member_bytes(size: int) -> int:
-    """Bytes one member occupies in a tar: a header block plus data padded to blocks."""
-    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
-
-
 def tar_file_bytes(payload: int) -> int:
     """Size of a tar whose members take `payload` bytes: two end blocks, record padding."""
     return -(-(payload + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
-
-
-def plan_shards(sample_bytes: Sequence[int], max_shard_bytes: int) -> list[range]:
-    """Pack samples, in order, into shards of at most `max_shard_bytes` tar bytes.
-
-    Greedy: a shard is closed when the next sample would push it past the limit. A
-    sample larger than the limit gets a shard of its own (never split, never dropped).
-    The writer applies the same rule one sample at a time (`closes_shard`), as the
-    samples' sizes become known.
-    """
-    if max_shard_bytes < 1:
-        raise ValueError(f"shard size must be positive, got {max_shard_bytes}")
-    shards: list[range] = []
-    first, payload = 0, 0
-    for i, size in enumerate(sample_bytes):
-        if i > first and closes_shard(payload, size, max_shard_bytes):
-            shards.append(range(first, i))
-            first, payload = i, 0
-        payload += size
-    if len(sample_bytes) > first:
-        shards.append(range(first, len(sample_bytes)))
-    return shards
 
 
 def closes_shard(payload: int, size: int, max_shard_bytes: int) -> bool:

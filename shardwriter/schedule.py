@@ -3,7 +3,7 @@
 `make_plan` is pure: the probed videos -> the sample order (decided before any encoding:
 it needs only the frame counts). `run_plan` submits encode tasks in that order and cuts
 shards from it as the samples' real sizes come back from the encode tasks (the greedy rule
-of plan.plan_shards: a shard is closed when the next sample would take it past
+of plan.closes_shard: a shard is closed when the next sample would take it past
 --shard-size), submitting each shard task as soon as its samples are known, so shards are
 published while later videos are still being encoded. It keeps at most `parallelism`
 encode tasks in flight, none further ahead than the video of the first sample not yet in a

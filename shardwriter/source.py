@@ -117,15 +117,6 @@ class VideoSpec:
     warnings: tuple[str, ...] = ()  # for the driver to log once (HDR, 10-bit, truncated views)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ScanResult:
-    videos: list[VideoSpec]
-    problems: list[SourceError]
-    views: tuple[str, ...]
-    keypoint_schema: Schema  # empty when the source has no keypoints
-    keypoint_origin: dict[str, str]  # kind -> the file its schema was taken from
-
-
 def check_view_names(views: tuple[str, ...]) -> None:
     """The views found in the files obey the rules --views does (config.check_views)."""
     try:
@@ -304,31 +295,3 @@ def keypoint_schema(videos: list[VideoSpec], strict: bool = False) -> tuple[Sche
                         continue  # reported by its own video's task; take the schema elsewhere
                     origin[kind] = path
     return schema, origin
-
-
-def scan_source(
-    root: str,
-    views: tuple[str, ...] | None = None,
-    truncate_views: bool = False,
-    autorotate: bool = True,
-    listing: SourceListing | None = None,
-    resize: bool = False,
-) -> ScanResult:
-    """Validate every video of SOURCE; problems are collected, not raised. `listing` is
-    check_source's (taken again, silently, when not given)."""
-    listing = listing or list_source(root)
-    views = tuple(views) if views else listing.views
-    check_view_names(views)
-    good, problems = [], []
-    for vid in listing.video_ids:
-        try:
-            good.append(load_video(root, vid, views, truncate_views, autorotate, resize))
-        except SourceError as exc:
-            problems.append(exc)
-    for spec in good:
-        for note in spec.warnings:
-            log.warning("%s", note)
-    schema, origin = ({}, {})
-    if good:
-        schema, origin = keypoint_schema(good)
-    return ScanResult(videos=good, problems=problems, views=views, keypoint_schema=schema, keypoint_origin=origin)

@@ -256,8 +256,3 @@ def work_url(output: str, work_dir: str | None = None) -> str:
     if work_dir is None:
         return join(output, WORK_DIR)
     return join(work_dir, f"vidshard-work-{hashlib.sha256(output.encode()).hexdigest()[:16]}")
-
-
-def file_digest(path: str) -> tuple[int, str]:
-    with open(path, "rb") as f:
-        return sha256_of(f)

@@ -1,10 +1,4 @@
-"""Finding the manifest and reading runs of samples out of shards.
-
-A run is consecutive samples of one shard: the reader seeks to the first sample's byte
-offset (from index.json) and reads exactly the run's bytes, so nothing outside the planned
-samples is fetched. Members are parsed as untrusted data (`tario.py`), each sample from its
-own byte range, and the keys found are checked against the manifest's.
-"""
+"""Finding the manifest: index.json (bounded, checked) and the shard URLs a dataset reads."""
 
 from __future__ import annotations
 
@@ -12,14 +6,14 @@ import collections
 import dataclasses
 import json
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import braceexpand
 
-from .format import INDEX_NAME, Manifest, SampleEntry
+from .format import INDEX_NAME, Manifest
 from .remote import StorageOptions, redact
 from .wholefile import TooLargeError, read_bytes
-from .tario import Limits, Span, read_sample
+from .tario import Limits
 
 
 def _join(base: str, name: str) -> str:
@@ -74,16 +68,3 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions(), max_byte
         return Manifest.from_json(raw)
     except ValueError as exc:
         raise ValueError(f"{redact(url)}: {exc}") from None
-
-
-def read_run(stream, url: str, entries: Sequence[SampleEntry], want=lambda suffix: True,
-             limits: Limits = Limits(), limit=lambda suffix: None) -> Iterator[dict]:
-    """The samples `entries` (consecutive in their shard), in order, from a stream positioned
-    at the first one's header (open_range); each is parsed from exactly its own byte range.
-    Only members `want` accepts are read, each bounded by `limit(suffix)` where it gives one
-    (tario.check_member); the first bad sample raises its ShardFormatError."""
-    with stream:
-        for entry in entries:
-            span = Span(stream, entry.size, url)
-            yield read_sample(span, url, entry.key, limits, want, limit)
-            span.drain()

@@ -115,7 +115,7 @@ def test_shard_size_is_kept_whatever_the_first_gop_says(quiet_then_busy, tmp_pat
     samples in order (closed when the next sample would take it past --shard-size), so no
     shard of two or more samples is larger than --shard-size, whatever the source's bitrate
     does over time."""
-    from shardwriter.plan import plan_shards
+    from .test_plan import plan_shards
 
     out = str(tmp_path / "out")
     limit = 300_000

@@ -136,12 +136,15 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
     return rows
 
 
+ONLY = {"workers": "workers", "gop": "gop", "train_step": "train_step", "sweep": "reader"}
+
+
 def run(level: str, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
         only_shuffle: bool = False, only_random_access: bool = False, only: str | None = None) -> dict:
-    if only in ("workers", "gop", "train_step"):  # cases of their own: vidshard/bench/<only>.py
+    if only is not None:  # cases of their own, each a module with report(level) and markdown(result)
         import importlib
 
-        module = importlib.import_module(f"vidshard.bench.{only}")
+        module = importlib.import_module(f"vidshard.bench.{ONLY[only]}")
         result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "level": level, only: module.report(level)}
         _emit(result, "\n".join([f"Machine: {result['machine']}. Date: {result['date']}.",
                                   *module.markdown(result[only])]) + "\n", json_out, md_out)

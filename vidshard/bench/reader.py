@@ -1,5 +1,5 @@
-"""Reader measurements beyond the per-case runs of streaming/benchcases.py: the
-max_video_frames sweep of docs/training.md and the soak of many epochs.
+"""Reader measurements beyond the per-case runs of vidshard/bench/cases.py: the
+max_video_frames sweep of docs/training.md (`vidshard bench --sweep`) and the soak of many epochs.
 
 The torch runtime alone is several hundred MB of RSS, so the sweep gives the peak, the
 baseline after imports, and the difference: what streaming itself holds.
@@ -48,6 +48,27 @@ def chunk_size_sweep(frames: int, size: int, chunk_sizes: list[int | None]) -> l
             proc = subprocess.run([sys.executable, "-m", "vidshard.bench.reader", "first-item", out], check=True, capture_output=True, text=True)
             rows.append({"max_video_frames": n, **json.loads(proc.stdout)})
     return rows
+
+
+# (source frames, size, max_video_frames values) per level: docs/training.md's table is the full one
+SWEEP = {"full": (3000, 224, [None, 2000, 1000, 500]), "quick": (600, 96, [None, 300, 100]), "smoke": (60, 48, [None, 30])}
+
+
+def report(level: str) -> dict:
+    """`vidshard bench --sweep`: chunk_size_sweep at this level's sizes."""
+    frames, size, chunks = SWEEP[level]
+    return {"frames": frames, "size": size, "rows": chunk_size_sweep(frames, size, chunks)}
+
+
+def markdown(result: dict) -> list[str]:
+    lines = ["", f"max_video_frames sweep: one {result['frames']}-frame, 3-view, {result['size']}x{result['size']} source, one "
+             "chunk-mode item (all frames, all views) decoded in one process:", "",
+             "| max_video_frames | load time / item (s) | decoded item (MB) | held by the loader (MB) | peak RSS (MB) |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['max_video_frames'] or 'whole video'} | {r['load_s']} | {r['item_mb']} | {r['streaming_rss_mb']} | "
+                     f"{r['peak_rss_mb']} |")
+    return lines
 
 
 def soak(epochs: int, videos: int = 6, frames: int = 600, size: int = 96) -> dict:
