@@ -186,6 +186,11 @@ class ClipDecoder:
                 self._convert(frame, width, height, interpolation, colour, planar, out[i])
                 self.stats["frames_delivered"] += 1
 
+    def check_header(self, data: bytes, claims: Claims) -> None:
+        """ClipMismatch unless the clip's header says what `claims` say (nothing decoded)."""
+        with av.open(io.BytesIO(data), "r", format="mp4", options=_DEMUX) as container:
+            self._checked_stream(container, claims)
+
     def check(self, data: bytes, claims: Claims) -> int:
         """Decode every frame of the clip, checking each as `decode` does (`vidshard verify
         --decode`); the frames decoded. Also what a player would show: the clip's edit list

@@ -250,11 +250,15 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         size = opts.img_size or stored
         _check_allocation(len(opts.views), len(wanted), stored, size, opts.limits, shard, key, view)
         if decoded is None:
+            # The clip's header first: the item is sized from meta.json, which must not size an
+            # allocation the clip refutes (18 GiB of views claimed 8192x8192 for 64x48 clips).
+            with _clip_errors(shard, key, view):
+                decoder.check_header(data, clip_claims(meta, view, shard, key))
             shape = (len(opts.views), len(wanted), 3, *size)
             try:
                 video, decoded = _item_buffer(shape, decoder)
-            except (MemoryError, RuntimeError) as exc:  # torch's allocator raises RuntimeError
-                if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
+            except (MemoryError, RuntimeError) as exc:  # torch's allocator (and shared memory) raise RuntimeError
+                if isinstance(exc, RuntimeError) and "allocate" not in str(exc).lower():
                     raise  # one allocation, refused whole: under the limits, over what this node holds
                 raise ShardFormatError(f"cannot allocate the item's {np.prod(shape)} bytes ({'x'.join(map(str, shape))}); "
                                        "lower Limits.max_item_bytes or pass img_size", shard=shard, key=key, view=view,

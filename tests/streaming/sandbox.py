@@ -82,7 +82,7 @@ def isolated(fn: Callable, *args, timeout: float = 10.0, kill_at: int = 4 << 30)
     """fn(*args) in a forked child, killed after `timeout` seconds or past `kill_at` bytes of RSS growth."""
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    child = ctx.Process(target=_child, args=(send, fn, args))  # not daemonic: a case may start DataLoader workers
     start = time.monotonic()
     child.start()
     send.close()

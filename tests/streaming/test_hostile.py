@@ -285,3 +285,21 @@ def test_a_shard_given_twice_is_refused_however_it_is_spelled(copy):
     for urls in ([one, one], [one, one.replace("/shard-", "//shard-")]):
         with pytest.raises(ValueError, match=r"shards given more than once: \['shard-000000.tar'\]"):
             VideoShardDataset(urls)
+
+
+def test_meta_json_cannot_size_an_allocation_its_clip_refutes(copy):
+    """Views claimed 8192 x 8192 for 64 x 48 clips (an 18 GiB item): the clip's header is asked
+    before the item is allocated, so not even the address space is reserved (in a DataLoader
+    worker the item would go to shared memory, where 18 GiB fail with an unrelated error)."""
+    key = change_first(copy, replace("meta.json", meta_views_8192_squared))
+    raised = isolated(epoch, copy, "raise", {})
+    assert raised.kind == "typed" and raised.error == "DecodeError" and raised.fields["key"] == key, raised
+    assert raised.reserved < GiB and raised.grown < GiB, (raised.reserved >> 20, raised.grown >> 20)
+
+    def in_workers(path):
+        from torch.utils.data import DataLoader
+
+        return sum(1 for _ in DataLoader(VideoShardDataset(path, on_error="skip"), batch_size=None, num_workers=2))
+
+    skipped = isolated(in_workers, copy, timeout=60)
+    assert skipped.kind == "ok" and skipped.value == len(VideoShardDataset(copy)), skipped
