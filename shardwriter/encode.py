@@ -41,7 +41,9 @@ def x264_cpu_flags() -> int | None:
             paths = {parts[5].strip() for parts in (line.split(None, 5) for line in f) if len(parts) == 6}
     except OSError:
         return None
-    for path in sorted(paths, key=lambda p: "x264" not in os.path.basename(p)):
+    # PyAV's own libraries first (its wheel's av.libs/), then any other libx264 this process loaded.
+    ours = os.path.dirname(os.path.dirname(av.__file__))
+    for path in sorted(paths, key=lambda p: (not p.startswith(ours), "x264" not in os.path.basename(p), p)):
         if not any(name in os.path.basename(path) for name in ("x264", "avcodec")):
             continue
         try:
@@ -187,7 +189,8 @@ class ClipEncoder:
         self.container = av.open(path, "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"})
         options = settings.codec_options()
         if field_order != "progressive":  # coded as fields (MBAFF), the source's first field first
-            options["x264-params"] += f":interlaced=1:{'tff' if field_order == 'tt' else 'bff'}=1"
+            fields = f"interlaced=1:{'tff' if field_order == 'tt' else 'bff'}=1"
+            options["x264-params"] = ":".join(p for p in (options.get("x264-params"), fields) if p)
         self.stream = self.container.add_stream(CODEC, rate=fps, options=options)
         self.stream.width, self.stream.height = size
         if sar != 1:  # the H.264 VUI and the mp4 pasp box; square pixels write neither (the bytes of before)

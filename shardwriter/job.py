@@ -29,7 +29,7 @@ from fractions import Fraction
 
 from tqdm import tqdm
 
-from streaming.format import ERRORS_NAME, INDEX_NAME, Manifest, dumps
+from streaming.format import ERRORS_NAME, FORMAT_VERSION, INDEX_NAME, Manifest, dumps
 
 from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
@@ -196,12 +196,14 @@ def _discard(store, work, shard_names: list[str]) -> None:
 
 def _claim_output(store, work, output: str, config: WriteConfig, sources: dict[str, str]) -> None:
     """Start a new run, or continue one with the same configuration and SOURCE; refuse anything else."""
-    wanted = dumps({"output": output, **config.to_json()})
+    # The encoder as it will run (libraries, CPU code paths) and the format: a run resumed by
+    # another vidshard or FFmpeg build would mix clips of two kinds in one OUTPUT.
+    wanted = dumps({"output": output, **config.to_json(), "encoder": config.encode.describe(), "format_version": FORMAT_VERSION})
     if work.exists("job.json"):
         if work.read("job.json") != wanted:
             raise WriterError(
-                f"{output} holds an unfinished run with other settings ({work.url}/job.json); "
-                "re-run with the same settings to resume it, or write into a new OUTPUT"
+                f"{output} holds an unfinished run with other settings, or begun by another vidshard or FFmpeg build "
+                f"({work.url}/job.json); re-run with the same settings and build to resume it, or write into a new OUTPUT"
             )
         check_same_source(work, sources, output, "an unfinished run")
         record_source(work, sources)  # (a run begun by a vidshard from before the record)

@@ -230,11 +230,20 @@ def _item_buffer(shape: tuple[int, ...], decoder: ClipDecoder) -> tuple[torch.Te
     process then sends a handle, not a copy of its pixels (the worker would otherwise copy
     every item into fresh shared memory when it is pickled). Never reused there: the main
     process holds it. In-process, the decoder's spare array is reused (ClipDecoder.buffer)."""
-    if decoder.shared:
-        tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
-        return tensor, tensor.numpy()
-    array = decoder.buffer(shape)
-    return torch.from_numpy(array), array
+    if not decoder.shared:
+        array = decoder.buffer(shape)  # MemoryError: the item is more than this node holds
+        return torch.from_numpy(array), array
+    try:
+        tensor = torch.empty(shape, dtype=torch.uint8)
+    except RuntimeError as exc:  # torch's allocator: "can't allocate memory"
+        raise MemoryError(str(exc)) from None
+    try:
+        tensor.share_memory_()
+    except RuntimeError as exc:  # the node's shared memory, not the sample: never a skip
+        raise RuntimeError(f"shared memory (/dev/shm) cannot take a {tensor.numel()}-byte item ({exc}): give the DataLoader "
+                           "workers more (docker run --shm-size, a larger /dev/shm), or use fewer workers or a smaller "
+                           "img_size / max_video_frames") from None
+    return tensor, tensor.numpy()
 
 
 def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, decoder: ClipDecoder, shard: str) -> torch.Tensor:
@@ -257,9 +266,7 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
             shape = (len(opts.views), len(wanted), 3, *size)
             try:
                 video, decoded = _item_buffer(shape, decoder)
-            except (MemoryError, RuntimeError) as exc:  # torch's allocator (and shared memory) raise RuntimeError
-                if isinstance(exc, RuntimeError) and "allocate" not in str(exc).lower():
-                    raise  # one allocation, refused whole: under the limits, over what this node holds
+            except MemoryError:  # one allocation, refused whole: under the limits, over what this node holds
                 raise ShardFormatError(f"cannot allocate the item's {np.prod(shape)} bytes ({'x'.join(map(str, shape))}); "
                                        "lower Limits.max_item_bytes or pass img_size", shard=shard, key=key, view=view,
                                        member=f"{key}.{META}") from None

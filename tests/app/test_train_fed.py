@@ -37,6 +37,24 @@ def test_micro_batches_give_the_outputs_of_one_batch(backbone, fusion, kpt):
         predict(model, video, 0)
 
 
+def test_starting_the_loader_is_waiting_and_validation_is_left_out():
+    """A loader whose iter() takes 0.3 s (workers starting), then 3 instant batches; 0.1 s of
+    validation in between is neither step nor wait."""
+    class Slow:
+        def __iter__(self):
+            time.sleep(0.3)
+            return iter([{"meta": [{}]}] * 3)
+
+    fed, history = Fed(), {"data_wait": [], "items_per_s": []}
+    for i, _ in enumerate(fed.timed(Slow())):
+        time.sleep(0.01)
+        if i == 1:
+            with fed.left_out_of_it():
+                time.sleep(0.1)
+    fed.close(history)
+    assert history["data_wait"][0] > 0.8, history
+
+
 def test_the_loader_wait_is_the_time_spent_in_next():
     """A loader that takes 30 ms per batch, a step that takes 10 ms: 75% waiting."""
     def slow_loader():

@@ -113,3 +113,23 @@ def test_interlaced_views_resized_are_progressive_with_a_warning(tmp_path, caplo
 
 
 assert FRAMES <= FRAMES_PER_VIEW
+
+
+@pytest.mark.parametrize("flags", [None, 0, 1 << 5], ids=["libx264-not-asked", "no-simd", "without-avx512"])
+def test_interlaced_clips_are_encoded_whatever_the_cpu_says(flags, tmp_path, monkeypatch):
+    """The x264 parameters of a field-coded clip join the CPU ones only where the CPU ones
+    exist (codec_options leaves them out without AVX-512): a KeyError here on AVX2 machines."""
+    import av
+    import numpy as np
+
+    import shardwriter.encode as encode
+
+    monkeypatch.setattr(encode, "x264_cpu_flags", lambda: flags)
+    path = str(tmp_path / "fields.mp4")
+    enc = encode.ClipEncoder(path, Fraction(25), (64, 48), EncodeSettings(gop=4), field_order="tt")
+    for i in range(4):
+        enc.write(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24").reformat(format="yuv420p"))
+    assert enc.close() == 4
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=field_order", "-of", "csv=p=0", path],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert probe == "tt", probe

@@ -175,3 +175,20 @@ def test_a_work_dir_given_is_a_parent_the_writer_does_not_empty(small_source, sm
     write_dataset(small_source, out, config, work_dir=str(scratch))
     assert digests(out) == digests(small_dataset)
     assert os.listdir(scratch) == ["mine.txt"]
+
+
+def test_a_run_begun_by_another_build_is_not_resumed(small_source, tmp_path):
+    """job.json records the encoder as it ran (libraries, CPU code paths) and the format
+    version: a run begun by another FFmpeg build would mix two kinds of clips in one OUTPUT."""
+    from shardwriter.errors import WriterError
+
+    out = str(tmp_path / "out")
+    with pytest.raises(Stop):
+        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
+    path = os.path.join(out, ".vidshard-work", "job.json")
+    job = json.load(open(path))
+    assert job["encoder"]["x264_avx512"] is False and job["format_version"] == 1
+    job["encoder"]["libavcodec"] = "60.0.0"
+    open(path, "w").write(json.dumps(job, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+    with pytest.raises(WriterError, match=r"begun by another vidshard or FFmpeg build .*job.json"):
+        write(small_source, out, overlap=6)

@@ -55,3 +55,16 @@ def test_map_dataset_items_from_workers_are_shared(map_dataset):
     assert len(got) == len(ds) and all(item["meta"]["shared"] for item in got)
     for item in got:
         check_pixels(item)
+
+
+def test_a_full_dev_shm_stops_the_epoch_never_skips_samples(map_dataset, monkeypatch):
+    """Shared memory the node cannot give (Docker's 64 MB /dev/shm) is the machine's, not a
+    sample's: under on_error="skip" it must stop the loader naming /dev/shm, not skip items
+    (a quietly smaller dataset that changes from epoch to epoch)."""
+    def full(self):
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # inherited by the forked workers
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, on_error="skip")
+    with pytest.raises(RuntimeError, match=r"shared memory \(/dev/shm\) cannot take a \d+-byte item .* --shm-size"):
+        list(DataLoader(ds, batch_size=None, num_workers=2))

@@ -241,7 +241,8 @@ class Trainer:
                         self.save(checkpoint)
                         return history
                 if (i + 1) % check_every == 0 and cfg.trainer.val_check_interval < 1.0:
-                    history["val_acc"].append(self.validate())
+                    with fed.left_out_of_it():
+                        history["val_acc"].append(self.validate())
             fed.close(history)
             self.epoch += 1
             done = history["losses"][first_step:]
@@ -262,10 +263,13 @@ class Fed:
     def __init__(self):
         self.wait = 0.0
         self.items = 0
+        self.left_out = 0.0  # time of what is neither step nor loader (mid-epoch validation)
         self.start = time.perf_counter()
 
     def timed(self, loader):
-        batches = iter(loader)
+        began = time.perf_counter()
+        batches = iter(loader)  # starting the workers is waiting for data too
+        self.wait += time.perf_counter() - began
         while True:
             began = time.perf_counter()
             batch = next(batches, None)
@@ -275,8 +279,17 @@ class Fed:
             self.items += len(batch["meta"])
             yield batch
 
+    @contextlib.contextmanager
+    def left_out_of_it(self):
+        """Time that is neither the loop's step nor its loader (validation mid-epoch)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.left_out += time.perf_counter() - began
+
     def close(self, history: dict) -> None:
-        total = time.perf_counter() - self.start
+        total = time.perf_counter() - self.start - self.left_out
         history["data_wait"].append(self.wait / total if total else 0.0)
         history["items_per_s"].append(self.items / total if total else 0.0)
 
