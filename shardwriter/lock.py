@@ -10,8 +10,9 @@ the name still refers to the file it locked (a finishing writer unlinks it), els
 Object stores have no such primitive through fsspec: the lock is written only where none
 exists, then read back after SETTLE_S; of writers that raced within that time, only the one
 whose record is there proceeds. This is best effort: a write slower than SETTLE_S can let two
-writers through. A lock left by a writer killed on object storage stays: the message says who
-holds it and which file to delete once that writer is known to be gone.
+writers through. A lock whose writer was killed on this host (its pid no longer runs) is
+replaced with a warning, so a killed job's re-run resumes; one from another host stays: the
+message says who holds it and which file to delete once that writer is known to be gone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ LOCK_NAME = ".vidshard-lock"
 SETTLE_S = 1.0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
 class OutputLock:
     """`with OutputLock(store, output):` holds OUTPUT for the block; WriterError if another writer does."""
 
@@ -46,12 +57,21 @@ class OutputLock:
         self.fd = None
         if isinstance(self.store, LocalStore):
             return self._enter_local()
-        for _ in range(2):  # a second try when the lock was released between our try and our read
+        for _ in range(2):  # a second try after a stale lock was removed, or one released meanwhile
             if self._create_remote():
                 return self
             holder = self._holder()
-            if holder is not None:
-                raise self._held_by(holder, remote=True)
+            if holder is None:
+                continue
+            if holder.get("host") == self.record["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                # No flock on an object store: a writer killed on this host (a driver killed and
+                # re-run) left it. Its pid is the only evidence, and the same host name in another
+                # pid namespace defeats it: one writer per OUTPUT stays the user's part there.
+                log.warning("%s: removing the lock of writer pid %s (started %s), which no longer runs on this host",
+                            self.output, holder["pid"], holder.get("started"))
+                self.store.delete(LOCK_NAME)
+                continue
+            raise self._held_by(holder, remote=True)
         raise WriterError(f"{self.output}: could not take the writer's lock {LOCK_NAME} (it keeps changing hands)")
 
     def _enter_local(self) -> OutputLock:
