@@ -1,5 +1,25 @@
 """vidshard's reader: stream chunk samples from shards with bounded memory, or read any
-item by index (`VideoShardMapDataset`).
+item by index (`VideoShardMapDataset`), or turn webdataset/wids samples into items (`wds_items`).
+
+The sample format, defined once (the writer imports it too):
+    format.py    members, keys, index.json (Manifest, checked on load), Limits, the kpt.npz layout
+    units.py     byte sizes from text ("256MB")
+The epoch plan, pure functions of index.json's counts (no I/O, no torch):
+    plan.py      the epoch plan and resume progress;  order.py  blocks and their permutation
+    windows.py   a worker's slice cut into shuffle windows;  world.py  rank and worker, detected once
+    sampling.py  which frames an item takes (chunk, segment, clip);  ledger.py  a partition's bookkeeping
+    resume.py    loader states: fingerprint, merging across world shapes, frame counts
+The read path, shard list -> byte ranges -> checked tar members -> samples -> items:
+    shards.py    index.json and the shard URLs;  wholefile.py  index.json and whole shards, bounded
+    remote.py    ranged reads with retries (fsspec);  norange.py  servers that ignore Range
+    cache.py     the node's shard cache;  handles.py  open files per thread (random access)
+    reading.py   a window's samples, each failure its own sample's error
+    tario.py     tar members as untrusted data;  npz.py  keypoint archives as untrusted data
+    items.py     a sample's JSON checked, its items' frames decoded (decode.py: checked against meta.json)
+The datasets:
+    options.py   what both datasets build first (Source, Options, the sample reader)
+    dataset.py   VideoShardDataset (streaming);  mapped.py + mapindex.py  VideoShardMapDataset
+    wds.py       the webdataset/wids stage;  collation.py  collate;  errors.py  typed errors
 
 `streaming.format` (the sample format shared with the writer) imports without torch; the
 dataset and collate function load torch on first use.
