@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -22,7 +23,7 @@ from av.video.frame import PictureType
 
 from .display import Colour, Filters, Matrix, clip_colour, orientation_filters, transposed
 from .errors import SourceError
-from .media import ViewSource, played_stream
+from .media import Entries, ViewSource, played_stream
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
@@ -245,9 +246,60 @@ def _orientation_graph(filters: Filters, frame: av.VideoFrame) -> av.filter.Grap
     return graph
 
 
-def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.VideoFrame]:
-    """Every frame of the file's played stream (media.played_stream) as a clip frame: yuv420p at view.size,
-    turned upright by view.filters, carrying view.colour.
+class EntryFailed(Exception):
+    """A view entered at a keyframe (media.Entries) counted another frame index at a later
+    keyframe than its probe found there. The task then decodes that view from the start
+    (task.py), which needs no entry; its log says so."""
+
+    def __init__(self, view: int, why: str):
+        super().__init__(why)
+        self.view = view
+
+
+class _Past(Exception):
+    """A seek landed past the frame wanted."""
+
+
+def _indexed(view: ViewEncode, seek: tuple[int, int] | None, start: int,
+             checks: dict[int, int]) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(frame index, frame) of the view's played stream (media.played_stream: the stream
+    probe_view counted), from the file's start, or after seeking to keyframe `seek` (frame
+    index, pts) from the first entry (`checks`: pts -> frame index) the decoder outputs:
+    where a seek lands, and the frames it outputs before a keyframe, vary by container and codec."""
+    with av.open(view.path) as container:
+        stream = played_stream(container)
+        stream.thread_type = "AUTO"
+        frame_index = -1
+        if seek is not None:
+            container.seek(seek[1], backward=True, any_frame=False, stream=stream)
+        for frame in container.decode(stream):
+            if seek is not None and frame_index < 0:  # not landed yet
+                landed = checks.get(frame.pts)
+                if landed is None:
+                    continue  # before a keyframe: an earlier GOP's tail, an open GOP's leading frames
+                if landed > start:
+                    raise _Past(f"seeking to frame {seek[0]} (pts {seek[1]}) gave frame {landed} first")
+                frame_index = landed - 1
+            frame_index += 1
+            yield frame_index, frame
+        if seek is not None and frame_index < 0:
+            raise _Past(f"seeking to frame {seek[0]} (pts {seek[1]}) gave no keyframe")
+
+
+def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0, stop: int | None = None,
+                  count: int | None = None, entries: Entries = Entries(), index: int = 0,
+                  notes: list[str] | None = None) -> Iterator[av.VideoFrame]:
+    """Frames [start, stop) of the view as clip frames: yuv420p at view.size, turned upright
+    by view.filters, carrying view.colour.
+
+    A frame's index is its position in the decoder's output from the file's start. With
+    start > 0 and entries before it (media.Entries), the decoder seeks to the nearest one
+    instead (to an earlier one where the seek lands past `start`, or from the start where all
+    do: a line in `notes`), and counts from the first keyframe it outputs, whose index the
+    probe found; frames before `start` are decoded, not converted. Past `stop` it decodes on (not converting) to the next entry or the file's end:
+    every entry passed must have the index counted there, and at the file's end the count
+    must be `count` (the probe's). An entered view that disagrees raises EntryFailed
+    (`index`: the view's position); one decoded from the start, a SourceError.
 
     Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
     or chroma resolution), then the orientation filters move pixels without resampling.
@@ -258,63 +310,93 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool) -> Iterator[av.
     interpolation = "AREA" if resize else None  # area averaging: the right filter for downscaling
     colour = view.colour
     graph = None
-    count = 0
+    checks = {pts: frame for frame, pts in entries.points}
+    tries = entries.before(start) if start else []
+    entry, frame_index = None, -1
     try:
-        with av.open(view.path) as container:
-            stream = played_stream(container)  # the stream probe_view counted
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                rgb = frame.format.is_rgb
-                out = frame.reformat(
-                    width=width, height=height, format=PIX_FMT, interpolation=interpolation,
-                    # YUV keeps its range and matrix; RGB is converted with the clip's (BT.601 limited).
-                    src_color_range=None if rgb else colour.range, dst_color_range=colour.range,
-                    dst_colorspace=SWS_CS_ITU601 if rgb else None,
-                )
-                out.color_range, out.colorspace = colour.range, colour.matrix
-                out.color_primaries, out.color_trc = colour.primaries, colour.transfer
-                if view.filters:
-                    graph = graph or _orientation_graph(view.filters, out)
-                    graph.push(out)
-                    out = graph.pull()
-                yield out
-                count += 1
+        for entry in [*tries, None]:  # None: from the file's start, where no seek landed before `start`
+            frames = _indexed(view, entry, start, checks)
+            try:
+                first = next(frames, None)
+                break
+            except _Past as past:
+                if entry == tries[-1] and notes is not None:
+                    notes.append(f"{view.path}: cannot be entered at a keyframe before frame {start} ({past}, "
+                                 f"and {len(tries) - 1} earlier seek(s) too); decoded from its start")
+        for frame_index, frame in itertools.chain([first] if first else [], frames):
+            expected = checks.get(frame.pts)
+            if expected is not None and expected != frame_index:
+                why = f"the keyframe at pts {frame.pts} decodes as frame {frame_index}, its timestamp makes it frame {expected}"
+                if entry is not None:
+                    raise EntryFailed(index, why)
+                raise SourceError(video_id, view.path, f"decoding from the start, {why}: the file's timestamps "
+                                                       "disagree with its frame order")
+            if frame_index < start:
+                continue
+            if stop is not None and frame_index >= stop:
+                if expected is not None:
+                    return  # the count checked at an entry past the range
+                continue
+            rgb = frame.format.is_rgb
+            out = frame.reformat(
+                width=width, height=height, format=PIX_FMT, interpolation=interpolation,
+                # YUV keeps its range and matrix; RGB is converted with the clip's (BT.601 limited).
+                src_color_range=None if rgb else colour.range, dst_color_range=colour.range,
+                dst_colorspace=SWS_CS_ITU601 if rgb else None,
+            )
+            out.color_range, out.colorspace = colour.range, colour.matrix
+            out.color_primaries, out.color_trc = colour.primaries, colour.transfer
+            if view.filters:
+                graph = graph or _orientation_graph(view.filters, out)
+                graph.push(out)
+                out = graph.pull()
+            yield out
     except av.FFmpegError as exc:
-        raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {count} ({exc})") from None
+        raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {frame_index} ({exc})") from None
     except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
-        raise SourceError(video_id, view.path, f"cannot read the file after frame {count} ({exc.strerror or exc})") from None
+        raise SourceError(video_id, view.path, f"cannot read the file after frame {frame_index} ({exc.strerror or exc})") from None
+    if count is not None and frame_index + 1 < count:
+        raise SourceError(video_id, view.path, f"decoded only {frame_index + 1} frames, but demuxing counted {count}")
+    if count is not None and frame_index + 1 > count:
+        raise SourceError(video_id, view.path, f"decodes to more frames ({frame_index + 1}) than the {count} demuxing counted")
 
 
 def encode_chunks(
     video_id: str,
     views: list[ViewEncode],
-    num_frames: int,
     fps: Fraction,
     resize: bool,
     chunks: list[tuple[int, int]],
     clip_paths: list[list[str]],
     settings: EncodeSettings,
-    strict_length: bool = True,
+    view_frames: tuple[int, ...],
+    entries: tuple[Entries, ...] = (),
     finished: Callable[[int], None] | None = None,
+    notes: list[str] | None = None,
 ) -> None:
-    """Encode clip_paths[c][v] = frames chunks[c] of view v, decoding each view once.
+    """Encode clip_paths[c][v] = frames chunks[c] of view v: consecutive chunks of one video
+    (a run: task.py), decoding each view once, from its entry before the first chunk.
 
     Frames are read from all views in lockstep, so at most the chunks overlapping the
     current frame have encoders open: memory does not grow with the video's length.
-    `strict_length` False accepts views longer than num_frames (--truncate-views).
+    `view_frames`: each view's frame count from the probe, checked where its decode ends.
+    `notes`: where a view was decoded from its start although the run starts later.
     `finished(c)` is called as soon as chunk c's clips are complete (the writer spools them
-    then, so a worker's disk holds the open chunks' clips, not the whole video's).
+    then, so a worker's disk holds the open chunks' clips, not the whole run's).
     """
-    decoders = [decode_frames(video_id, view, resize) for view in views]
+    first, last = chunks[0][0], chunks[-1][1]
+    entries = entries or tuple(Entries() for _ in views)
+    decoders = [decode_frames(video_id, view, resize, first, last, n, e, v, notes)
+                for v, (view, n, e) in enumerate(zip(views, view_frames, entries))]
     open_clips: dict[int, list[ClipEncoder]] = {}
     next_chunk = 0
     try:
-        for f in range(num_frames):
+        for f in range(first, last):
             frames = []
             for view, dec in zip(views, decoders):
                 frame = next(dec, None)
                 if frame is None:
-                    raise SourceError(video_id, view.path, f"decoded only {f} frames, but demuxing counted {num_frames}")
+                    raise SourceError(video_id, view.path, f"the decoder ended at frame {f}")
                 frames.append(frame)
             while next_chunk < len(chunks) and chunks[next_chunk][0] == f:
                 open_clips[next_chunk] = [
@@ -331,10 +413,9 @@ def encode_chunks(
                         enc.close()
                     if finished is not None:
                         finished(c)
-        if strict_length:
-            for view, dec in zip(views, decoders):
-                if next(dec, None) is not None:
-                    raise SourceError(video_id, view.path, f"decodes to more frames than the {num_frames} demuxing counted")
+        for dec in decoders:  # on to the next entry or the file's end: the count checked there
+            for _ in dec:
+                raise AssertionError("decode_frames yields no frame past its stop")
     except BaseException:
         for encoders in open_clips.values():
             for enc in encoders:

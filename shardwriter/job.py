@@ -9,8 +9,8 @@ and reports its own I/O. OUTPUT's life cycle:
 
     WORK/job.json                 the settings of the run in progress (WORK: OUTPUT/.vidshard-work/
     WORK/plan.json                or --work-dir/vidshard-work-<hash of OUTPUT>/, a prefix for object
-    WORK/videos/<id>.json         stores); the plan (the sample order), saved before the
-    WORK/spool/<key>.tar          first shard; finished encode tasks (their samples' sizes);
+    WORK/runs/<id>.<c>-<d>.json   stores); the plan (the sample order), saved before the
+    WORK/spool/<key>.tar          first shard; finished encode tasks (runs of chunks [c, d) of a video: their samples' sizes);
     WORK/shards/<shard>.json      spooled samples; published shards' entries
     OUTPUT/shard-NNNNNN.tar       complete shards, published atomically
     OUTPUT/errors.json            skipped videos (--on-error skip)
@@ -62,16 +62,21 @@ EngineFactory = Callable[[int], Engine]
 
 
 def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 1, engine: EngineFactory | None = None,
-                  work_dir: str | None = None) -> WriteReport:
+                  work_dir: str | None = None, run_frames: int | None = None) -> WriteReport:
     """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
     The plan and the spool live in OUTPUT/.vidshard-work, or with work_dir in a folder of
-    their own under it (store.work_url).
+    their own under it (store.work_url). `run_frames`: about how many frames an encode task
+    takes (None: plan.run_frames, from the dataset's frames and the engine's parallelism; 1: one
+    chunk per task). Like `workers`, it never changes the bytes written.
     """
+    if run_frames is not None and run_frames < 1:
+        raise ValueError(f"--run-frames must be >= 1, got {run_frames}")
     marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
-        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), marks)
+        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), marks,
+                                run_frames)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -89,7 +94,7 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
 
 
 def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
-                   work_at: str, marks: list) -> WriteReport:
+                   work_at: str, marks: list, run_frames: int | None) -> WriteReport:
     # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
     listing = check_source(source, config.views)
     video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
@@ -103,7 +108,7 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
         engine = make_engine(workers)
         try:
             marks.append(snapshot())  # start-up done: the engine is up, both stores answered
-            return _run(engine, source, output, work_at, store, work, config, video_ids, views, sources)
+            return _run(engine, source, output, work_at, store, work, config, video_ids, views, sources, run_frames)
         finally:
             # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
             marks.append(snapshot())
@@ -111,7 +116,7 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
 
 
 def _run(engine: Engine, source: str, output: str, work_at: str, store, work, config: WriteConfig,
-         video_ids: list[str], views: tuple[str, ...], sources: dict[str, str]) -> WriteReport:
+         video_ids: list[str], views: tuple[str, ...], sources: dict[str, str], run_frames: int | None = None) -> WriteReport:
     probes, problems = [], []
     tasks = [ProbeTask(source=source, video_id=v, views=views, truncate_views=config.truncate_views, encode=config.encode)
              for v in video_ids]  # (the listing is the driver's; every file is opened by a task)
@@ -143,7 +148,7 @@ def _run(engine: Engine, source: str, output: str, work_at: str, store, work, co
     with tqdm(total=len(plan.order), desc="published", unit="sample", disable=None) as bar:
         try:
             outcome = run_plan(engine, plan, {p.spec.video_id: p for p in probes}, config, schema, origin,
-                               work_at, output, part_bytes, progress=bar)
+                               work_at, output, part_bytes, progress=bar, frames=run_frames)
         except SourceError as exc:  # on_error fail: a video failed while encoding
             engine.close()
             _discard(store, work, [n for n in store.listing() if SHARD_PATTERN.fullmatch(n)])

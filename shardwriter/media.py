@@ -3,7 +3,8 @@
     played_stream  the video stream the FFmpeg CLI picks with no `-map` (covers never)
     view_rate      the rate the stream declares; raw elementary streams: their codec's
     camera_rate    rates equal within RATE_TOLERANCE are one rate (Matroska's 19001/317 is 59.94)
-    probe_view     frame count (demuxing), rate, and the first frame's size, orientation, colour
+    probe_view     frame count (demuxing), rate, the first frame's size, orientation, colour, and
+                   where the view can be entered mid-file (entry_points: keyframes and their frame index)
 
 Probing and decoding (encode.decode_frames) both call played_stream, so the stream counted
 is the stream encoded.
@@ -97,12 +98,67 @@ class ViewSource:
         }
 
 
+# An intra-only stream (MJPEG, ProRes, FFV1) has a keyframe on every frame: one entry per
+# ENTRY_GAP frames keeps the probe's result small (a 100k-frame view: 12.5k entries), at the
+# cost of at most that many frames decoded in vain. A task gets only its run's (Entries.around).
+ENTRY_GAP = 8
+# Seeks tried, each to an earlier entry, where one lands past the frame wanted (MPEG-TS seeks
+# by bisection; a decoder may restart only at the keyframe after an open GOP's).
+SEEK_TRIES = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Entries:
+    """Where a view can be entered without decoding it from the start: keyframes, each with the
+    frame index it decodes to (the rank of its timestamp among the counted packets' timestamps)
+    and its timestamp (stream time base), sorted. Frame 0 is always entered from the file's start.
+    `why_not`: why the view has none (a raw stream: no timestamps to seek to or check)."""
+
+    points: tuple[tuple[int, int], ...] = ()  # (frame index, pts)
+    why_not: str | None = None
+
+    def around(self, start: int, stop: int) -> Entries:
+        """The entries a decode of frames [start, stop) uses: the last SEEK_TRIES at or before
+        `start` (where it may seek) up to the first at or after `stop` (where the count is checked)."""
+        first = next((i for i, p in enumerate(self.points) if p[0] > start), len(self.points))
+        last = next((i for i, p in enumerate(self.points) if p[0] >= stop), len(self.points) - 1)
+        return Entries(points=self.points[max(0, first - SEEK_TRIES):last + 1], why_not=self.why_not)
+
+    def before(self, frame: int) -> list[tuple[int, int]]:
+        """The entries to seek to for `frame`, the nearest first: the last SEEK_TRIES at or
+        before it. None of them: decode from the start."""
+        return [p for p in self.points if p[0] <= frame][-SEEK_TRIES:][::-1]
+
+
+def entry_points(packets: list[tuple[int | None, bool]], untimed_stream: bool = False, gap: int = ENTRY_GAP) -> Entries:
+    """Entries of a view from its counted packets, (pts, keyframe) in decode order (pure).
+
+    A keyframe's frame index is the number of counted frames presented before it: frames are
+    output in timestamp order, so it is its timestamp's rank. That needs every timestamp,
+    each once; a stream that lacks them can only be decoded from the start."""
+    if untimed_stream:
+        return Entries(why_not="a raw stream has no timestamps to seek to")
+    stamps = [pts for pts, _ in packets]
+    if any(pts is None for pts in stamps):
+        return Entries(why_not="some packets have no timestamp")
+    rank = {pts: i for i, pts in enumerate(sorted(stamps))}
+    if len(rank) != len(stamps):
+        return Entries(why_not="two packets have the same timestamp")
+    points, last = [], 0
+    for frame, pts in sorted((rank[pts], pts) for pts, key in packets if key):
+        if frame >= last + gap:
+            points.append((frame, pts))
+            last = frame
+    return Entries(points=tuple(points))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViewProbe:
     path: str
     num_frames: int  # frames the decoder outputs (probe_view: not the packets it discards or cannot decode)
     fps: Fraction
     source: ViewSource
+    entries: Entries = Entries()
 
 
 def _frame_source(stream, frame, covers: int) -> ViewSource:
@@ -162,10 +218,13 @@ def probe_view(video_id: str, path: str) -> ViewProbe:
     frames before the cut, which decoders do not output. Those are the packets fed before
     the first frame came out whose timestamp is earlier than that frame's: decoders output
     in presentation order. The encode pass checks the count again while decoding.
+
+    The same pass records where the view can be entered mid-file (entry_points), so an
+    encode task that starts inside the video seeks instead of decoding from frame 0.
     """
     first = None
-    leading: list[int | None] = []  # pts of the counted packets fed until the first frame came out
-    count = 0  # counted packets after those
+    leading: list[tuple[int | None, bool]] = []  # (pts, keyframe) of the counted packets fed until the first frame came out
+    counted: list[tuple[int | None, bool]] = []  # of the counted packets after those
     try:
         with av.open(path) as container:
             stream = played_stream(container)
@@ -178,25 +237,26 @@ def probe_view(video_id: str, path: str) -> ViewProbe:
                     continue
                 if first is None:
                     if not packet.is_discard:
-                        leading.append(packet.pts)
+                        leading.append((packet.pts, packet.is_keyframe))
                     first = next(iter(packet.decode()), None)
-                else:
-                    count += not packet.is_discard
+                elif not packet.is_discard:
+                    counted.append((packet.pts, packet.is_keyframe))
             if first is None and leading:
                 first = next(iter(stream.codec_context.decode(None)), None)  # a decoder that delays its output
             if first is not None:
                 fps = view_rate(video_id, path, container, stream)
                 source = _frame_source(stream, first, len(container.streams.video) - 1)
+                raw = untimed(container)
     except av.FFmpegError as exc:
         raise SourceError(video_id, path, f"unreadable or corrupt video ({exc})") from None
     except OSError as exc:  # a symlink loop, EIO, a file that vanished: named, never a traceback
         raise SourceError(video_id, path, f"cannot read the file ({exc.strerror or exc})") from None
     if first is not None and first.pts is not None:
-        count += sum(1 for pts in leading if pts is None or pts >= first.pts)
-    else:
-        count += len(leading)
+        leading = [(pts, key) for pts, key in leading if pts is None or pts >= first.pts]
+    counted = leading + counted
+    count = len(counted)
     if count == 0:
         raise SourceError(video_id, path, "zero-frame video")
     if first is None:
         raise SourceError(video_id, path, "no frame decodes from the video stream")
-    return ViewProbe(path=path, num_frames=count, fps=fps, source=source)
+    return ViewProbe(path=path, num_frames=count, fps=fps, source=source, entries=entry_points(counted, raw))

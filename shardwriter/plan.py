@@ -16,6 +16,12 @@ from streaming.format import Segment, sample_key
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records on close
+# An encode task is a run of consecutive chunks of one video (task.py). Each run starts its
+# decoders once (open, seek, up to a source GOP decoded in vain before its first frame and
+# after its last, to check the count at a keyframe): worth it for MIN_RUN_FRAMES or more.
+# Cut to about TASKS_PER_WORKER runs per worker, every worker has work until near the end.
+MIN_RUN_FRAMES = 256
+TASKS_PER_WORKER = 4
 _INTERLEAVE_STREAM = 1  # RNG stream ids (seeded from tuples): the chunks of a group of videos,
 _VIDEO_STREAM = 2  # and the order of the videos
 
@@ -46,6 +52,39 @@ def chunk_plan(total: int, max_frames: int | None, overlap: int = 0) -> list[tup
         if end == total:
             return chunks
         start += step
+
+
+def run_frames(total_frames: int, parallelism: int, min_frames: int = MIN_RUN_FRAMES) -> int:
+    """Frames per encode task: the dataset's frames over TASKS_PER_WORKER tasks per worker,
+    never under `min_frames`."""
+    return max(min_frames, -(-total_frames // (max(1, parallelism) * TASKS_PER_WORKER)))
+
+
+def cut_runs(chunks: Sequence[tuple[int, int]], frames: int, todo: Sequence[bool] | None = None) -> list[tuple[int, int]]:
+    """A video's chunks (chunk_plan) cut into runs `[first, stop)` of chunk indices: consecutive
+    chunks, each chunk in exactly one run, runs of near-equal length of about `frames` frames
+    (at least one chunk). `todo[c]` False: chunk c is done (an earlier run): left out, so runs
+    never cross it. Pure: which runs a video was cut into never changes the bytes written."""
+    todo = [True] * len(chunks) if todo is None else list(todo)
+    if len(todo) != len(chunks):
+        raise ValueError(f"todo has {len(todo)} flags for {len(chunks)} chunks")
+    if frames < 1:
+        raise ValueError(f"a run needs at least one frame, got {frames}")
+    runs: list[tuple[int, int]] = []
+    c = 0
+    while c < len(chunks):
+        if not todo[c]:
+            c += 1
+            continue
+        span = c
+        while span < len(chunks) and todo[span]:
+            span += 1
+        # chunks [c, span) are to do: n runs of near-equal chunk counts
+        n = max(1, min(span - c, (chunks[span - 1][1] - chunks[c][0]) // frames))
+        bounds = [c + (span - c) * i // n for i in range(n + 1)]
+        runs += list(zip(bounds, bounds[1:]))
+        c = span
+    return runs
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -5,9 +5,16 @@ it needs only the frame counts). `run_plan` submits encode tasks in that order a
 shards from it as the samples' real sizes come back from the encode tasks (the greedy rule
 of plan.closes_shard: a shard is closed when the next sample would take it past
 --shard-size), submitting each shard task as soon as its samples are known, so shards are
-published while later videos are still being encoded. It keeps at most `parallelism`
-encode tasks in flight, none further ahead than the video of the first sample not yet in a
-shard plus `parallelism`, so the spool holds about one group of videos (plan.sample_order).
+published while later videos are still being encoded. An encode task is a run of
+consecutive chunks of one video (task.py; plan.cut_runs, about plan.run_frames frames each),
+so one long video keeps every worker busy. A video's samples go into shards once all its
+runs are done (a video skipped under --on-error skip never has a sample published). At most
+`parallelism` encode tasks are in flight, none further ahead than the last run of the video
+of the first sample not yet in a shard plus `parallelism`, so the spool holds about one
+group of videos (plan.sample_order).
+
+A resumed job reads the records of the runs finished before (task.finished_runs) and cuts
+runs over the chunks no record lists: which runs a job was cut into never changes a byte.
 
 Sizes are the encode tasks' deterministic output, so the cut is the same for any engine,
 worker count or resume; a shard task that finds its shard's record from an earlier run
@@ -16,20 +23,23 @@ worker count or resume; a shard task that finds its shard's record from an earli
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 from typing import Any
 
-from streaming.format import dumps, video_of
+from streaming.format import dumps, sample_key, video_of
 
 from .assemble import SHARD_NAME, PlannedSample, ShardTask, run_shard_task
 from .engine import Engine
 from .errors import SourceError, WriterError
 from .keypoints import Schema
-from .plan import chunk_plan, closes_shard, sample_order
+from .plan import chunk_plan, closes_shard, cut_runs, run_frames, sample_order
 from .probe import ProbeResult
-from .task import ChunkRecord, VideoResult, VideoTask, run_video_task
+from .source import VideoSpec
+from .store import open_store
+from .task import ChunkRecord, RunTask, finished_runs, run_encode_task
 
 log = logging.getLogger("vidshard.write")
 PLAN_NAME = "plan.json"
@@ -69,6 +79,24 @@ def check_plan(work, plan: Plan, output: str) -> None:
                       "restore the source to resume it, or write into a new OUTPUT")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VideoResult:
+    """A video whose every chunk is encoded: what index.json says of it."""
+
+    video_id: str
+    num_frames: int
+    fps: str  # "num/den"
+    nsegments: int  # segments of the whole source timeline
+    labels: list[str]  # labels used by the source timeline, sorted
+    chunks: list[ChunkRecord]  # in chunk order
+
+    @classmethod
+    def of(cls, spec: VideoSpec, chunks: list[ChunkRecord]) -> VideoResult:
+        return cls(video_id=spec.video_id, num_frames=spec.num_frames, fps=f"{spec.fps.numerator}/{spec.fps.denominator}",
+                   nsegments=len(spec.timeline), labels=sorted({s.label for s in spec.timeline}),
+                   chunks=sorted(chunks, key=lambda c: c.chunk_index))
+
+
 @dataclasses.dataclass(kw_only=True)
 class Outcome:
     results: dict[str, VideoResult]
@@ -76,20 +104,39 @@ class Outcome:
     problems: list[SourceError]  # videos that failed while encoding (on_error skip)
 
 
+def plan_runs(plan: Plan, probes: dict[str, ProbeResult], config, parallelism: int, done: set[str],
+              frames: int | None = None) -> list[tuple[str, int, int]]:
+    """Every encode task, (video, first chunk, stop chunk), in the order the shards need them:
+    runs of about plan.run_frames frames (or `frames`) over the chunks not `done`."""
+    videos = list(dict.fromkeys(video_of(k) for k in plan.order))
+    frames = frames or run_frames(sum(probes[v].spec.num_frames for v in videos), parallelism)
+    runs = []
+    for v in videos:
+        chunks = chunk_plan(probes[v].spec.num_frames, config.max_video_frames, config.overlap)
+        todo = [sample_key(v, c) not in done for c in range(len(chunks))]
+        runs += [(v, first, stop) for first, stop in cut_runs(chunks, frames, todo)]
+    return runs
+
+
 def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config, schema: Schema, origin: dict[str, str],
-             work: str, output: str, part_bytes: int, progress=None) -> Outcome:
+             work: str, output: str, part_bytes: int, progress=None, frames: int | None = None) -> Outcome:
+    """`frames`: the frames of an encode task (None: plan.run_frames for the engine's parallelism)."""
     order = plan.order
-    videos = list(dict.fromkeys(video_of(k) for k in order))  # encode order: the order shards need them
-    position = {v: i for i, v in enumerate(videos)}
+    records: dict[str, ChunkRecord] = {}  # every encoded sample, this run's and those finished before a resume
+    for finished in finished_runs(open_store(work)):
+        if finished.video_id in probes:
+            records.update((c.key, c) for c in finished.chunks)
+    runs = plan_runs(plan, probes, config, engine.parallelism, set(records), frames)
+    last_run = {v: i for i, (v, _, _) in enumerate(runs)}  # a video's samples go into shards once all its runs are done
+    runs_left = collections.Counter(v for v, _, _ in runs)
     results: dict[str, VideoResult] = {}
     failed: dict[str, SourceError] = {}
-    chunks: dict[str, ChunkRecord] = {}  # encoded samples not yet put in a shard
     entries: dict[int, Any] = {}
     planned: dict[int, tuple[str, ...]] = {}  # shard index -> its keys, until its entry is back
     running: dict[Any, tuple[str, Any]] = {}
     shard: list[PlannedSample] = []  # the shard being filled, and its bytes
     payload = 0
-    next_video = cut = encoding = submitted = 0  # order[cut] is the first sample not yet in a shard
+    next_run = cut = encoding = submitted = 0  # order[cut] is the first sample not yet in a shard
 
     def submit_shard() -> None:
         nonlocal shard, payload, submitted
@@ -99,23 +146,41 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
         planned[index] = tuple(s.key for s in shard)
         shard, payload = [], 0
 
+    def video_done(v: str) -> None:
+        if not runs_left[v] and v not in failed:
+            spec = probes[v].spec
+            keys = [sample_key(v, c) for c in range(len(chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)))]
+            missing = [k for k in keys if k not in records]
+            if missing:
+                raise WriterError(f"{missing[0]}: planned, but no encode task of its video wrote it")
+            results[v] = VideoResult.of(spec, [records[k] for k in keys])
+
+    for v in dict.fromkeys(video_of(k) for k in order):
+        video_done(v)  # a resumed job: videos encoded before
     while True:
-        horizon = (position[video_of(order[cut])] if cut < len(order) else len(videos)) + engine.parallelism
-        while next_video < len(videos) and encoding < engine.parallelism and next_video <= horizon:
-            spec = probes[videos[next_video]].spec
-            task = VideoTask(spec=spec, max_video_frames=config.max_video_frames, overlap=config.overlap,
-                             encode=config.encode, keypoint_schema=schema, keypoint_origin=origin, work=work)
-            running[engine.submit(run_video_task, task)] = ("video", spec.video_id)
-            next_video += 1
+        # No further ahead than the last run of the video of the first sample not yet in a shard,
+        # plus a run per worker.
+        horizon = (last_run.get(video_of(order[cut]), -1) if cut < len(order) else len(runs)) + engine.parallelism
+        while next_run < len(runs) and encoding < engine.parallelism and next_run <= horizon:
+            v, first, stop = runs[next_run]
+            next_run += 1
+            if v in failed:
+                continue
+            spec = probes[v].spec
+            chunks = chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)
+            lo, hi = chunks[first][0], chunks[stop - 1][1]
+            spec = dataclasses.replace(spec, entries=tuple(e.around(lo, hi) for e in spec.entries))  # the run's only
+            task = RunTask(spec=spec, max_video_frames=config.max_video_frames, overlap=config.overlap,
+                           encode=config.encode, keypoint_schema=schema, keypoint_origin=origin, work=work,
+                           first=first, stop=stop)
+            running[engine.submit(run_encode_task, task)] = ("run", v)
             encoding += 1
-        while cut < len(order) and (video_of(order[cut]) in results or video_of(order[cut]) in failed):
+        while cut < len(order) and (video_of(order[cut]) in failed or video_of(order[cut]) in results):
             key = order[cut]
             cut += 1
             if video_of(key) in failed:  # on_error skip: the video's samples are left out
                 continue
-            if key not in chunks:
-                raise WriterError(f"{key}: planned, but its video's encode task did not write it")
-            sample = _planned(chunks.pop(key))
+            sample = _planned(records[key])
             if shard and closes_shard(payload, sample.size, config.shard_bytes):
                 submit_shard()
             shard.append(sample)
@@ -126,14 +191,19 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
             break
         for handle, outcome in engine.wait(list(running)):
             kind, what = running.pop(handle)
-            if isinstance(outcome, SourceError) and kind == "video" and config.on_error == "skip":
-                log.warning("skipping %s", outcome)
-                failed[what] = outcome
+            if isinstance(outcome, SourceError) and kind == "run" and config.on_error == "skip":
+                if what not in failed:
+                    log.warning("skipping %s", outcome)
+                    failed[what] = outcome
+                    results.pop(what, None)
             elif isinstance(outcome, BaseException):
                 raise outcome
-            elif kind == "video":
-                results[what] = outcome
-                chunks.update((c.key, c) for c in outcome.chunks)
+            elif kind == "run":
+                records.update((c.key, c) for c in outcome.chunks)
+                for note in outcome.notes:
+                    log.warning("video %s: %s", what, note)
+                runs_left[what] -= 1
+                video_done(what)
             else:
                 if tuple(s.key for s in outcome.samples) != planned.pop(what):
                     raise WriterError(f"{work}: the record of {SHARD_NAME.format(what)} from an earlier run lists other "
@@ -141,7 +211,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
                 entries[what] = outcome
                 if progress is not None:
                     progress.update(outcome.nsamples)
-            encoding -= kind == "video"
+            encoding -= kind == "run"
     return Outcome(results=results, shards=[entries[k] for k in sorted(entries)],
                    problems=[failed[v] for v in sorted(failed)])
 

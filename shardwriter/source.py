@@ -22,7 +22,7 @@ from streaming.format import SAFE_NAME, check_views
 from .display import HDR_TRANSFERS, orientation_filters
 from .errors import SourceError, WriterError
 from .keypoints import Schema, frame_schema, list_keypoints
-from .media import ViewProbe, ViewSource, probe_view, same_rate  # noqa: F401  (ViewProbe, probe_view: imported from here)
+from .media import Entries, ViewProbe, ViewSource, probe_view, same_rate  # noqa: F401  (ViewProbe, probe_view: imported from here)
 from .plan import SourceSegment, check_timeline
 from .stray import is_stray
 
@@ -114,6 +114,7 @@ class VideoSpec:
     timeline: tuple[SourceSegment, ...]
     annotation: dict[str, Any]  # the annotation's keys other than "timeline"
     keypoint_dirs: tuple[str | None, ...]  # per view; None where the view has none
+    entries: tuple[Entries, ...] = ()  # per view: where an encode task can start decoding (media.entry_points)
     warnings: tuple[str, ...] = ()  # for the driver to log once (HDR, 10-bit, truncated views)
 
 
@@ -269,6 +270,7 @@ def load_video(
         timeline=tuple(timeline),
         annotation=annotation,
         keypoint_dirs=tuple(kpt_dirs),
+        entries=tuple(p.entries for p in probes),
         warnings=tuple(warnings),
     )
 

@@ -1,12 +1,16 @@
-"""The encode task: one video -> its chunk samples, spooled in OUTPUT's own store.
+"""The encode task: one run of consecutive chunks of one video -> their samples, spooled in
+OUTPUT's own store.
 
-A task is a plain function of a plain VideoTask, so the local process pool and Ray run the
-same code on any node. Clips are encoded into a local temporary folder (mp4's faststart
-needs a real file); as soon as a chunk's clips are complete, the chunk sample is written to
-the work store as its tar fragment (spool.py) and its clips are deleted, so the worker's
-disk holds the clips of the chunks being encoded. `videos/<video_id>.json` (the result) is
-written last: a task killed mid-way is simply run again, and its fragments are rewritten
-with the same bytes.
+A task is a plain function of a plain RunTask, so the local process pool and Ray run the
+same code on any node. A run that starts inside the video enters each view at a keyframe
+(media.Entries: found by the probe) and checks the frame count where it stops decoding;
+a view that cannot be entered there is decoded from its start, and the result says so.
+Clips are encoded into a local temporary folder (mp4's faststart needs a real file); as
+soon as a chunk's clips are complete, the chunk sample is written to the work store as its
+tar fragment (spool.py) and its clips are deleted, so the worker's disk holds the clips of
+the chunks being encoded. `runs/<video_id>.<first>-<stop>.json` (the result) is written
+last: a task killed mid-way is simply run again, and its fragments are rewritten with the
+same bytes; a resumed job plans runs over the chunks no record lists (schedule.py).
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
 from streaming.format import META, TIMELINE, Limits, clip_suffix, dumps, kpt_suffix, sample_key, timeline_to_json
 
-from .encode import EncodeSettings, encode_chunks, view_encode
+from .encode import EncodeSettings, EntryFailed, encode_chunks, view_encode
 from .errors import SourceError
 from .keypoints import Schema, list_keypoints, stack_chunk
+from .media import Entries
 from .plan import chunk_plan, clip_timeline
 from .source import VideoSpec
 from .spool import fragment_name, write_fragment
@@ -32,7 +38,7 @@ MAX_MEMBER_BYTES = Limits().max_member_bytes  # the reader's default (limits.py 
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VideoTask:
+class RunTask:
     spec: VideoSpec
     max_video_frames: int | None
     overlap: int
@@ -40,6 +46,8 @@ class VideoTask:
     keypoint_schema: Schema
     keypoint_origin: dict[str, str]
     work: str  # URL or folder of the work store (the spool is under it)
+    first: int  # the run: chunks [first, stop) of the video's chunk_plan
+    stop: int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,45 +62,64 @@ class ChunkRecord:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VideoResult:
+class RunResult:
     video_id: str
-    num_frames: int
-    fps: str  # "num/den"
-    nsegments: int  # segments of the whole source timeline
-    labels: list[str]  # labels used by the source timeline, sorted
+    first: int
+    stop: int
     chunks: list[ChunkRecord]
+    notes: list[str]  # for the driver's log: views decoded from their start although the run starts later
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> VideoResult:
+    def from_json(cls, obj: dict[str, Any]) -> RunResult:
         return cls(**{**obj, "chunks": [ChunkRecord(**c) for c in obj["chunks"]]})
 
 
-def result_name(video_id: str) -> str:
-    return f"videos/{video_id}.json"
+RUNS = "runs"
+_RUN_RECORD = re.compile(r"([A-Za-z0-9_-]+)\.(\d+)-(\d+)\.json")
 
 
-def run_video_task(task: VideoTask) -> VideoResult:
+def result_name(video_id: str, first: int, stop: int) -> str:
+    return f"{RUNS}/{video_id}.{first}-{stop}.json"
+
+
+def finished_runs(work) -> list[RunResult]:
+    """The records of every run finished in the work store (a resumed job's starting point)."""
+    return [RunResult.from_json(json.loads(work.read(f"{RUNS}/{name}")))
+            for name in work.listing(RUNS) if _RUN_RECORD.fullmatch(name)]
+
+
+def run_encode_task(task: RunTask) -> RunResult:
     work = open_store(task.work)
-    name = result_name(task.spec.video_id)
-    if work.exists(name):  # finished by an earlier attempt or run
-        stored = json.loads(work.read(name))
-        # A record without the chunks' segment labels was left by a vidshard from before
-        # index.json listed them: the video is encoded again (the same bytes) to get them.
-        if all("segments" in c for c in stored["chunks"]):
-            return VideoResult.from_json(stored)
-    with tempfile.TemporaryDirectory(prefix="vidshard-clips-") as tmp:
-        result = _write_samples(task, tmp, work)
+    name = result_name(task.spec.video_id, task.first, task.stop)
+    if work.exists(name):  # finished by an earlier attempt (a retried task)
+        return RunResult.from_json(json.loads(work.read(name)))
+    spec = task.spec
+    entries = list(spec.entries or [Entries()] * len(spec.views))
+    start = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)[task.first][0]
+    notes = [f"{path}: cannot be entered mid-file ({e.why_not}); decoded from its start to frame {start}"
+             for path, e in zip(spec.paths, entries) if start and e.why_not]
+    while True:
+        try:
+            with tempfile.TemporaryDirectory(prefix="vidshard-clips-") as tmp:
+                chunks = _write_samples(task, tuple(entries), tmp, work, notes)
+            break
+        except EntryFailed as failed:  # that view from its start, then; the fragments spooled are rewritten
+            notes.append(f"{spec.paths[failed.view]}: entered at a keyframe, its frame count disagreed ({failed}); "
+                         "decoded from its start")
+            entries[failed.view] = Entries(why_not=str(failed))
+    result = RunResult(video_id=spec.video_id, first=task.first, stop=task.stop, chunks=chunks, notes=notes)
     work.write(name, dumps(result.to_json()))
     return result
 
 
-def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
+def _write_samples(task: RunTask, entries: tuple[Entries, ...], tmp: str, work, notes: list[str]) -> list[ChunkRecord]:
     spec = task.spec
     chunks = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)
-    keys = [sample_key(spec.video_id, i) for i in range(len(chunks))]
+    run = range(task.first, task.stop)
+    keys = [sample_key(spec.video_id, i) for i in run]
     views = []
     for path, source in zip(spec.paths, spec.sources):
         try:
@@ -100,13 +127,16 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
         except ValueError as exc:
             raise SourceError(spec.video_id, path, str(exc)) from None
     clip_paths = [[os.path.join(tmp, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
+    lo, hi = chunks[task.first][0], chunks[task.stop - 1][1]
     keypoint_files = [
-        list_keypoints(spec.video_id, d, n) if d else {} for d, n in zip(spec.keypoint_dirs, spec.view_frames)
-    ]
+        {f: kinds for f, kinds in list_keypoints(spec.video_id, d, n).items() if lo <= f < hi} if d else {}
+        for d, n in zip(spec.keypoint_dirs, spec.view_frames)
+    ]  # (the run's frames only: a task's memory is its run's, whatever the video's length)
     records = []
 
-    def spool(index: int) -> None:  # chunk `index` is encoded: spool it now, free the worker's disk
-        (start, end), key = chunks[index], keys[index]
+    def spool(r: int) -> None:  # chunk `first + r` is encoded: spool it now, free the worker's disk
+        index, key = task.first + r, keys[r]
+        start, end = chunks[index]
         segments = clip_timeline(spec.timeline, start, end)
         members: dict[str, bytes | str] = {TIMELINE: dumps(timeline_to_json(segments))}
         coverage = {}
@@ -117,7 +147,7 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                 )
         members[META] = dumps(chunk_meta(spec, task.encode, task.keypoint_schema, index, len(chunks), start, end, views,
                                          coverage))
-        for view, path, source in zip(spec.views, clip_paths[index], spec.paths):
+        for view, path, source in zip(spec.views, clip_paths[r], spec.paths):
             members[clip_suffix(view)] = path
             # Known only once encoded: a clip the reader would refuse (Limits.max_member_bytes)
             # stops the video here, before its sample is spooled and long before index.json.
@@ -127,31 +157,14 @@ def _write_samples(task: VideoTask, tmp: str, work) -> VideoResult:
                                                          "(Limits.max_member_bytes): lower --max-video-frames or --resize")
         with work.create(fragment_name(key)) as f:
             size = write_fragment(f, key, members.items())
-        for path in clip_paths[index]:
+        for path in clip_paths[r]:
             os.remove(path)
         records.append(ChunkRecord(key=key, chunk_index=index, start=start, end=end, nsegments=len(segments), size=size,
                                    segments=[[s.label, s.end - s.start] for s in segments]))
 
-    encode_chunks(
-        spec.video_id,
-        views,
-        spec.num_frames,
-        spec.fps,
-        task.encode.resize is not None,
-        chunks,
-        clip_paths,
-        task.encode,
-        strict_length=len(set(spec.view_frames)) == 1,
-        finished=spool,
-    )
-    return VideoResult(
-        video_id=spec.video_id,
-        num_frames=spec.num_frames,
-        fps=f"{spec.fps.numerator}/{spec.fps.denominator}",
-        nsegments=len(spec.timeline),
-        labels=sorted({s.label for s in spec.timeline}),
-        chunks=records,
-    )
+    encode_chunks(spec.video_id, views, spec.fps, task.encode.resize is not None, chunks[task.first:task.stop],
+                  clip_paths, task.encode, spec.view_frames, entries, finished=spool, notes=notes)
+    return records
 
 
 def chunk_meta(spec: VideoSpec, encode: EncodeSettings, schema: Schema, index: int, num_chunks: int, start: int, end: int,

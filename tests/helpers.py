@@ -46,10 +46,11 @@ def read_dataset(out: str) -> tuple[dict, dict[str, dict[str, bytes]]]:
 def write(src: str, out: str, **kw) -> object:
     workers = kw.pop("workers", 1)
     engine = kw.pop("engine", None)
+    run_frames = kw.pop("run_frames", None)
     kw.setdefault("max_video_frames", 30)
     kw.setdefault("shard_bytes", 150_000)
     kw.setdefault("encode", EncodeSettings(gop=8))
-    return write_dataset(src, out, WriteConfig(**kw), workers=workers, engine=engine)
+    return write_dataset(src, out, WriteConfig(**kw), workers=workers, engine=engine, run_frames=run_frames)
 
 
 def rebuild_shard(out: str, mutate, shard_index: int = 0, tar_format: int = tarfile.USTAR_FORMAT, patch=None) -> None:

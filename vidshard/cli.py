@@ -70,7 +70,8 @@ def cmd_write(args: argparse.Namespace) -> int:
         from shardwriter.ray_engine import ray_engine
 
         engine = ray_engine(address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task)
-    report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir)
+    report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir,
+                           run_frames=args.run_frames)
     print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards ({report.bytes} bytes) under "
           f"{args.output}" + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
     d = report.driver
@@ -208,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Every default is the library's (WriteConfig, EncodeSettings): a dataset written from Python and from the shell is one.
     w.add_argument("--overlap", type=int, default=WriteConfig.overlap, help="frames shared by consecutive chunks")
     w.add_argument("--views", type=_views, default=None, help="comma-separated views, in sample order")
-    w.add_argument("--workers", type=int, default=1, help="videos encoded in parallel")
+    w.add_argument("--workers", type=int, default=1, help="encode tasks run in parallel (runs of chunks: a long video "
+                                                          "is cut into several)")
+    w.add_argument("--run-frames", type=int, default=None, metavar="N",
+                   help="about N frames per encode task (default: the dataset's frames over 4 tasks per worker, at "
+                        "least 256; 1: one chunk per task); scheduling only, never changes the bytes")
     w.add_argument("--shard-size", type=_bytes, default=WriteConfig.shard_bytes, help="close a shard at this size (default 1 GiB)")
     w.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT of every clip")
     w.add_argument("--gop", type=int, default=EncodeSettings.gop, help="keyframe interval of the clips")

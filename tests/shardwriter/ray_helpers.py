@@ -27,7 +27,7 @@ class WrappedEngine:
 def task_name(task) -> str:
     spec = getattr(task, "spec", None)
     if spec is not None:
-        return f"video-{spec.video_id}"
+        return f"video-{spec.video_id}-{task.first}"
     index = getattr(task, "index", None)
     return f"shard-{index}" if index is not None else f"probe-{task.video_id}"
 

@@ -36,14 +36,16 @@ CHILD = r"""
 import hashlib, os, sys
 from shardwriter.encode import EncodeSettings
 from shardwriter.probe import ProbeTask, run_probe_task
-from shardwriter.task import VideoTask, run_video_task
+from shardwriter.plan import chunk_plan
+from shardwriter.task import RunTask, run_encode_task
 src, work = sys.argv[1], sys.argv[2]
 digest = hashlib.sha256()
 for vid in ("session_000", "session_001", "session_002"):
     probe = run_probe_task(ProbeTask(source=src, video_id=vid, views=("front", "left", "right"), truncate_views=False,
                                      encode=EncodeSettings(gop=8)))
-    run_video_task(VideoTask(spec=probe.spec, max_video_frames=30, overlap=6, encode=EncodeSettings(gop=8),
-                             keypoint_schema=probe.schema, keypoint_origin=probe.origin, work=work))
+    run_encode_task(RunTask(spec=probe.spec, max_video_frames=30, overlap=6, encode=EncodeSettings(gop=8),
+                            keypoint_schema=probe.schema, keypoint_origin=probe.origin, work=work,
+                            first=0, stop=len(chunk_plan(probe.spec.num_frames, 30, 6))))
 for name in sorted(os.listdir(os.path.join(work, "spool"))):
     digest.update(name.encode() + open(os.path.join(work, "spool", name), "rb").read())
 print(digest.hexdigest())

@@ -18,7 +18,7 @@ from shardwriter.plan import SourceSegment, chunk_plan
 from shardwriter.probe import ProbeResult, ProbeTask
 from shardwriter.source import VideoSpec, ViewSource
 from shardwriter.store import open_store
-from shardwriter.task import ChunkRecord, VideoResult
+from shardwriter.task import ChunkRecord, RunResult
 from streaming.format import SampleEntry, ShardEntry, sample_key
 
 VIEWS = ("front", "left", "right")
@@ -48,10 +48,10 @@ def _outcome(task):
         return ShardEntry(url=task.name, nsamples=len(samples), nsegments=len(samples), nframes=sum(s.nframes for s in samples),
                           filesize=offset + 1024, sha256=hashlib.sha256(task.name.encode()).hexdigest(), samples=samples)
     spec = task.spec
-    return VideoResult(video_id=spec.video_id, num_frames=spec.num_frames, fps="30/1", nsegments=5, labels=["walk"], chunks=[
+    return RunResult(video_id=spec.video_id, first=task.first, stop=task.stop, notes=[], chunks=[
         ChunkRecord(key=sample_key(spec.video_id, c), chunk_index=c, start=a, end=b, nsegments=1, size=50_000_000 + c,
                     segments=[["walk", b - a]])
-        for c, (a, b) in enumerate(chunk_plan(spec.num_frames, FRAMES))])
+        for c, (a, b) in enumerate(chunk_plan(spec.num_frames, FRAMES)) if task.first <= c < task.stop])
 
 
 class Inline:

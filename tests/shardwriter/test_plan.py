@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shardwriter.media import SEEK_TRIES, entry_points
 from shardwriter.plan import (
+    MIN_RUN_FRAMES,
+    cut_runs,
+    run_frames,
     SourceSegment,
     check_timeline,
     chunk_plan,
@@ -204,3 +208,57 @@ def test_sample_order_mixes_within_a_group_and_follows_the_seed():
     first = {k.rsplit("_", 1)[0] for k in a[:40]}
     assert len(first) == 4  # the first group: four videos, interleaved
     assert sum(x.split("_")[0] == y.split("_")[0] for x, y in zip(a[:40], a[1:40])) < 20
+
+
+@given(
+    st.integers(1, 3000), st.integers(1, 200), st.integers(0, 60), st.integers(1, 900),
+    st.lists(st.booleans(), min_size=0, max_size=400),
+)
+def test_runs_cover_the_chunks_to_do_once_in_order(total, max_frames, overlap, frames, done_flags):
+    overlap = min(overlap, max_frames - 1)
+    chunks = chunk_plan(total, max_frames, overlap)
+    todo = [not (done_flags[c] if c < len(done_flags) else False) for c in range(len(chunks))]
+    runs = cut_runs(chunks, frames, todo)
+    covered = [c for first, stop in runs for c in range(first, stop)]
+    assert covered == [c for c in range(len(chunks)) if todo[c]]  # every chunk to do once, in order
+    assert all(first < stop and all(todo[first:stop]) for first, stop in runs)  # consecutive, never across a done one
+    for first, stop in runs:  # about `frames` each: more frames than that only as one chunk, or split evenly
+        span = chunks[stop - 1][1] - chunks[first][0]
+        assert stop - first == 1 or span < 2 * frames + 2 * max_frames
+    assert cut_runs(chunks, frames, todo) == runs
+
+
+def test_run_examples():
+    chunks = chunk_plan(3000, 100)  # 30 chunks
+    assert cut_runs(chunks, 1) == [(c, c + 1) for c in range(30)]
+    assert cut_runs(chunks, 10_000) == [(0, 30)]
+    assert cut_runs(chunks, 750) == [(0, 7), (7, 15), (15, 22), (22, 30)]
+    assert cut_runs(chunks, 750, [c not in (3, 4) for c in range(30)]) == [(0, 3), (5, 13), (13, 21), (21, 30)]
+    # 4 tasks per worker, never under MIN_RUN_FRAMES: one 3000-frame video on 2 workers -> 8 runs
+    assert run_frames(3000, 2) == 375 and len(cut_runs(chunks, run_frames(3000, 2))) == 8
+    assert run_frames(100, 8) == MIN_RUN_FRAMES
+
+
+@given(st.lists(st.tuples(st.integers(-50, 500), st.booleans()), max_size=120, unique_by=lambda p: p[0]),
+       st.integers(1, 20))
+def test_entries_are_keyframes_at_their_presentation_rank(packets, gap):
+    entries = entry_points(packets, gap=gap)
+    order = sorted(p for p, _ in packets)
+    assert entries.why_not is None
+    frames = [f for f, _ in entries.points]
+    assert frames == sorted(frames) and all(b - a >= gap for a, b in zip([0] + frames, frames))
+    keys = {p for p, key in packets if key}
+    assert all(pts in keys and order.index(pts) == f for f, pts in entries.points)
+    for start in range(0, len(packets) + 2):
+        tried = entries.before(start)
+        assert all(f <= start for f, _ in tried) and [f for f, _ in tried] == sorted(frames_le := [f for f in frames if f <= start], reverse=True)[:SEEK_TRIES]
+        assert frames_le[-SEEK_TRIES:] == [f for f, _ in entries.around(start, start + 5).points][:len(frames_le[-SEEK_TRIES:])]
+
+
+def test_entries_need_every_timestamp_once():
+    assert entry_points([(0, True), (None, False), (20, True)]).why_not == "some packets have no timestamp"
+    assert entry_points([(0, True), (3, False), (3, True)]).why_not == "two packets have the same timestamp"
+    assert entry_points([(0, True)], untimed_stream=True).why_not == "a raw stream has no timestamps to seek to"
+    # B-frames: decode order 0 3 1 2 | 6 4 5 ...; the keyframe at pts 12 is the 12th frame shown
+    packets = [(0, True), (3, False), (1, False), (2, False)] + [(p, p == 12) for p in range(4, 40)]
+    assert entry_points(packets, gap=8).points == ((12, 12),)

@@ -85,9 +85,9 @@ def test_an_encode_task_spools_each_chunk_as_soon_as_it_is_encoded(small_source,
         return original(out, key, members)
 
     monkeypatch.setattr(encode_task, "write_fragment", watching)
-    result = encode_task.run_video_task(encode_task.VideoTask(
+    result = encode_task.run_encode_task(encode_task.RunTask(
         spec=probe.spec, max_video_frames=20, overlap=4, encode=EncodeSettings(gop=8), keypoint_schema=probe.schema,
-        keypoint_origin=probe.origin, work=str(tmp_path / "work")))
+        keypoint_origin=probe.origin, work=str(tmp_path / "work"), first=0, stop=5))
     assert len(result.chunks) == 5 and len(on_disk) == 5
     assert max(on_disk) <= 2 * 3  # the finished chunk's 3 clips and the next chunk's, already open (overlap)
 

@@ -4,7 +4,9 @@ the decoded pixels (barcodes) with the FFmpeg CLI as the decoder."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 
@@ -46,10 +48,12 @@ def transcode(src: str, dst: str, args: list[str], ext: str = "mp4") -> None:
             )
 
 
+# run_frames 1: every chunk its own encode task, entering its views at a keyframe mid-file.
+@pytest.mark.parametrize("run_frames", [None, 1])
 @pytest.mark.parametrize("overlap", [0, 7])
-def test_h264_bframes_source(small_source, tmp_path, overlap):
+def test_h264_bframes_source(small_source, tmp_path, overlap, run_frames):
     out = str(tmp_path / "out")
-    write(small_source, out, max_video_frames=30, overlap=overlap)
+    write(small_source, out, max_video_frames=30, overlap=overlap, run_frames=run_frames)
     # 75 frames: overlap 0 -> 3 chunks per video; overlap 7 (step 23) -> [0,30) [23,53) [46,75)
     assert_frame_exact(out, tmp_path, expected_chunks=9)
 
@@ -61,14 +65,36 @@ def test_h264_bframes_source(small_source, tmp_path, overlap):
         ("mpeg4-bframes-avi", ["-c:v", "mpeg4", "-bf", "2", "-q:v", "3"], "avi"),
         ("h264-10bit-mkv", ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], "mkv"),
         ("start-offset", ["-c", "copy", "-output_ts_offset", "7.5"], "mp4"),
+        # Keyframes every 12 frames, so short runs enter every view mid-file: open GOPs (HEVC's
+        # CRA, H.264 recovery points) whose leading frames need the GOP before, VP9, intra-only
+        # MJPEG, and a raw stream (no timestamps: decoded from the start, and the log says so).
+        ("hevc-open-gop", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=12:min-keyint=12:open-gop=1:bframes=3"],
+         "mp4"),
+        ("h264-open-gop-ts", ["-c:v", "libx264", "-bf", "3", "-g", "12", "-x264-params", "open-gop=1"], "ts"),
+        ("vp9", ["-c:v", "libvpx-vp9", "-g", "12", "-deadline", "realtime", "-b:v", "500k"], "webm"),
+        ("mjpeg", ["-c:v", "mjpeg", "-q:v", "3"], "avi"),
+        ("h264-raw", ["-c:v", "libx264", "-g", "12", "-bf", "2"], "h264"),
     ],
 )
-def test_other_sources(small_source, tmp_path, name, args, ext):
+@pytest.mark.parametrize("run_frames", [None, 1])
+def test_other_sources(small_source, tmp_path, name, args, ext, run_frames, caplog):
     src = str(tmp_path / name)
     transcode(small_source, src, args, ext)
     out = str(tmp_path / "out")
-    write(src, out, max_video_frames=40, overlap=5)
+    with caplog.at_level(logging.WARNING, logger="vidshard.write"):
+        write(src, out, max_video_frames=40 if run_frames is None else 10, overlap=5, run_frames=run_frames)
     assert_frame_exact(out, tmp_path)
+    # Every view entered at its keyframes where it has timestamps (a failed entry is logged and
+    # decoded from the start: the frames above would pass either way).
+    fallbacks = [r.getMessage() for r in caplog.records if "cannot be entered" in r.getMessage()]
+    if run_frames is None or name in ("hevc", "h264-10bit-mkv"):  # (no keyframe after frame 0 in 75 frames)
+        assert not fallbacks
+    elif name == "h264-raw":
+        assert fallbacks and all("a raw stream has no timestamps to seek to" in m for m in fallbacks), fallbacks
+    elif name == "h264-open-gop-ts":  # after a seek, FFmpeg's decoder starts at the keyframe after an open GOP's
+        assert all(int(re.search(r"before frame (\d+)", m).group(1)) < 24 for m in fallbacks), fallbacks
+    else:
+        assert not fallbacks, fallbacks
 
 
 def test_resize_keeps_frames(small_source, tmp_path):

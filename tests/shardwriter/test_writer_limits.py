@@ -105,16 +105,16 @@ def test_a_clip_over_the_readers_member_limit_stops_its_video(source_copy, tmp_p
     its file (in-process here, with the limit lowered: a real one takes 2 GiB)."""
     import shardwriter.task as task_module
     from shardwriter.errors import SourceError
-    from shardwriter.task import VideoTask, run_video_task
+    from shardwriter.task import RunTask, run_encode_task
 
     config = WriteConfig(max_video_frames=30, shard_bytes=150_000)
     probe = run_probe_task(ProbeTask(source=source_copy, video_id=VID, views=VIEWS, truncate_views=False,
                                      encode=config.encode))
-    task = VideoTask(spec=probe.spec, max_video_frames=30, overlap=0, encode=config.encode, keypoint_schema=probe.schema,
-                     keypoint_origin=probe.origin, work=str(tmp_path / "work"))
+    task = RunTask(spec=probe.spec, max_video_frames=30, overlap=0, encode=config.encode, keypoint_schema=probe.schema,
+                   keypoint_origin=probe.origin, work=str(tmp_path / "work"), first=0, stop=1)
     monkeypatch.setattr(task_module, "MAX_MEMBER_BYTES", 1000)
     with pytest.raises(SourceError) as info:
-        run_video_task(task)
+        run_encode_task(task)
     assert info.value.path == probe.spec.paths[0] and "Limits.max_member_bytes" in info.value.reason, info.value
     assert not os.path.exists(tmp_path / "work" / "spool")  # nothing of the video spooled
 
