@@ -355,6 +355,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
         raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {frame_index} ({exc})") from None
     except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
         raise SourceError(video_id, view.path, f"cannot read the file after frame {frame_index} ({exc.strerror or exc})") from None
+    if count is not None and frame_index + 1 != count and entry is not None:
+        raise EntryFailed(index, f"the file ends after frame {frame_index}, demuxing counted {count} frames")
     if count is not None and frame_index + 1 < count:
         raise SourceError(video_id, view.path, f"decoded only {frame_index + 1} frames, but demuxing counted {count}")
     if count is not None and frame_index + 1 > count:

@@ -63,7 +63,8 @@ def camera_view(path: str, view: int, frames: int, *, args: tuple[str, ...] = ()
 
 def quirk_view(path: str, quirk: str, view: int, frames: int) -> str:
     """One view with one real-recording quirk, built as the issue's acceptance says; it
-    decodes to `frames` frames."""
+    decodes to `frames` frames. Every quirk has keyframes mid-file (every 12 frames, as
+    camera_view's default), so an encode task that starts there enters it at one."""
     tmp = path + ".base.mp4"
     if quirk == "editlist":  # a stream copy cut at a non-keyframe: an MP4 edit list, leading packets discarded
         camera_view(tmp, view, frames + 20)
@@ -72,21 +73,21 @@ def quirk_view(path: str, quirk: str, view: int, frames: int) -> str:
         camera_view(tmp, view, frames, vf="transpose=clock")  # stored sideways, so it displays upright
         ffmpeg("-i", tmp, "-c", "copy", "-metadata:s:v:0", "rotate=90", path)
     elif quirk == "fullrange":
-        camera_view(path, view, frames, args=("-c:v", "libx264", "-pix_fmt", "yuvj420p", "-color_range", "pc",
+        camera_view(path, view, frames, args=("-c:v", "libx264", "-g", "12", "-pix_fmt", "yuvj420p", "-color_range", "pc",
                                               "-colorspace", "bt709"))
     elif quirk == "vfr":  # every third frame 17 ms late: timestamps 17, 33, 66, 116, ...
         camera_view(path, view, frames, vf="settb=1/1000,setpts=N*33+if(mod(N\\,3)\\,0\\,17)",
                     args=("-fps_mode", "passthrough", "-enc_time_base", "1:1000", "-video_track_timescale", "1000",
-                          "-c:v", "libx264", "-bf", "2"))
+                          "-c:v", "libx264", "-bf", "2", "-g", "12"))
     elif quirk == "vp9":
         assert path.endswith(".webm")
-        camera_view(path, view, frames, args=("-c:v", "libvpx-vp9", "-b:v", "400k", "-deadline", "realtime"))
+        camera_view(path, view, frames, args=("-c:v", "libvpx-vp9", "-g", "12", "-b:v", "400k", "-deadline", "realtime"))
     elif quirk == "midgop":  # a recording split in mid-GOP (an MPEG-TS segment): no edit list, no discard flag
         assert path.endswith(".ts")
         encode = ("-c:v", "libx264", "-bf", "2", "-g", "12", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mpegts")
         mid_gop(camera_view(tmp, view, frames + 12, args=encode), path)
     elif quirk == "ntsc":
-        camera_view(path, view, frames, args=("-r", "30000/1001", "-c:v", "libx264", "-bf", "3"))
+        camera_view(path, view, frames, args=("-r", "30000/1001", "-c:v", "libx264", "-bf", "3", "-g", "12"))
     else:
         raise ValueError(quirk)
     if os.path.exists(tmp):

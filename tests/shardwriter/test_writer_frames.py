@@ -86,7 +86,7 @@ def test_other_sources(small_source, tmp_path, name, args, ext, run_frames, capl
     assert_frame_exact(out, tmp_path)
     # Every view entered at its keyframes where it has timestamps (a failed entry is logged and
     # decoded from the start: the frames above would pass either way).
-    fallbacks = [r.getMessage() for r in caplog.records if "cannot be entered" in r.getMessage()]
+    fallbacks = [r.getMessage() for r in caplog.records if "decoded from its start" in r.getMessage()]
     if run_frames is None or name in ("hevc", "h264-10bit-mkv"):  # (no keyframe after frame 0 in 75 frames)
         assert not fallbacks
     elif name == "h264-raw":
@@ -134,3 +134,34 @@ def test_source_synth_odd_fps(tmp_path):
     meta = json.loads(samples["session_000_00000"]["meta.json"])
     assert meta["fps_rational"] == "30000/1001" and index["fps"] == pytest.approx(29.97, abs=0.01)
     assert_frame_exact(out, tmp_path, expected_chunks=3)
+
+
+def test_a_view_whose_count_disagrees_after_entering_is_decoded_from_its_start(small_source, tmp_path):
+    """An entered view must count, at every keyframe it passes, the index the probe found there;
+    where it does not (here: the probe's record tampered with), that view is decoded again from
+    the file's start, the run's result says so, and its frames are still the source frames."""
+    import dataclasses
+    import tarfile
+
+    from shardwriter.media import Entries
+    from shardwriter.probe import ProbeTask, run_probe_task
+    from shardwriter.task import RunTask, run_encode_task
+
+    probe = run_probe_task(ProbeTask(source=small_source, video_id="session_001", views=VIEWS, truncate_views=False,
+                                     encode=EncodeSettings(gop=8)))
+    front = probe.spec.entries[0]
+    assert [f for f, _ in front.points] == [30, 64]  # the synthetic views' keyframes
+    tampered = Entries(points=(front.points[0], (63, front.points[1][1])))
+    spec = dataclasses.replace(probe.spec, entries=(tampered, *probe.spec.entries[1:]))
+    work = str(tmp_path / "work")
+    # chunks 3..6 of 10 frames: frames [30, 70), entered at keyframe 30, passing keyframe 64
+    result = run_encode_task(RunTask(spec=spec, max_video_frames=10, overlap=0, encode=EncodeSettings(gop=8),
+                                     keypoint_schema=probe.schema, keypoint_origin=probe.origin, work=work, first=3, stop=7))
+    assert [n for n in result.notes if "its frame count disagreed" in n and "front" in n], result.notes
+    for record in result.chunks:
+        with tarfile.open(os.path.join(work, "spool", f"{record.key}.tar")) as tar:
+            for v, view in enumerate(VIEWS):
+                clip = tmp_path / f"{record.key}.{view}.mp4"
+                clip.write_bytes(tar.extractfile(f"{record.key}.{view}.mp4").read())
+                got = [read_barcode(f) for f in ffmpeg_frames(str(clip), 64, 48)]
+                assert got == [(i, v) for i in range(record.start, record.end)], (record.key, view)
