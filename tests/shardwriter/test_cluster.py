@@ -32,14 +32,14 @@ ARGS = ["--max-video-frames", "30", "--overlap", "6", "--shard-size", "1MB", "--
 CONFIG = dict(max_video_frames=30, overlap=6, shard_bytes=10**6, mix_videos=2)
 
 
-def noisy_source(root: str, size: tuple[int, int]) -> str:
+def noisy_source(root: str, size: tuple[int, int], videos: int = 4, frames: int = 90) -> str:
     """The barcode source with film grain: the clips take real bytes (barcodes survive it)."""
-    synth_source(root, videos=4, frames=90, views=VIEWS, size=size, seed=3)
+    synth_source(root, videos=videos, frames=frames, views=VIEWS, size=size, seed=3)
     for vid in sorted(os.listdir(os.path.join(root, "videos"))):
         for name in os.listdir(os.path.join(root, "videos", vid)):
             path = os.path.join(root, "videos", vid, name)
             subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-vf", "noise=alls=24:allf=t", "-c:v", "libx264",
-                            "-threads", "1", path + ".mp4"], check=True)
+                            "-g", "12", "-threads", "1", path + ".mp4"], check=True)
             os.replace(path + ".mp4", path)
     return root
 
@@ -84,14 +84,14 @@ def cluster(s3_server, tmp_path_factory):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def driver(source: str, url: str, address: str, tmp_path, name: str, wait: bool = True):
+def driver(source: str, url: str, address: str, tmp_path, name: str, wait: bool = True, args: tuple[str, ...] = ()):
     """`vidshard write` in an empty folder with an empty HOME, the code imported by path, no PYTHONPATH."""
     home, cwd = tmp_path / f"{name}-home", tmp_path / f"{name}-cwd"
     home.mkdir(exist_ok=True)
     cwd.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HOME": str(home), "RAY_AUTH_MODE": "disabled"}
     code = f"import sys; sys.path.insert(0, {ROOT!r}); from vidshard.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", code, "write", source, url, *ARGS, "--engine", "ray", "--ray-address", address]
+    cmd = [sys.executable, "-c", code, "write", source, url, *ARGS, *args, "--engine", "ray", "--ray-address", address]
     if not wait:
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True), home, cwd
@@ -170,6 +170,19 @@ def test_driver_killed_mid_run_resumes_to_the_same_bytes(cluster, sources, tmp_p
     driver(sources["small"], "s3://vidshard/killed", cluster.address, tmp_path, "again")
     assert s3_digests("killed") == local_digests(local)
     shutil.rmtree(local)
+
+
+def test_one_long_video_is_encoded_on_both_nodes(cluster, tmp_path):
+    """One 3-view video cut into runs of chunks: both nodes encode runs of it (each node's
+    TMPDIR holds its encode tasks' clips), and the bytes are the local engine's, written whole."""
+    src = noisy_source(str(tmp_path / "long"), (96, 72), videos=1, frames=240)
+    local = str(tmp_path / "local")
+    write(src, local, workers=1, **CONFIG)  # one task for the whole video (run_frames: 256)
+    began = time.time()
+    driver(src, "s3://vidshard/long", cluster.address, tmp_path, "long", args=("--run-frames", "30"))
+    for tmpdir in cluster.tmpdirs:  # only encode tasks use TMPDIR
+        assert os.stat(tmpdir).st_mtime > began and not os.listdir(tmpdir)
+    assert s3_digests("long") == local_digests(local)
 
 
 def test_workers_import_the_shipped_code(cluster, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The writer survives 20 SIGKILLs (the resumed output is byte-identical) and a full disk."""
+"""The writer survives 20 SIGKILLs, and 10 of run-split tasks (the resumed output is byte-identical), and a full disk."""
 
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ from ..helpers import write
 from .test_writer_resume import digests
 
 
-def test_twenty_sigkills_then_resume_is_byte_identical(small_source, small_dataset, tmp_path):
+@pytest.mark.parametrize("kills, runs", [(20, []), (10, ["--run-frames", "1"])])
+def test_sigkills_then_resume_is_byte_identical(small_source, small_dataset, tmp_path, kills, runs):
+    """20 kills of whole-video tasks; 10 of run-split ones (one chunk per task, entered
+    mid-file), each resume cutting the chunks not done into new runs."""
     out = str(tmp_path / "killed")
     cmd = [sys.executable, "-m", "vidshard", "-q", "write", small_source, out, "--max-video-frames", "30",
-           "--overlap", "6", "--shard-size", "150000", "--gop", "8", "--workers", "2"]
+           "--overlap", "6", "--shard-size", "150000", "--gop", "8", "--workers", "2", *runs]
     began = time.monotonic()
     assert subprocess.run([*cmd[:6], str(tmp_path / "timing"), *cmd[7:]], capture_output=True).returncode == 0
     duration = time.monotonic() - began
     rng = random.Random(20)
     interrupted = attempts = 0
-    while interrupted < 20 and attempts < 80:
+    while interrupted < kills and attempts < 4 * kills:
         attempts += 1
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(duration * rng.uniform(0.3, 0.8))
@@ -40,7 +43,7 @@ def test_twenty_sigkills_then_resume_is_byte_identical(small_source, small_datas
         if os.path.isdir(out):
             interrupted += 1
             assert not [n for n in os.listdir(out) if n.endswith(".tar") and not n.startswith("shard-")]
-    assert interrupted >= 20
+    assert interrupted >= kills
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert digests(out) == digests(small_dataset)
 
