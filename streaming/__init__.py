@@ -9,13 +9,20 @@ The epoch plan, pure functions of index.json's counts (no I/O, no torch):
     windows.py   a worker's slice cut into shuffle windows;  world.py  rank and worker, detected once
     sampling.py  which frames an item takes (chunk, segment, clip);  ledger.py  a partition's bookkeeping
     resume.py    loader states: fingerprint, merging across world shapes, frame counts
-The read path, shard list -> byte ranges -> checked tar members -> samples -> items:
-    shards.py    index.json and the shard URLs;  wholefile.py  index.json and whole shards, bounded
-    remote.py    ranged reads with retries (fsspec);  norange.py  servers that ignore Range
+The read path, shard list -> byte ranges -> checked tar members -> samples -> items. The
+shard list is read when a dataset is made (a bad index.json raises then); from the byte
+ranges on, a failure is the SampleError of the sample it concerns, which the dataset's
+`on_error` takes item by item; only a StorageError (errors.py) stops the job:
+    shards.py    the shard list: index.json (bounded, checked) and the shard URLs
+    reading.py   byte ranges: a window's samples cut into runs of adjacent ranges, each opened
+                 once; samples: each parsed from exactly its own range, its failure its own
+    tario.py     checked tar members (untrusted data);  npz.py  keypoint archives, likewise
+    items.py     items: a sample's JSON checked, its frames decoded (decode.py: checked against meta.json)
+  Where the bytes come from (below reading.py):
+    ranges.py    one way to open a byte range (local file, cache copy, URL; plain GETs for
+                 servers that ignore Range), and whole shards for the cache
+    remote.py    storage options, redaction, transient errors, the one retry policy, the one GET
     cache.py     the node's shard cache;  handles.py  open files per thread (random access)
-    reading.py   a window's samples, each failure its own sample's error
-    tario.py     tar members as untrusted data;  npz.py  keypoint archives as untrusted data
-    items.py     a sample's JSON checked, its items' frames decoded (decode.py: checked against meta.json)
 The datasets:
     options.py   what both datasets build first (Source, Options, the sample reader)
     dataset.py   VideoShardDataset (streaming);  mapped.py + mapindex.py  VideoShardMapDataset

@@ -1,4 +1,5 @@
-"""Typed reader errors.
+"""Typed reader errors, all `ReaderError`s: code that must let the reader's own verdicts pass
+(a retry loop, a handler of OS errors) catches that one base.
 
 `SampleError` and its subclasses are about one sample (or the samples of one byte range):
 each carries the shard, the sample key and, when known, the member and the view, and
@@ -10,7 +11,12 @@ the job whatever the policy.
 from __future__ import annotations
 
 
-class SampleError(Exception):
+class ReaderError(Exception):
+    """The base of the reader's typed errors (never an OSError: an `except OSError` for the
+    disk or the network does not swallow them)."""
+
+
+class SampleError(ReaderError):
     """A sample that cannot be delivered; `on_error="skip"` counts it and moves on."""
 
     reason = "bad sample"
@@ -61,7 +67,7 @@ class ShardReadError(SampleError):
     reason = "read"
 
 
-class StorageError(OSError):
+class StorageError(ReaderError):
     """The storage cannot serve this dataset at all; not a per-sample error."""
 
 

@@ -9,21 +9,19 @@ from a process that had files open opens its own, a thread never has a file clos
 it by another's eviction, and a pickled dataset carries none. Reads use `os.preadv` at
 explicit offsets, never the file's shared position.
 A remote shard without a cache has no handle: each access is one ranged read through the
-process's fsspec client (`remote.open_range`).
+process's fsspec client (`ranges.open_range`).
 """
 
 from __future__ import annotations
 
 import collections
 import io
-import os
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .errors import ShardReadError
-from .norange import WholeGetReader
+from .ranges import file_range, open_local
 from .reading import SampleReader
-from .remote import READ_BUFFER, open_range, protocol_of, redact
+from .remote import protocol_of
 
 OPEN_SHARDS = 8  # files kept open per thread (one per DataLoader worker) by default
 
@@ -64,37 +62,6 @@ class ShardHandles:
         self.files = collections.OrderedDict()
 
 
-class PreadRange(io.RawIOBase):
-    """[offset, offset + length) of an open file, read at explicit offsets; closing it leaves
-    the file open. Seeks forward only, relative (what tarfile and `tario.Span` ask for)."""
-
-    def __init__(self, f: BinaryIO, offset: int, length: int):
-        self.fd, self.pos, self.end = f.fileno(), offset, offset + length
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.end - self.pos)
-        if n <= 0:
-            return 0
-        got = os.preadv(self.fd, [memoryview(buf)[:n]], self.pos)
-        self.pos += got
-        return got
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence != io.SEEK_CUR or offset < 0:
-            raise io.UnsupportedOperation("only forward relative seeks")
-        self.pos = min(self.pos + offset, self.end)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-
 class HandleReader(SampleReader):
     """The streaming reader's checks and errors, reading through this process's handles."""
 
@@ -104,10 +71,9 @@ class HandleReader(SampleReader):
 
     def _open(self, shard: int, offset: int, length: int) -> io.BufferedReader:
         f = self.handles.get(shard, lambda: self._open_file(shard))
-        if f is None:  # as SampleReader._open: with a cache, a server ignoring Range is read by plain GET
-            return open_range(self.urls[shard], offset, length, self.storage, self.stats,
-                              whole_get=WholeGetReader if self.cache is not None else None)
-        return io.BufferedReader(PreadRange(f, offset, length), buffer_size=READ_BUFFER)
+        if f is None:
+            return self._by_url(shard, offset, length)
+        return file_range(f, offset, length)  # the file stays held: not closed with the range
 
     def recover(self, shard: int) -> bool:
         if not super().recover(shard):
@@ -123,9 +89,6 @@ class HandleReader(SampleReader):
         url = self.urls[shard]
         if protocol_of(url) != "file":
             return None
-        try:
-            f = open(url.removeprefix("file://"), "rb")  # noqa: SIM115 (held by ShardHandles)
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=redact(url)) from None
+        f = open_local(url)  # held by ShardHandles
         self.stats["shards_opened"] += 1
         return f

@@ -1,33 +1,76 @@
-"""Reading a window's samples: every failure becomes that sample's own error.
+"""The read path's middle stages, a window's (shard, sample) pairs -> byte ranges -> checked
+tar members -> samples:
 
-Samples are read in runs: consecutive samples of one shard whose byte ranges (index.json)
-follow each other are fetched with one open and one sequential read. Inside a run each
-sample is parsed from exactly its own range (a `Span`), so a bad sample costs only itself:
-its error is kept, its remaining bytes are passed over, and the next sample is read. A read
-that fails after its retries breaks the stream: the run's remaining samples are not read
-and each gets an error naming its key. Nothing here raises a SampleError: the caller sees
-the errors sample by sample and applies its `on_error` policy to each item. A StorageError
-(a server that cannot serve byte ranges) is raised: no sample of it can be read.
+    runs()          byte ranges: consecutive samples of one shard whose ranges (index.json)
+                    follow each other are one run, fetched with one open and one sequential read
+    _open()         the run's bytes: the cache copy, the local file or the URL (ranges.open_range)
+    _sample()       each sample parsed from exactly its own range (tario.read_sample: the checked
+                    tar members), its remaining bytes passed over
+
+One error policy through the stages (`_caught`): a failure is a value, the SampleError of the
+sample it concerns, and the caller applies its `on_error` policy to each item. A sample whose
+bytes are bad costs only itself: the next one is read. A read that fails after its retries
+(ShardReadError) breaks the stream: the run's remaining samples are not read, and each gets
+an error naming its key. Only a StorageError (a server that cannot serve byte ranges) is
+raised: no sample of it can be read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from .cache import ShardCache
-from .errors import SampleError, ShardReadError, StorageError
+from .errors import SampleError, ShardReadError
 from .format import Manifest, SampleEntry
-from .norange import WholeGetReader
-from .remote import StorageOptions, open_range, redact
-from .wholefile import download
+from .ranges import download, open_range
+from .remote import StorageOptions, redact
 from .tario import Limits, Span, read_sample
 
 log = logging.getLogger("vidshard.streaming")
 Read = dict | SampleError  # a sample's wanted members ({"__key__", suffix: bytes}), or why it cannot be read
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Samples `first`, `first + 1`, ... of a shard, stored back to back in [start, end)."""
+
+    shard: int
+    samples: list[int]
+    start: int
+    end: int
+
+
+def runs(manifest: Manifest, pairs: list[tuple[int, int]]) -> Iterator[Run]:
+    """The (shard, sample) pairs, in order, cut into runs of adjacent byte ranges."""
+    i = 0
+    while i < len(pairs):
+        shard, first = pairs[i]
+        samples = manifest.shards[shard].samples
+        j = i + 1
+        while (j < len(pairs) and pairs[j] == (shard, first + (j - i))
+               and samples[first + j - i].offset == samples[first + j - i - 1].offset + samples[first + j - i - 1].size):
+            j += 1
+        last = samples[first + j - i - 1]
+        yield Run(shard, list(range(first, first + (j - i))), samples[first].offset, last.offset + last.size)
+        i = j
+
+
+def _caught(step: Callable[[], T], url: str) -> T | SampleError:
+    """`step()`, or the SampleError it failed with: the read path's one error policy. An
+    OSError out of a stream is a broken read (ShardReadError); a StorageError is raised."""
+    try:
+        return step()
+    except SampleError as exc:
+        return exc
+    except OSError as exc:
+        return ShardReadError(f"read failed ({exc})", shard=url)
 
 
 class SampleReader:
@@ -41,52 +84,40 @@ class SampleReader:
     def read(self, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], Read]:
         """Every (shard, sample) pair -> its sample or its error."""
         out: dict[tuple[int, int], Read] = {}
-        i = 0
-        while i < len(pairs):
-            shard, first = pairs[i]
-            samples = self.manifest.shards[shard].samples
-            j = i + 1
-            while (j < len(pairs) and pairs[j] == (shard, first + (j - i))
-                   and samples[first + j - i].offset == samples[first + j - i - 1].offset + samples[first + j - i - 1].size):
-                j += 1
-            self._read_run(shard, list(range(first, first + (j - i))), out)
-            i = j
-        return out
-
-    def _read_run(self, shard: int, indices: list[int], out: dict) -> None:
-        entries = [self.manifest.shards[shard].samples[i] for i in indices]
-        url = redact(self.urls[shard])
-        start, end = entries[0].offset, entries[-1].offset + entries[-1].size
-        try:
-            stream = self._open(shard, start, end - start)
-        except SampleError as exc:
-            for index, entry in zip(indices, entries):
-                out[shard, index] = exc.at(key=entry.key)
-            return
-        with stream:
-            for k, (index, entry) in enumerate(zip(indices, entries)):
-                span = Span(stream, entry.size, url)
-                try:
-                    try:
-                        sample = read_sample(span, url, entry.key, self.limits, self.want,
-                                             lambda suffix, e=entry: self.member_limit(e, suffix))
-                    except ShardReadError:
-                        raise
-                    except SampleError as exc:  # this sample's bytes are bad: pass over them, read the next
-                        sample = exc
-                    span.drain()
-                except StorageError:
-                    raise
-                except (ShardReadError, OSError) as exc:  # the stream broke: the rest of the run is not read
-                    error = exc if isinstance(exc, ShardReadError) else ShardReadError(f"read failed ({exc})", shard=url)
-                    out[shard, index] = error.at(key=entry.key)
-                    for later_index, later in zip(indices[k + 1:], entries[k + 1:]):
-                        out[shard, later_index] = ShardReadError(f"not read: an earlier sample of its run failed to read "
-                                                                 f"({error.message})", shard=url, key=later.key)
-                    return
-                out[shard, index] = sample
+        for run in runs(self.manifest, pairs):
+            for index, sample in zip(run.samples, self._read_run(run)):
+                out[run.shard, index] = sample
                 if not isinstance(sample, SampleError):
                     self.stats["bytes_read"] += sum(len(v) for name, v in sample.items() if name != "__key__")
+        return out
+
+    def _read_run(self, run: Run) -> Iterator[Read]:
+        """A sample or an error for each sample of the run, in order."""
+        entries = [self.manifest.shards[run.shard].samples[i] for i in run.samples]
+        url = redact(self.urls[run.shard])
+        stream = _caught(lambda: self._open(run.shard, run.start, run.end - run.start), url)
+        if isinstance(stream, SampleError):
+            yield from (stream.at(key=entry.key) for entry in entries)
+            return
+        with stream:
+            for k, entry in enumerate(entries):
+                sample = self._sample(stream, entry, url)
+                yield sample
+                if isinstance(sample, ShardReadError):  # the stream broke: the rest of the run is not read
+                    yield from (ShardReadError(f"not read: an earlier sample of its run failed to read ({sample.message})",
+                                               shard=url, key=later.key) for later in entries[k + 1:])
+                    return
+
+    def _sample(self, stream: io.BufferedReader, entry: SampleEntry, url: str) -> Read:
+        """One sample from exactly its own span of the stream, or its error; then the stream
+        stands at the next sample's first byte (unless it broke: a ShardReadError)."""
+        span = Span(stream, entry.size, url)
+        sample = _caught(lambda: read_sample(span, url, entry.key, self.limits, self.want,
+                                             lambda suffix: self.member_limit(entry, suffix)), url)
+        if not isinstance(sample, ShardReadError):
+            broken = _caught(span.drain, url)  # pass over what a bad sample left unread
+            sample = sample if broken is None else broken
+        return sample.at(key=entry.key) if isinstance(sample, SampleError) else sample
 
     def _open(self, shard: int, offset: int, length: int) -> io.BufferedReader:
         """A stream over [offset, offset + length) of a shard: from the local cache when one
@@ -94,10 +125,12 @@ class SampleReader:
         local = self.cached(shard)
         if local is not None:
             return open_range(local, offset, length, self.storage, self.stats)
+        return self._by_url(shard, offset, length)
+
+    def _by_url(self, shard: int, offset: int, length: int) -> io.BufferedReader:
         # With a cache the user opted into whole-shard transfers: a shard it could not take,
-        # from a server that ignores Range, is read from a plain GET rather than stopping.
-        return open_range(self.urls[shard], offset, length, self.storage, self.stats,
-                          whole_get=WholeGetReader if self.cache is not None else None)
+        # from a server that ignores Range, is read from plain GETs rather than stopping.
+        return open_range(self.urls[shard], offset, length, self.storage, self.stats, whole_get=self.cache is not None)
 
     def cached(self, shard: int) -> io.BufferedReader | None:
         """The shard's copy in the cache, open (downloaded whole first when missing), or None:
@@ -112,8 +145,6 @@ class SampleReader:
                 st = os.fstat(copy.fileno())
                 self.from_cache[shard] = (st.st_dev, st.st_ino)
             return copy
-        except StorageError:
-            raise
         except OSError as exc:  # the cache's own disk (full, read-only): read past it
             self.stats["cache_errors"] += 1
             log.warning("cache %s: %s; reading %s by range", self.cache.dir, exc, redact(url))

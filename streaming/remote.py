@@ -1,47 +1,37 @@
-"""Reading shard bytes from anywhere fsspec reaches (local, s3://, gs://, http(s)://), with
-timeouts, retries and redacted messages.
+"""How the reader talks to storage (local, s3://, gs://, http(s):// through fsspec): the
+options, redaction of credentials, which errors are transient, the one retry policy and the
+one HTTP GET. The readers built on them are in ranges.py.
 
-A byte range is fetched as a sequence of ranged requests of `block_bytes` each; the tar
-parser consumes each block as it arrives, so the first sample is delivered before the shard
-has finished downloading. A transient failure (connection reset, timeout, 5xx, a body cut
-short) retries the current block with exponential backoff and jitter, from the first byte
-not yet delivered: delivered bytes are never fetched twice. A range that keeps failing
-raises ShardReadError, which goes to the dataset's on_error policy. Retries and failures
-are counted in the caller's stats.
-
-HTTP ranged requests are made here rather than through fsspec's `cat_file`, which reads
-whatever body comes back: a server that ignores `Range` (python -m http.server) answers
-200 with the whole file, which would be read into memory and taken for the range. A 200
-to a ranged request raises RangeNotSupportedError instead; whole-shard downloads (the
-cache) then fall back to one plain GET, bounded by the shard's size. Other stores go
-through fsspec's `cat_file`: an answer longer than the range asked for (an S3-compatible
-server that ignores Range) raises RangeNotSupportedError too.
+Every request has our timeouts (`fs_kwargs`), and the client libraries' own retries are
+turned off: faults reach `retry`, which counts them in the caller's stats, waits with
+jittered exponential backoff (`StorageOptions`), and tries again; a fault that is not
+transient (missing, forbidden), or one that outlasts the retries, is a ShardReadError
+naming the URL, redacted. Our own verdicts (a `ReaderError`: a server that ignores Range, a
+damaged sample) are never retried: they pass through as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import logging
 import random
 import re
 import sys
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 
-from .errors import RangeNotSupportedError, ShardReadError, StorageError
+from .errors import ReaderError, ShardReadError
 
-__all__ = ["ShardReadError", "StorageOptions", "RangeReader", "open_range", "redact"]
+__all__ = ["StorageOptions", "redact", "retry", "http_get", "is_transient", "filesystem"]
 
 log = logging.getLogger("vidshard.remote")
 _jitter = random.SystemRandom()  # not seeded: workers that failed together must not retry together
-# Buffer of every shard stream: small, since members are read with one call each (which
-# bypasses the buffer); it only serves the 512-byte tar headers. Part of the memory bound.
-READ_BUFFER = 64 * 1024
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,7 +121,7 @@ def _transient_types() -> tuple[type[BaseException], ...]:
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: resets, timeouts, 5xx/408/429, cut bodies. Not: missing, forbidden."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, StorageError)):
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ReaderError)):
         return False
     status = _http_status(exc)
     if status is not None:
@@ -139,192 +129,44 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _transient_types())
 
 
-class RangeReader(io.RawIOBase):
-    """[offset, offset + length) of a file, fetched block by block with retries."""
-
-    def __init__(self, url: str, offset: int, length: int, options: StorageOptions, stats: Counter, whole_get=None):
-        self.url, self.pos, self.end = url, offset, offset + length
-        self.options, self.stats = options, stats
-        self.fs, self.path = filesystem(url, options)
-        self.http = protocol_of(url) in ("http", "https")
-        self.block = memoryview(b"")
-        # An HTTP server that ignores Range: go on from plain GETs (streaming/norange.py's
-        # reader, passed in) instead of stopping, where the user opted into whole-shard
-        # transfers (cache_dir=).
-        self.whole_get, self.whole = whole_get if self.http else None, None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        if self.whole is not None:
-            return self.whole.readinto(buf)
-        if not self.block:
-            if self.pos >= self.end:
-                return 0
-            self.block = memoryview(b"")  # let the spent block go before the next one arrives
-            try:
-                self.block = memoryview(self._fetch(self.pos, min(self.pos + self.options.block_bytes, self.end)))
-            except RangeNotSupportedError:
-                if self.whole_get is None:
-                    raise
-                self.stats["whole_get_reads"] += 1
-                self.whole = self.whole_get(self.fs, self.path, self.url, self.pos, self.end - self.pos, self.options, self.stats)
-                return self.whole.readinto(buf)
-            self.pos += len(self.block)
-        n = min(len(buf), len(self.block))
-        buf[:n] = self.block[:n]
-        self.block = self.block[n:]  # a view: no copy of the rest of the block
-        return n
-
-    def close(self) -> None:
-        if self.whole is not None:
-            self.whole.close()
-        super().close()
-
-    def size(self) -> int | None:
-        """The file's size where the storage tells it (an HTTP server may not)."""
+def retry(attempt: Callable[[], T], doing: str, url: str, options: StorageOptions, stats: Counter) -> T:
+    """`attempt()`, again after each transient fault, up to `options.retries` times; `doing`
+    says what it does in the error ("reading bytes [0, 100)"). An attempt that keeps state
+    (bytes already delivered) goes on from it: the retry only calls it again."""
+    wait = options.backoff_s
+    for n in range(1, options.retries + 2):
         try:
-            size = self.fs.size(self.path)
-        except Exception:  # noqa: BLE001 (the read that follows retries the same request and reports it)
-            return None
-        return size if isinstance(size, int) else None
-
-    def _get(self, start: int, end: int | None, cap: int | None = None) -> bytes:
-        if self.http:
-            return fsspec.asyn.sync(self.fs.loop, _http_get, self.fs, self.path, start, end, redact(self.url), cap)
-        if end is None and cap is not None:  # object stores know each object's size: ask for no more than cap
-            size = self.fs.size(self.path)
-            end = cap if size is None else min(size, cap)
-            if end == 0:
-                return b""  # no byte range to ask for
-        return self.fs.cat_file(self.path, start=start, end=end)
-
-    def _fetch(self, start: int, end: int | None, cap: int | None = None) -> bytes:
-        """Bytes [start, end) (end None: to the end of the file, or at most `cap` bytes),
-        retrying transient faults."""
-        got = b""
-        wait = self.options.backoff_s
-        for attempt in range(self.options.retries + 1):
-            try:
-                part = self._get(start + len(got), end, cap)
-                if end is not None and len(part) > end - start - len(got):
-                    # s3fs/gcsfs return whatever body comes back: a server that ignores Range
-                    # sends the object from its first byte, which must not pass for the range.
-                    raise RangeNotSupportedError(
-                        f"{redact(self.url)}: the storage answered {len(part)} bytes to a request for the "
-                        f"{end - start - len(got)} bytes [{start + len(got)}, {end}): it ignores byte-range requests, "
-                        "so samples cannot be read by range")
-                got = got + part if got else part  # joined only after a cut body (rare): no copy otherwise
-                if end is None or len(got) >= end - start:
-                    return got if end is None or len(got) == end - start else got[: end - start]
-                raise EOFError(f"body cut short at byte {start + len(got)} of [{start}, {end})")
-            except StorageError:
-                raise  # the storage itself cannot serve ranges: no retry, no skip
-            except Exception as exc:  # classified below: permanent errors are raised at once
-                if not is_transient(exc) or attempt == self.options.retries:
-                    self.stats["failed_reads"] += 1
-                    what = "not found" if isinstance(exc, FileNotFoundError) else \
-                        f"failed after {attempt + 1} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}"
-                    raise ShardReadError(f"reading bytes [{start}, {end}) {what}", shard=redact(self.url)) from None
-                self.stats["retries"] += 1
-                log.info("retrying %s [%d, %s) after %s", redact(self.url), start + len(got), end, type(exc).__name__)
-                time.sleep(wait * _jitter.uniform(0.5, 1.0))
-                wait = min(wait * 2, self.options.max_backoff_s)
-        raise AssertionError("unreachable")
+            return attempt()
+        except ReaderError:
+            raise  # our own verdict (a server that ignores Range): not a fault to retry or rename
+        except Exception as exc:  # noqa: BLE001 (classified: permanent errors are raised at once)
+            if not is_transient(exc) or n > options.retries:
+                stats["failed_reads"] += 1
+                what = "not found" if isinstance(exc, FileNotFoundError) else \
+                    f"failed after {n} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}"
+                raise ShardReadError(f"{doing} {what}", shard=redact(url)) from None
+            stats["retries"] += 1
+            log.info("retrying %s (%s) after %s", redact(url), doing, type(exc).__name__)
+            time.sleep(wait * _jitter.uniform(0.5, 1.0))
+            wait = min(wait * 2, options.max_backoff_s)
+    raise AssertionError("unreachable")
 
 
-async def _http_get(fs, path: str, start: int, end: int | None, shown: str, cap: int | None = None) -> bytes:
-    """GET bytes [start, end) (end None: the whole file, or its first `cap` bytes), refusing
-    a server that ignores Range."""
+async def http_get(fs, path: str, shown: str, headers: dict[str, str] | None = None):
+    """The response to one GET through fsspec's HTTP session (its timeouts and headers), open:
+    the caller closes it (`async with`, or `close()` to drop the connection). A missing file
+    is FileNotFoundError naming `shown` (the redacted URL), other errors the client's own;
+    416 (a Range past the end) is returned: the caller sees an empty body."""
     session = await fs.set_session()
     kwargs = dict(fs.kwargs)
-    headers = dict(kwargs.pop("headers", None) or {})
-    if end is not None:
-        headers["Range"] = f"bytes={start}-{end - 1}"
-    async with session.get(fs.encode_url(path), headers=headers, **kwargs) as r:
-        if r.status == 404:
+    headers = {**(kwargs.pop("headers", None) or {}), **(headers or {})}
+    response = await session.get(fs.encode_url(path), headers=headers, **kwargs)
+    try:
+        if response.status == 404:
             raise FileNotFoundError(shown)
-        if r.status == 416:
-            return b""  # the range starts past the end: a short body, reported by the caller
-        r.raise_for_status()
-        if end is None and cap is None:
-            return await r.read()
-        if end is None:
-            body = bytearray()  # returned as it is: bytes(body) would hold the body twice
-            while len(body) < cap:  # a body longer than cap is not read further
-                block = await r.content.read(min(1 << 20, cap - len(body)))
-                if not block:
-                    break
-                body += block
-            return body
-        if r.status == 200 and start == 0 and r.content_length == end:
-            return await r.content.readexactly(end)  # the whole file was asked for: a 200 is the right answer
-        if r.status != 206:
-            raise RangeNotSupportedError(
-                f"{shown}: the server ignores HTTP Range requests (it answered {r.status} with the whole file to a "
-                f"request for bytes [{start}, {end})), so samples cannot be read by byte range. Serve the folder with a "
-                "server that honours Range (nginx, caddy, any object store), or pass cache_dir= to download whole shards")
-        served = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-        if served is None or int(served.group(1)) != start:
-            raise RangeNotSupportedError(f"{shown}: the server answered bytes {r.headers.get('Content-Range')!r} "
-                                         f"to a request for [{start}, {end})")
-        try:
-            return await r.content.readexactly(end - start)  # never more than asked for
-        except asyncio.IncompleteReadError as exc:
-            return exc.partial  # cut short: the caller retries from the first missing byte
-
-
-def open_range(src: str | io.BufferedReader, offset: int, length: int, options: StorageOptions,
-               stats: Counter, whole_get=None) -> io.BufferedReader:
-    """A buffered stream over [offset, offset + length) of a shard: a URL or local path, or
-    an open local file (which the stream takes over and closes). `whole_get`: a reader
-    class (norange.WholeGetReader) for an HTTP server that ignores Range, instead of raising."""
-    if not isinstance(src, str):
-        src.seek(offset)
-        return io.BufferedReader(_Bounded(src, length), buffer_size=READ_BUFFER)
-    if "://" not in src or src.startswith("file://"):
-        try:
-            f = open(src.removeprefix("file://"), "rb")  # noqa: SIM115 (closed by the caller)
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=src) from None
-        f.seek(offset)
-        return io.BufferedReader(_Bounded(f, length), buffer_size=READ_BUFFER)
-    return io.BufferedReader(RangeReader(src, offset, length, options, stats, whole_get), buffer_size=READ_BUFFER)
-
-
-class _Bounded(io.RawIOBase):
-    """Reads at most `length` bytes of an open file: the tar parser sees the range's end as EOF.
-    Seeks forward within the range (tarfile passes over unread members without reading them)."""
-
-    def __init__(self, f, length: int):
-        self.f, self.left = f, length
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.left)
-        if n <= 0:
-            return 0
-        got = self.f.readinto(memoryview(buf)[:n])
-        self.left -= got
-        return got
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence != io.SEEK_CUR or offset < 0:
-            raise io.UnsupportedOperation("only forward relative seeks")
-        step = min(offset, self.left)
-        self.f.seek(step, io.SEEK_CUR)
-        self.left -= step
-        return self.tell()
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
+        if response.status != 416:
+            response.raise_for_status()
+    except Exception:
+        response.close()
+        raise
+    return response

@@ -1,19 +1,26 @@
-"""Finding the manifest: index.json (bounded, checked) and the shard URLs a dataset reads."""
+"""The read path's first stage, the shard list: index.json (read bounded, checked) and the
+shard URLs a dataset reads."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
 import json
+import os
 import posixpath
+from collections import Counter
 from collections.abc import Sequence
 
 import braceexpand
 
 from .format import INDEX_NAME, Manifest
-from .remote import StorageOptions, redact
-from .wholefile import TooLargeError, read_bytes
+from .ranges import RangeReader
+from .remote import StorageOptions, protocol_of, redact
 from .tario import Limits
+
+
+class TooLargeError(ValueError):
+    """A file over the byte limit its reader was given (read_bytes' max_bytes)."""
 
 
 def _join(base: str, name: str) -> str:
@@ -68,3 +75,36 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions(), max_byte
         return Manifest.from_json(raw)
     except ValueError as exc:
         raise ValueError(f"{redact(url)}: {exc}") from None
+
+
+def read_bytes(url: str, options: StorageOptions, stats: Counter | None = None, max_bytes: int | None = None) -> bytes | bytearray:
+    """A whole (small) file, e.g. index.json, with the storage's retries. With `max_bytes`, a
+    larger file is refused (TooLargeError naming it, its size and the limit) by its size where
+    the storage tells it, before reading; in any case at most max_bytes + 1 bytes are read,
+    and held once (a file without a size, an endless body: the bound is on what is held)."""
+    if protocol_of(url) == "file":
+        with open(url.removeprefix("file://"), "rb") as f:
+            if max_bytes is None:
+                return f.read()
+            size = os.fstat(f.fileno()).st_size  # 0 for a pipe or /dev/zero: the bounded read decides
+            data = b"" if size > max_bytes else _read_at_most(f, max_bytes + 1)
+    else:
+        reader = RangeReader(url, 0, 0, options, stats if stats is not None else Counter())
+        if max_bytes is None:
+            return reader.fetch(0, None)
+        size = reader.size() or 0
+        data = b"" if size > max_bytes else reader.fetch(0, None, cap=max_bytes + 1)
+    if size > max_bytes or len(data) > max_bytes:
+        held = f"{size} bytes" if size > max_bytes else f"more than {max_bytes} bytes"
+        raise TooLargeError(f"{redact(url)}: {held}, over the limit of {max_bytes} bytes")
+    return data
+
+
+def _read_at_most(f, n: int) -> bytearray:
+    """Up to n bytes, in pieces into one growing buffer: f.read(n) reserves all n bytes first
+    (1 GiB for a 2 KB index.json), and joining a list of pieces holds the bytes twice (2 GiB
+    held for an endless file under a 1 GiB limit)."""
+    data = bytearray()
+    while len(data) < n and (piece := f.read(min(1 << 20, n - len(data)))):
+        data += piece
+    return data

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from streaming import VideoShardMapDataset, collate
 from streaming.decode import ClipDecoder
 from streaming.errors import DecodeError
-from streaming.remote import RangeReader
+from streaming.ranges import RangeReader
 
 from ..servers import upload, use_endpoint
 from .test_map_dataset import check_pixels, identity, same_item, spoil_clip

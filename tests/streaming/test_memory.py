@@ -21,7 +21,8 @@ import tracemalloc
 import pytest
 
 from streaming import VideoShardDataset
-from streaming.remote import READ_BUFFER, StorageOptions
+from streaming.ranges import READ_BUFFER
+from streaming.remote import StorageOptions
 from vidshard.synth import synth_source
 
 from ..helpers import write

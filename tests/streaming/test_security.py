@@ -187,7 +187,7 @@ def test_pickle_payload_is_never_executed(copy, tmp_path, ext):
 
 def _read_index(path: str) -> int:
     from streaming.remote import StorageOptions
-    from streaming.wholefile import read_bytes
+    from streaming.shards import read_bytes
 
     return len(read_bytes(path, StorageOptions(), max_bytes=1 << 30))
 
@@ -277,7 +277,7 @@ _FAST = StorageOptions(block_bytes=16 * 1024, backoff_s=0.01, max_backoff_s=0.05
 def test_s3_index_json_over_the_limit_is_refused(small_dataset, s3_server, monkeypatch):
     """index.json over Limits.max_index_bytes on S3: refused by the object's size before it
     is read; where the size is not known first, by reading at most the limit + 1 bytes."""
-    from streaming.remote import RangeReader
+    from streaming.ranges import RangeReader
     from streaming.tario import Limits
 
     upload(small_dataset, "bigindex", s3_server)

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from streaming import VideoShardDataset
-from streaming.remote import ShardReadError, StorageOptions
+from streaming.errors import ShardReadError
+from streaming.remote import StorageOptions
 
 from ..servers import SECRET, FaultyProxy, HTTPFileServer, upload, use_endpoint
 
@@ -228,8 +229,7 @@ def test_server_ignoring_range_streams_shards_the_cache_cannot_take(plain_http, 
 
 
 def test_a_plain_get_read_reconnects_and_delivers_exactly_its_range(plain_http, small_dataset):
-    from streaming.norange import WholeGetReader
-    from streaming.remote import open_range
+    from streaming.ranges import open_range
 
     from ..servers import FaultyProxy
 
@@ -242,7 +242,7 @@ def test_a_plain_get_read_reconnects_and_delivers_exactly_its_range(plain_http, 
     options = dataclasses.replace(FAST, timeout_s=1.0)
     with FaultyProxy(int(plain_http.rsplit(":", 1)[1]), reset_p=0.15, seed=5) as proxy:
         url = f"http://127.0.0.1:{proxy.port}/shard-000000.tar"
-        with open_range(url, offset, length, options, stats, whole_get=WholeGetReader) as f:
+        with open_range(url, offset, length, options, stats, whole_get=True) as f:
             got = b"".join(iter(lambda: f.read(7000), b""))
     assert got == raw[offset:offset + length]
     assert stats["whole_get_reads"] == 1 and proxy.resets > 0 and stats["retries"] > 0 and stats["failed_reads"] == 0
@@ -253,7 +253,7 @@ def test_a_whole_download_longer_than_index_json_never_outgrows_its_reservation(
     partial file never holds more than the size reserved for it."""
     import io
 
-    from streaming.wholefile import download
+    from streaming.ranges import download
 
     class Tracking(io.BytesIO):
         peak = 0
@@ -296,6 +296,7 @@ def test_errors_are_classified_by_type_not_by_name():
 def test_backoff_waits_are_jittered(monkeypatch):
     import socket
 
+    import streaming.ranges as ranges
     import streaming.remote as remote
 
     waits = []
@@ -304,9 +305,9 @@ def test_backoff_waits_are_jittered(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     options = StorageOptions(retries=6, backoff_s=0.1, max_backoff_s=0.4, timeout_s=1)
-    reader = remote.RangeReader(f"http://127.0.0.1:{port}/x.tar", 0, 100, options, collections.Counter())
+    reader = ranges.RangeReader(f"http://127.0.0.1:{port}/x.tar", 0, 100, options, collections.Counter())
     with pytest.raises(ShardReadError, match="failed after 7 attempt"):
-        reader._fetch(0, 100)
+        reader.fetch(0, 100)
     nominal = [0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
     assert len(waits) == 6 and all(w / 2 <= got <= w for got, w in zip(waits, nominal))
     assert len(set(waits)) == 6  # drawn, not the nominal sequence

@@ -1,0 +1,60 @@
+"""The read path's byte-range stage: a window's samples cut into runs (a pure planner)."""
+
+from __future__ import annotations
+
+import os
+
+from streaming.reading import runs
+from streaming.shards import load_manifest
+
+
+def test_runs_join_adjacent_ranges_of_one_shard_only(small_dataset):
+    manifest = load_manifest(os.path.join(small_dataset, "index.json"))
+    shard = next(i for i, s in enumerate(manifest.shards) if len(s.samples) >= 3)
+    samples = manifest.shards[shard].samples
+    other = next(i for i in range(len(manifest.shards)) if i != shard)
+    pairs = [(shard, 0), (shard, 1), (other, 0), (shard, 2), (shard, 0)]
+    got = [(r.shard, r.samples, r.start, r.end) for r in runs(manifest, pairs)]
+    first = manifest.shards[other].samples[0]
+    assert got == [(shard, [0, 1], samples[0].offset, samples[1].offset + samples[1].size),
+                   (other, [0], first.offset, first.offset + first.size),
+                   (shard, [2], samples[2].offset, samples[2].offset + samples[2].size),  # not after sample 1 in the list
+                   (shard, [0], samples[0].offset, samples[0].offset + samples[0].size)]  # backwards: a run of its own
+    assert list(runs(manifest, [])) == []
+
+
+def test_one_retry_policy_for_every_reader():
+    """remote.retry: transient faults retried (counted), a permanent one raised at once naming
+    the redacted URL, the reader's own verdicts passed through untouched, never retried."""
+    import collections
+
+    import pytest
+
+    from streaming.errors import RangeNotSupportedError, ReaderError, SampleError, ShardReadError, StorageError
+    from streaming.remote import StorageOptions, retry
+
+    assert issubclass(SampleError, ReaderError) and issubclass(StorageError, ReaderError)
+    assert not issubclass(StorageError, OSError)  # an `except OSError` for the disk never swallows it
+    options, url = StorageOptions(retries=3, backoff_s=0.001, max_backoff_s=0.002), "https://u:pw@host/a.tar?sig=s3cret"
+    stats, faults = collections.Counter(), iter([ConnectionResetError(), TimeoutError()])
+
+    def flaky():
+        fault = next(faults, None)
+        if fault:
+            raise fault
+        return b"ok"
+
+    def raising(exc):
+        def attempt():
+            raise exc
+        return attempt
+
+    assert retry(flaky, "reading bytes [0, 2)", url, options, stats) == b"ok" and stats["retries"] == 2
+    for permanent, said in ((FileNotFoundError("x"), "not found"), (PermissionError("no"), "failed after 1 attempt")):
+        with pytest.raises(ShardReadError, match=said) as info:
+            retry(raising(permanent), "reading bytes [0, 2)", url, options, stats)
+        assert "pw" not in str(info.value) and "s3cret" not in str(info.value) and "host/a.tar" in str(info.value)
+    verdict = RangeNotSupportedError("ignores Range")
+    with pytest.raises(RangeNotSupportedError) as info:
+        retry(raising(verdict), "reading bytes [0, 2)", url, options, stats)
+    assert info.value is verdict and stats["retries"] == 2 and stats["failed_reads"] == 2
