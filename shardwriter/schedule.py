@@ -131,6 +131,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
     runs_left = collections.Counter(v for v, _, _ in runs)
     results: dict[str, VideoResult] = {}
     failed: dict[str, SourceError] = {}
+    noted: set[str] = set()  # files whose runs said they were decoded from the start
     entries: dict[int, Any] = {}
     planned: dict[int, tuple[str, ...]] = {}  # shard index -> its keys, until its entry is back
     running: dict[Any, tuple[str, Any]] = {}
@@ -200,8 +201,11 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
                 raise outcome
             elif kind == "run":
                 records.update((c.key, c) for c in outcome.chunks)
-                for note in outcome.notes:
-                    log.warning("video %s: %s", what, note)
+                for note in outcome.notes:  # once per view (a raw stream's every run would say the same)
+                    path = note.partition(": ")[0]
+                    if path not in noted:
+                        noted.add(path)
+                        log.warning("video %s: %s (logged once per file)", what, note)
                 runs_left[what] -= 1
                 video_done(what)
             else:

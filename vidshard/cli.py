@@ -189,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         run(args.level, args.json, args.out_md, only_engines=args.engines, only_shuffle=args.shuffle,
             only_random_access=args.random_access, only="workers" if args.workers else "gop" if args.gop else "train_step" if args.train
-            else "sweep" if args.sweep else None)
+            else "sweep" if args.sweep else "long_video" if args.long_video else None)
     except BenchSetupError as exc:
         print(f"vidshard bench: error: {exc}", file=sys.stderr)
         return 2
@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train", action="store_true",
                    help="only: the training example's model step beside its loader: each alone, then together with the "
                         "share of time spent waiting for data")
+    b.add_argument("--long-video", action="store_true",
+                   help="only: one long 3-view video written with 1 and 2 workers (runs of chunks), and whether the bytes match")
     b.add_argument("--sweep", action="store_true",
                    help="only: one chunk-mode item's load time and memory at several max_video_frames (docs/training.md)")
     b.set_defaults(func=cmd_bench)

@@ -136,7 +136,7 @@ def memory_sweep(s: Sizes, tmp: str) -> list[dict]:
     return rows
 
 
-ONLY = {"workers": "workers", "gop": "gop", "train_step": "train_step", "sweep": "reader"}
+ONLY = {"workers": "workers", "gop": "gop", "train_step": "train_step", "sweep": "reader", "long_video": "write_split"}
 
 
 def run(level: str, json_out: str | None, md_out: str | None = None, only_engines: bool = False,
