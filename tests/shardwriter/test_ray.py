@@ -65,7 +65,7 @@ def test_workers_killed_mid_task_are_retried(local_ray, small_source, small_data
     out = str(tmp_path / "out")
     report = write(small_source, out, overlap=6, engine=engine)
     killed = sorted(os.listdir(markers))
-    assert [n for n in killed if n.startswith("video")] == [f"video-session_{i:03d}" for i in range(3)]
+    assert [n for n in killed if n.startswith("video")] == [f"video-session_{i:03d}-0" for i in range(3)]  # one run each
     assert len([n for n in killed if n.startswith("shard")]) == report.shards >= 2  # every task died once, mid-way
     assert digests(out) == digests(small_dataset)
 

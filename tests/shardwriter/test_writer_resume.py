@@ -155,7 +155,7 @@ def test_a_work_area_without_job_json_is_not_trusted(small_source, tmp_path):
         if name.endswith(".tar"):
             os.remove(os.path.join(out, name))
     os.remove(os.path.join(out, ".vidshard-work", "job.json"))  # half discarded
-    assert os.listdir(os.path.join(out, ".vidshard-work", "videos"))
+    assert os.listdir(os.path.join(out, ".vidshard-work", "runs"))
     write(small_source, out, overlap=6, encode=EncodeSettings(gop=4))  # the same keys, other bytes
     write(small_source, clean, overlap=6, encode=EncodeSettings(gop=4))
     assert digests(out) == digests(clean)
