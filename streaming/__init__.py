@@ -17,8 +17,11 @@ The read path, shard list -> byte ranges -> checked tar members -> samples -> it
     tario.py     tar members as untrusted data;  npz.py  keypoint archives as untrusted data
     items.py     a sample's JSON checked, its items' frames decoded (decode.py: checked against meta.json)
 The datasets:
-    options.py   what both datasets build first (Source, Options, the sample reader)
-    dataset.py   VideoShardDataset (streaming);  mapped.py + mapindex.py  VideoShardMapDataset
+    options.py   what they take (ReadOptions, StreamOptions, MapOptions: the one set of reader
+                 defaults) and build from it first (Source, the per-item Options, the sample reader)
+    core.py      DatasetCore: the source, item builder and epoch both datasets hold
+    dataset.py   VideoShardDataset (streaming: the epoch plan);  mapped.py + mapindex.py
+                 VideoShardMapDataset (random access: the item index)
     wds.py       the webdataset/wids stage;  collation.py  collate;  errors.py  typed errors
 
 `streaming.format` (the sample format shared with the writer) imports without torch; the
