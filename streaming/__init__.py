@@ -35,12 +35,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["VideoShardDataset", "VideoShardMapDataset", "collate", "World", "WdsItems", "wds_items"]
+__all__ = ["VideoShardDataset", "VideoShardMapDataset", "ReadOptions", "StreamOptions", "MapOptions", "collate", "World",
+           "WdsItems", "wds_items"]
 
 if TYPE_CHECKING:
     from .collation import collate
     from .dataset import VideoShardDataset
     from .mapped import VideoShardMapDataset
+    from .options import MapOptions, ReadOptions, StreamOptions
     from .wds import WdsItems, wds_items
     from .world import World
 
@@ -54,6 +56,10 @@ def __getattr__(name: str):
         from .mapped import VideoShardMapDataset
 
         return VideoShardMapDataset
+    if name in ("ReadOptions", "StreamOptions", "MapOptions"):
+        from . import options
+
+        return getattr(options, name)
     if name == "collate":
         from .collation import collate
 

@@ -80,7 +80,7 @@ def blocks(catalog: Catalog, block_bytes: int | None) -> np.ndarray:
     lengths = catalog.lengths
     shard_of = np.repeat(np.arange(len(lengths)), lengths)
     if block_bytes is None:
-        return shard_of  # one block per shard, empty shards included: the scheme before blocks
+        return shard_of  # one block per shard, empty shards included (shuffle_block="shard")
     if block_bytes < 1:
         raise ValueError(f"block_bytes must be >= 1 or None, got {block_bytes}")
     sizes = catalog.sizes

@@ -188,7 +188,7 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):
     _, change, reason = case
     edit_index(copy, change)
     outcome = isolated(construct, copy, {"cache_dir": str(tmp_path / "cache"), "on_error": "skip"})
-    assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.grown < GiB
     assert not any(name.endswith(".tar") for name in os.listdir(tmp_path) + os.listdir(os.path.dirname(copy)))
 
@@ -232,7 +232,7 @@ def test_index_counts_cannot_size_an_epoch_plan_past_memory(copy):
                                            limits=Limits(max_epoch_items=49_999))))
 
     outcome = isolated(first_item, copy)
-    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused", outcome
     assert re.search(r"lists \d+ items for an epoch, over the limit of 49999", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
 

@@ -51,7 +51,7 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):  # noqa: F811 (
     _, change, reason = case
     edit_index(copy, change)
     outcome = isolated(construct, copy, {"cache_dir": str(tmp_path / "cache"), "sample": "segment", "num_frames": 1})
-    assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.grown < GiB
 
 
@@ -60,7 +60,7 @@ def test_index_counts_cannot_size_the_item_index_past_memory(copy):  # noqa: F81
     refused on load (50,000 items under a lowered limit; the default bounds 10**8 the same way)."""
     edit_index(copy, samples_of_25_segments)
     outcome = isolated(construct, copy, {"sample": "segment", "num_frames": 1, "limits": Limits(max_epoch_items=49_999)})
-    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused", outcome
     assert re.search(r"lists \d+ items for an epoch, over the limit of 49999", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
 

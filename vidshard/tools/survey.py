@@ -78,7 +78,7 @@ def survey(source: str) -> dict[str, Any]:
         lengths[n] += 1
         chunk_frames += n
         video_seconds[meta["video_id"]] = meta["video_frames"] / meta["fps"]
-        for view, count in meta.get("keypoint_frames", {}).items():
+        for view, count in meta["keypoint_frames"].items():  # checked by sample_fields
             kpt_frames[view] += count
         for seg in segments:
             clipped += 1
