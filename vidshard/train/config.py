@@ -136,8 +136,11 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
     """Read a YAML config (None: the defaults); `overrides` = {"data.batch_size": 2, ...}."""
     raw: dict = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if key:
