@@ -21,7 +21,6 @@
     store.py     where files live: a local folder or an object store, atomic writes
     engine.py    where tasks run: one interface; the local process pool
     ray_engine.py the same interface on Ray, the code shipped with the job
-    driverio.py  what the driver process itself reads and writes
     job.py       the write job's driver: lists, plans, schedules, owns OUTPUT's life cycle
 
 The sample format is `streaming.format`, shared with the reader; nothing else of the reader

@@ -58,7 +58,7 @@ def run_shard_task(task: ShardTask) -> ShardEntry:
     work = open_store(task.work)
     record = record_name(task.name)
     if work.exists(record):
-        return _labelled(entry_from_json(json.loads(work.read(record))), task)
+        return entry_from_json(json.loads(work.read(record)))
     if not task.samples:
         raise WriterError(f"{task.name}: a shard with no samples was planned")
     digest = new_digest()
@@ -97,12 +97,3 @@ def run_shard_task(task: ShardTask) -> ShardEntry:
         work.delete(fragment_name(sample.key))
     return entry
 
-
-def _labelled(entry: ShardEntry, task: ShardTask) -> ShardEntry:
-    """A published shard's record from a vidshard before index.json listed segment labels:
-    its samples get this run's labels (the shard's bytes hold no labels, so it stays as it is).
-    A record of other samples is left to the driver's check, which refuses it."""
-    if all(s.segments is not None for s in entry.samples) or [s.key for s in entry.samples] != [p.key for p in task.samples]:
-        return entry
-    samples = [dataclasses.replace(s, segments=p.segments) for s, p in zip(entry.samples, task.samples)]
-    return dataclasses.replace(entry, samples=samples)

@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from streaming.format import ERRORS_NAME, FORMAT_VERSION, INDEX_NAME, Manifest, dumps
 
-from .driverio import DriverIO, measure, snapshot
 from .config import WriteConfig  # noqa: F401  (re-exported: `from shardwriter.job import WriteConfig`)
 from .engine import Engine, LocalEngine, run_all
 from .errors import SourceError, WriterError
@@ -55,28 +54,29 @@ class WriteReport:
     shards: int
     bytes: int  # of the shards
     skipped: list[SourceError]
-    driver: DriverIO | None = None
 
 
 EngineFactory = Callable[[int], Engine]
 
 
 def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 1, engine: EngineFactory | None = None,
-                  work_dir: str | None = None, run_frames: int | None = None) -> WriteReport:
+                  work_dir: str | None = None, on_phase: Callable[[str], None] = lambda phase: None,
+                  run_frames: int | None = None) -> WriteReport:
     """Write SOURCE's chunk samples to OUTPUT (a folder, or an object-store URL).
 
     `engine(workers)` makes the engine (default: a local process pool of `workers`);
     The plan and the spool live in OUTPUT/.vidshard-work, or with work_dir in a folder of
-    their own under it (store.work_url). `run_frames`: about how many frames an encode task
-    takes (None: plan.run_frames, from the dataset's frames and the engine's parallelism; 1: one
-    chunk per task). Like `workers`, it never changes the bytes written.
+    their own under it (store.work_url). `on_phase("ready")` once the engine is up and both
+    stores answered, `on_phase("end")` before the engine's workers exit: where the CLI and the
+    bench measure the driver's own I/O (vidshard/bench/driverio.py). `run_frames`: about how
+    many frames an encode task takes (None: plan.run_frames, from the dataset's frames and the
+    engine's parallelism; 1: one chunk per task). Like `workers`, it never changes the bytes written.
     """
     if run_frames is not None and run_frames < 1:
         raise ValueError(f"--run-frames must be >= 1, got {run_frames}")
-    marks = [snapshot()]  # [start, ready (start-up done), end]
     try:
-        report = _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), marks,
-                                run_frames)
+        return _write_dataset(source, output, config, engine or LocalEngine, workers, work_url(output, work_dir), on_phase,
+                              run_frames)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriterError(
@@ -89,12 +89,10 @@ def write_dataset(source: str, output: str, config: WriteConfig, workers: int = 
                 "system's limit); nothing partial is listed: raise the limit and re-run the same command to resume"
             ) from None
         raise
-    start, ready, end = marks[0], marks[1] if len(marks) > 2 else marks[0], marks[-1]
-    return dataclasses.replace(report, driver=measure(start, ready, end))
 
 
 def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: EngineFactory, workers: int,
-                   work_at: str, marks: list, run_frames: int | None) -> WriteReport:
+                   work_at: str, on_phase: Callable[[str], None], run_frames: int | None) -> WriteReport:
     # SOURCE and --views are checked before OUTPUT is claimed, so a corrected command just runs.
     listing = check_source(source, config.views)
     video_ids, views = list(listing.video_ids), tuple(config.views) if config.views else listing.views
@@ -107,11 +105,11 @@ def _write_dataset(source: str, output: str, config: WriteConfig, make_engine: E
         _claim_output(store, work, output, config, sources)
         engine = make_engine(workers)
         try:
-            marks.append(snapshot())  # start-up done: the engine is up, both stores answered
+            on_phase("ready")  # start-up done: the engine is up, both stores answered
             return _run(engine, source, output, work_at, store, work, config, video_ids, views, sources, run_frames)
         finally:
             # Before the pool's workers exit: Linux adds a reaped child's I/O to its parent's counters.
-            marks.append(snapshot())
+            on_phase("end")
             engine.close()
 
 

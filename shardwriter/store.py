@@ -12,7 +12,6 @@ final name, even while two attempts of one task write it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,43 +26,6 @@ from streaming.format import sha256_of
 WORK_DIR = ".vidshard-work"
 PART_BYTES = 64 << 20  # multipart part size for object stores (S3's minimum is 5 MiB)
 MIN_PART_BYTES = 5 << 20
-
-
-@dataclasses.dataclass(kw_only=True)
-class Transfer:
-    """Bytes this process moved to and from object stores (driverio reports the driver's:
-    its sockets' own counters miss connections the client has already closed)."""
-
-    read: int = 0
-    written: int = 0
-
-
-REMOTE_IO = Transfer()
-
-
-class _Counted:
-    """A file of an object store whose reads and writes are added to REMOTE_IO."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        REMOTE_IO.read += len(data)
-        return data
-
-    def write(self, data) -> int:
-        REMOTE_IO.written += len(data)
-        return self._f.write(data)
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
 
 
 def is_remote(url: str) -> bool:
@@ -166,7 +128,7 @@ class RemoteStore:
         # on close(); its __exit__ would close (complete) even on an error, so it is not used.
         f = self.fs.open(self._path(name), "wb", block_size=max(MIN_PART_BYTES, part_bytes))
         try:
-            yield _Counted(f)
+            yield f
         except BaseException:
             f.discard()  # S3: aborts the multipart upload; nothing appears under the name
             f.closed = True  # nothing left to complete (its __del__ would try)
@@ -174,20 +136,16 @@ class RemoteStore:
         f.close()
 
     def write(self, name: str, data: bytes) -> None:
-        REMOTE_IO.written += len(data)
         self.fs.pipe_file(self._path(name), data)
 
     def put_file(self, local_path: str, name: str) -> None:
-        REMOTE_IO.written += os.path.getsize(local_path)
         self.fs.put_file(local_path, self._path(name))
 
     def read(self, name: str) -> bytes:
-        data = self.fs.cat_file(self._path(name))
-        REMOTE_IO.read += len(data)
-        return data
+        return self.fs.cat_file(self._path(name))
 
     def open(self, name: str) -> IO[bytes]:
-        return _Counted(self.fs.open(self._path(name), "rb", block_size=8 << 20, cache_type="readahead"))
+        return self.fs.open(self._path(name), "rb", block_size=8 << 20, cache_type="readahead")
 
     def listing(self, prefix: str = "") -> list[str]:
         try:

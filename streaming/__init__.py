@@ -24,8 +24,11 @@ ranges on, a failure is the SampleError of the sample it concerns, which the dat
     remote.py    storage options, redaction, transient errors, the one retry policy, the one GET
     cache.py     the node's shard cache;  handles.py  open files per thread (random access)
 The datasets:
-    options.py   what both datasets build first (Source, Options, the sample reader)
-    dataset.py   VideoShardDataset (streaming);  mapped.py + mapindex.py  VideoShardMapDataset
+    options.py   what they take (ReadOptions, StreamOptions, MapOptions: the one set of reader
+                 defaults) and build from it first (Source, the per-item Options, the sample reader)
+    core.py      DatasetCore: the source, item builder and epoch both datasets hold
+    dataset.py   VideoShardDataset (streaming: the epoch plan);  mapped.py + mapindex.py
+                 VideoShardMapDataset (random access: the item index)
     wds.py       the webdataset/wids stage;  collation.py  collate;  errors.py  typed errors
 
 `streaming.format` (the sample format shared with the writer) imports without torch; the
@@ -39,12 +42,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["VideoShardDataset", "VideoShardMapDataset", "collate", "World", "WdsItems", "wds_items"]
+__all__ = ["VideoShardDataset", "VideoShardMapDataset", "ReadOptions", "StreamOptions", "MapOptions", "collate", "World",
+           "WdsItems", "wds_items"]
 
 if TYPE_CHECKING:
     from .collation import collate
     from .dataset import VideoShardDataset
     from .mapped import VideoShardMapDataset
+    from .options import MapOptions, ReadOptions, StreamOptions
     from .wds import WdsItems, wds_items
     from .world import World
 
@@ -58,6 +63,10 @@ def __getattr__(name: str):
         from .mapped import VideoShardMapDataset
 
         return VideoShardMapDataset
+    if name in ("ReadOptions", "StreamOptions", "MapOptions"):
+        from . import options
+
+        return getattr(options, name)
     if name == "collate":
         from .collation import collate
 

@@ -11,95 +11,55 @@ so every rank yields len(ds) items) as its resume state.
 
 from __future__ import annotations
 
-import collections
 import logging
-import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
+from .core import DatasetCore, retried
 from .decode import ClipDecoder
 from .errors import SampleError
-from .items import SampleInfo, build_item, parse_sample
+from .items import SampleInfo
 from .ledger import Ledger, NothingToPad, Planned, deliver
-from .options import clip_rng, open_source, sample_items, sample_reader
+from .options import StreamOptions, sample_reader
 from .order import blocks
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
-from .remote import StorageOptions, redact
+from .remote import redact
 from .resume import STATE_KEY, check_same_run, fingerprint
-from .tario import Limits
 from .units import parse_bytes
 from .world import World
 
 log = logging.getLogger("vidshard.streaming")
 
 
-class VideoShardDataset(torch.utils.data.IterableDataset):
-    """Chunk samples from vidshard shards; see docs/streaming.md for every option."""
+class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
+    """Chunk samples from vidshard shards; see docs/streaming.md for every option.
 
-    def __init__(
-        self,
-        source: str | Sequence[str],
-        *,
-        sample: str = "chunk",
-        num_frames: int | None = None,
-        stride: int = 1,
-        img_size: tuple[int, int] | None = None,
-        views: Sequence[str] | None = None,
-        load_rgb: bool = True,
-        load_kpt: bool = False,
-        shuffle: bool = True,
-        seed: int = 0,
-        shuffle_buffer: int | str = "256MB",
-        shuffle_block: int | str = "auto",
-        drop_last: bool = False,
-        on_error: str = "raise",
-        transform: Callable[[dict], dict] | None = None,
-        decode_threads: int = 1,
-        resume_from: dict | None = None,
-        videos: Sequence[str] | None = None,
-        limits: Limits = Limits(),
-        storage: StorageOptions | None = None,
-        cache_dir: str | None = None,
-        cache_limit: int | str = "50GB",
-        verify_cache: bool = True,
-    ):
-        super().__init__()
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
-        src = open_source(source, sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
-                          load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=cache_dir,
-                          cache_limit=cache_limit, verify_cache=verify_cache)
-        self.manifest, self.urls, self.storage, self.cache, self.options = src.manifest, src.urls, src.storage, src.cache, src.options
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.buffer_bytes = parse_bytes(shuffle_buffer)
-        self.block_bytes = shuffle_block_bytes(shuffle_block, self.buffer_bytes, self.storage.block_bytes)
-        self.on_error, self.transform, self.decode_threads = on_error, transform, decode_threads
-        self.limits = limits
-        self.catalog = Catalog(
-            sample_items=sample_items(self.manifest, sample, videos, limits),
-            sample_bytes=[np.array([s.size for s in sh.samples], dtype=np.int64) for sh in self.manifest.shards],
-        )
-        dataset_bytes = sum(sh.filesize for sh in self.manifest.shards)
-        if self.cache is not None and _blocks_split_shards(self.catalog, self.block_bytes) and self.cache.limit < dataset_bytes:
+    `VideoShardDataset(source, sample="segment", shuffle=False)`: the settings are those of
+    `StreamOptions` (options.py), given as keywords, as a `StreamOptions` value, or both (the
+    keywords replace the value's)."""
+
+    def __init__(self, source: str | Sequence[str], options: StreamOptions | None = None, *,
+                 resume_from: dict | None = None, **settings: Any):
+        opts = (options or StreamOptions()).replace("VideoShardDataset", settings)
+        torch.utils.data.IterableDataset.__init__(self)
+        DatasetCore.__init__(self, source, opts)
+        self.shuffle, self.drop_last, self.on_error = opts.shuffle, opts.drop_last, opts.on_error
+        self.buffer_bytes = parse_bytes(opts.shuffle_buffer)
+        self.block_bytes = shuffle_block_bytes(opts.shuffle_block, self.buffer_bytes, self.storage.block_bytes)
+        if _blocks_split_shards(self.catalog, self.block_bytes):
             # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
             # whole-shard cache smaller than the dataset keeps evicting shards it needs again and downloads a whole
             # shard for each few-MB block (measured: twice the dataset per epoch at half its size; shard / block
             # times the bytes read as shards grow). Reading those blocks by range costs what the epoch needs.
-            log.warning("cache_limit (%d bytes) is below the dataset's %d bytes: with shuffle_block=%d a cache that "
-                        "cannot hold every shard would download whole shards for a few blocks each, every epoch; "
-                        "reading by range, without the cache. To use the cache: a cache_limit that holds the dataset, "
-                        "or shuffle_block='shard' (also what a server that ignores Range requests needs; "
-                        "docs/streaming.md)", self.cache.limit, dataset_bytes, self.block_bytes)
-            self.cache = None
-        self.fingerprint = fingerprint(self.manifest, sample=sample, num_frames=num_frames, stride=stride, videos=videos)
-        # Shared with DataLoader workers (inherited at their start), so set_epoch() in the
-        # main process reaches persistent workers too.
-        self._epoch = multiprocessing.RawValue("q", 0)
-        self.stats: collections.Counter = collections.Counter()
+            self._cache_short(sum(sh.filesize for sh in self.manifest.shards),
+                              f"of the dataset: with shuffle_block={self.block_bytes} a cache that cannot hold every shard "
+                              "would download whole shards for a few blocks each, every epoch",
+                              ", or shuffle_block='shard' (also what a server that ignores Range requests needs)")
+        self.fingerprint = fingerprint(self.manifest, sample=opts.sample, num_frames=opts.num_frames, stride=opts.stride,
+                                       videos=opts.videos)
         # Resume: a merged global progress (any world shape), applied to its own epoch ...
         self._resume_from = Progress.from_json(resume_from) if resume_from else None
         if self._resume_from is not None:
@@ -110,14 +70,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         self._running: tuple[dict, World] | None = None  # the running epoch's plan spec (JSON) and partition
         self._ledger = Ledger()  # ... and where the partition stands in it
 
-    # -- epoch -------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.value = epoch
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch.value
-
+    # -- the plan ----------------------------------------------------------------------
     def spec(self, world: World) -> PlanSpec:
         """The plan of the current epoch for this world shape."""
         base = self._resume_from if self._resume_from and self._resume_from.spec.epoch == self.epoch else None
@@ -178,7 +131,7 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
         order, windows = plan.order, plan.windows(world.rank, world.worker)
         self._running, self._ledger = (spec.to_json(), world), ledger
         held = _Held(self._reader(), order)
-        decoder = ClipDecoder(threads=self.decode_threads, stats=self.stats, shared=world.in_worker)
+        decoder = self._decoder()
         logged: set[tuple] = set()
 
         def on_skip(exc: SampleError) -> None:
@@ -210,25 +163,12 @@ class VideoShardDataset(torch.utils.data.IterableDataset):
 
     def _item(self, held: _Held, position: int, epoch: int, decoder: ClipDecoder) -> dict:
         shard, index, sub = held.coordinates(position)
-        try:
-            return self._build(held, shard, index, sub, epoch, decoder)
-        except SampleError:
-            if not held.reader.recover(shard):  # the error stands: the shard itself is bad
-                raise
-            held.forget(shard)  # read from a damaged cache copy, now dropped: read again
-            return self._build(held, shard, index, sub, epoch, decoder)
 
-    def _build(self, held: _Held, shard: int, index: int, sub: int, epoch: int, decoder: ClipDecoder) -> dict:
-        url = redact(self.urls[shard])
-        sample, info = held.get(shard, index, lambda s: self._parse(s, shard, index, epoch))
-        if sub >= len(info.specs):
-            raise SampleError(f"index.json lists more items than the sample has ({len(info.specs)})", shard=url, key=sample["__key__"])
-        return build_item(sample, info, info.specs[sub], self.options, decoder, url)
+        def build() -> dict:
+            sample, info = held.get(shard, index, lambda s: self._parse(s, shard, index, epoch))
+            return self._decode(sample, info, shard, sub, decoder)
 
-    def _parse(self, sample: dict, shard: int, index: int, epoch: int) -> SampleInfo:
-        entry = self.manifest.shards[shard].samples[index]
-        rng = clip_rng(self.seed, epoch, entry.key)
-        return parse_sample(sample, entry.nframes, entry.nsegments, self.options, rng, redact(self.urls[shard]), entry.segments)
+        return retried(held.reader, shard, build, forget=lambda: held.forget(shard))
 
 
 class _Held:

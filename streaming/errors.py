@@ -73,3 +73,17 @@ class StorageError(ReaderError):
 
 class RangeNotSupportedError(StorageError):
     """An HTTP server answered a ranged GET with the whole file (status 200)."""
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be opened as asked (not one sample's problem): no index.json
+    where it was looked for, an index.json or shard list refused, options it cannot satisfy.
+    Raised as one of the two below, each also the built-in type it was before."""
+
+
+class DatasetNotFound(DatasetError, FileNotFoundError):
+    """No index.json where the source says."""
+
+
+class DatasetRefused(DatasetError, ValueError):
+    """index.json, the shard list or the options refused (the message says which and why)."""

@@ -146,9 +146,8 @@ class SampleEntry:
     nframes: int  # frames in the chunk
     nsegments: int  # timeline segments intersecting the chunk (segment-mode items)
     # [[label, frames], ...]: each of those segments in timeline order, its label and the chunk
-    # frames it covers (item labels without opening a shard). None: an index.json written before
-    # vidshard recorded them; everything but label lookups works without.
-    segments: list | None = None
+    # frames it covers (item labels without opening a shard).
+    segments: list
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -205,7 +204,9 @@ class Manifest:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
             raise ValueError("not a vidshard index.json (missing \"format\": \"vidshard\")")
         if obj.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported format_version {obj.get('format_version')!r}")
+            raise ValueError(f"index.json has format_version {repr(obj.get('format_version'))[:40]}: this reader reads "
+                             f"format_version {FORMAT_VERSION} only (write the dataset again with this vidshard, or read "
+                             "it with the vidshard that wrote it)")
         shards = []
         names: dict[str, str] = {}  # one str object per distinct label, however many segments carry it
         for s in _typed_list(obj, "shardlist"):
@@ -282,9 +283,8 @@ def check_manifest(m: Manifest) -> None:
             _check(end <= e.offset and 0 < e.size and e.offset + e.size <= s.filesize, f"{at}.offset/size", (e.offset, e.size),
                    f"a byte range after the previous sample's (ending at {end}) and inside the shard's {s.filesize} bytes")
             _check(e.nframes >= 1 and e.nsegments >= 0, f"{at}.nframes/nsegments", (e.nframes, e.nsegments), "nframes >= 1, nsegments >= 0")
-            if e.segments is not None:
-                _check(_segments_ok(e, vocabulary), f"{at}.segments", e.segments,
-                       f"{e.nsegments} [label, frames] pairs: labels of the vocabulary, frames >= 1, {e.nframes} frames in all at most")
+            _check(_segments_ok(e, vocabulary), f"{at}.segments", e.segments,
+                   f"{e.nsegments} [label, frames] pairs: labels of the vocabulary, frames >= 1, {e.nframes} frames in all at most")
             end = e.offset + e.size
 
 
@@ -340,8 +340,6 @@ def _typed(cls: type, obj: Any) -> Any:
         raise ValueError(f"{cls.__name__}: expected an object, got {type(obj).__name__}")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in obj and f.default is not dataclasses.MISSING:
-            continue  # a field added later, with its default for files written before it
         if f.name not in obj:
             raise ValueError(f"{cls.__name__}: missing field {f.name!r}")
         value = obj[f.name]

@@ -112,10 +112,9 @@ def sample_meta(sample: dict, shard: str) -> tuple[dict, list[Segment]]:
 
 
 def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng: np.random.Generator, shard: str,
-                 segments: list | None = None) -> SampleInfo:
+                 segments: list) -> SampleInfo:
     """The sample's metadata, checked against what index.json says of it (`nframes`,
-    `nsegments`, and `segments` when it lists them) before any array is sized from it, and
-    the items it yields."""
+    `nsegments`, `segments`) before any array is sized from it, and the items it yields."""
     key = sample["__key__"]
     if nframes > opts.limits.max_chunk_frames or nsegments > opts.limits.max_segments:
         raise ShardFormatError(f"index.json lists {nframes} frames / {nsegments} segments, over the limits of "
@@ -138,8 +137,7 @@ def parse_sample(sample: dict, nframes: int, nsegments: int, opts: Options, rng:
                                    f"{s.start}, before the previous one's end {end})", shard=shard, key=key,
                                    member=f"{key}.{TIMELINE}")
         end = s.end
-    if segments is not None:
-        check_segments(timeline, segments, shard, key)
+    check_segments(timeline, segments, shard, key)
     table = np.array([(s.start, s.end, opts.label_ids.get(s.label, -1)) for s in timeline], dtype=np.int64).reshape(-1, 3)
     # Only what items use stays with the window: meta.json may hold anything else, up to
     # max_json_bytes of it, and parsed JSON takes some 25 times its bytes (16 MB of "[],"

@@ -56,11 +56,11 @@ class Ledger:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Ledger:
-        """From a loader state (older states have only `yielded` and `owed`)."""
-        last_good = state.get("last_good")
-        ledger = cls(consumed=int(state["yielded"]), owed=int(state.get("owed", 0)),
+        """From a loader state (`to_state`'s fields)."""
+        last_good = state["last_good"]
+        ledger = cls(consumed=int(state["yielded"]), owed=int(state["owed"]),
                      last_good=None if last_good is None else int(last_good),
-                     skipped=tuple(sorted((str(k), int(v)) for k, v in (state.get("skipped") or {}).items())))
+                     skipped=tuple(sorted((str(k), int(v)) for k, v in state["skipped"].items())))
         if min(ledger.consumed, ledger.owed) < 0:
             raise ValueError(f"a loader state with negative counts: {state}")
         return ledger

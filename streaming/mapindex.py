@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from .format import Manifest, label_ids
+from .order import Catalog, item_coordinates
 from .sampling import chunk_label
 
 _KEY = re.compile(r"(.+)_(\d+)")  # <video_id>_<chunk>: format.sample_key
@@ -34,22 +35,11 @@ class ItemIndex:
         return int(self.shard[s]), int(self.sample[s]), int(self.item_sub[i])
 
 
-def item_index(sample_items: list[np.ndarray]) -> ItemIndex:
-    """From the per-shard item counts of each sample (`options.sample_items`)."""
-    nsamples = [len(c) for c in sample_items]
-    counts = np.concatenate(sample_items) if sample_items else np.zeros(0, np.int64)
-    first = np.cumsum(counts) - counts  # first item of each sample
-    item_sample = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    return ItemIndex(
-        shard=np.repeat(np.arange(len(sample_items), dtype=np.int32), nsamples),
-        sample=np.concatenate([np.arange(n, dtype=np.int32) for n in nsamples]) if nsamples else np.zeros(0, np.int32),
-        item_sample=item_sample,
-        item_sub=(np.arange(len(item_sample), dtype=np.int64) - first[item_sample]).astype(np.int32),
-    )
-
-
-class NoLabelsError(ValueError):
-    """index.json does not list its samples' segment labels (written before they were recorded)."""
+def item_index(catalog: Catalog) -> ItemIndex:
+    """Every item of the catalog (`core.DatasetCore.catalog`), numbered as an unshuffled epoch."""
+    item_sample, shard, sample, sub = item_coordinates(catalog, np.arange(len(catalog.items)))
+    return ItemIndex(shard=shard.astype(np.int32), sample=sample.astype(np.int32), item_sample=item_sample.astype(np.int64),
+                     item_sub=sub.astype(np.int32))
 
 
 def item_labels(index: ItemIndex, manifest: Manifest, mode: str) -> np.ndarray:
@@ -61,10 +51,6 @@ def item_labels(index: ItemIndex, manifest: Manifest, mode: str) -> np.ndarray:
     starts = np.searchsorted(index.item_sample, used)
     for s, start in zip(used.tolist(), starts.tolist()):
         entry = manifest.shards[index.shard[s]].samples[index.sample[s]]
-        if entry.segments is None:
-            raise NoLabelsError(f"index.json does not list the segment labels of sample {entry.key!r} (it was written by a "
-                                "vidshard before index.json recorded them): write the dataset again with this version "
-                                "for label_ids; reading items works as before")
         pairs = [(ids[label], frames) for label, frames in entry.segments]
         if mode == "segment":
             out[start : start + len(pairs)] = [label for label, _ in pairs]

@@ -1,19 +1,27 @@
-"""What both datasets share before the first item: the arguments checked, the manifest and
-its shard URLs, the per-item `Options`, each sample's item count, the sample reader and the
-clip-window seed. `VideoShardDataset` (streaming) and `VideoShardMapDataset` (random access)
-both build themselves from `open_source`, so the same arguments mean the same items in both.
+"""What the datasets take, and what both build from it before the first item.
+
+`ReadOptions` holds every setting both datasets share, with the one set of defaults the CLI,
+tools, bench and training example read too; `StreamOptions` and `MapOptions` add what only
+one of them takes. From a `ReadOptions`, `open_source` checks the values, loads the manifest
+and its shard URLs and makes the per-item `Options`; then each sample's item count, the
+sample reader and the clip-window seed. `VideoShardDataset` (streaming), `VideoShardMapDataset`
+(random access) and `wds_items` build themselves from `open_source`, so the same options mean
+the same items in all three.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .cache import ShardCache
+from .errors import DatasetNotFound, DatasetRefused
 from .format import KPT_EXT, META, TIMELINE, Manifest, clip_suffix, kpt_suffix, label_ids, npz_bound, video_of
+from .handles import OPEN_SHARDS
 from .items import Options
 from .reading import SampleReader
 from .remote import StorageOptions
@@ -23,6 +31,60 @@ from .tario import Limits
 from .units import parse_bytes
 
 _CLIP_STREAM = 3  # RNG stream id of clip-mode window starts
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReadOptions:
+    """The settings both datasets take (docs/streaming.md explains each), defaults included:
+    these are the only reader defaults; the CLI and the training example read them here."""
+
+    sample: str = "chunk"  # "chunk", "segment" or "clip" (sampling.MODES)
+    num_frames: int | None = None
+    stride: int = 1
+    img_size: tuple[int, int] | None = None
+    views: Sequence[str] | None = None  # None: every view of the dataset
+    load_rgb: bool = True
+    load_kpt: bool = False
+    seed: int = 0
+    transform: Callable[[dict], dict] | None = None
+    decode_threads: int = 1
+    videos: Sequence[str] | None = None  # None: every video
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    storage: StorageOptions | None = None
+    cache_dir: str | None = None
+    cache_limit: int | str = "50GB"
+    verify_cache: bool = True
+
+    def replace(self, owner: str, settings: dict[str, Any]):
+        """These options with `settings` (a dataset's keyword arguments) in place; a TypeError
+        naming `owner` for a setting it does not take."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise TypeError(f"{owner} got unexpected keyword argument(s) {unknown}")
+        return dataclasses.replace(self, **settings)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamOptions(ReadOptions):
+    """`VideoShardDataset`'s: the shared settings, and the epoch plan's."""
+
+    shuffle: bool = True
+    shuffle_buffer: int | str = "256MB"
+    shuffle_block: int | str = "auto"
+    drop_last: bool = False
+    on_error: str = "raise"  # or "skip"
+
+    def __post_init__(self):
+        if self.on_error not in ("raise", "skip"):
+            raise DatasetRefused(f'on_error must be "raise" or "skip", got {self.on_error!r}')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MapOptions(ReadOptions):
+    """`VideoShardMapDataset`'s: the shared settings, and the open files kept per thread."""
+
+    open_shards: int = OPEN_SHARDS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,42 +98,52 @@ class Source:
     options: Options
 
 
-def open_source(
-    source: str | Sequence[str], *, sample: str, num_frames: int | None, stride: int, img_size: tuple[int, int] | None,
-    views: Sequence[str] | None, load_rgb: bool, load_kpt: bool, limits: Limits, storage: StorageOptions | None,
-    cache_dir: str | None, cache_limit: int | str, verify_cache: bool,
-) -> Source:
-    """Check the arguments (ValueError showing the values), load index.json and bound its counts."""
+def open_source(source: str | Sequence[str], opts: ReadOptions) -> Source:
+    """Check the options (ValueError showing the values), load index.json and bound its counts."""
+    sample, num_frames, views, limits = opts.sample, opts.num_frames, opts.views, opts.limits
     if sample not in MODES:
-        raise ValueError(f"sample must be one of {MODES}, got {sample!r}")
+        raise DatasetRefused(f"sample must be one of {MODES}, got {sample!r}")
     if sample == "clip" and num_frames is None:
-        raise ValueError('sample="clip" needs num_frames')
-    if not (load_rgb or load_kpt):
-        raise ValueError("nothing to load: set load_rgb and/or load_kpt")
-    storage = storage or StorageOptions()
-    manifest, urls = resolve_source(source, storage, limits)
+        raise DatasetRefused('sample="clip" needs num_frames')
+    if not (opts.load_rgb or opts.load_kpt):
+        raise DatasetRefused("nothing to load: set load_rgb and/or load_kpt")
+    storage = opts.storage or StorageOptions()
+    manifest, urls = load_index(source, storage, limits)
     check_counts(manifest, limits)
-    cache = ShardCache(cache_dir, parse_bytes(cache_limit), verify_cache) if cache_dir else None
+    cache = ShardCache(opts.cache_dir, parse_bytes(opts.cache_limit), opts.verify_cache) if opts.cache_dir else None
     views = tuple(views) if views is not None else tuple(manifest.views)
     unknown = [v for v in views if v not in manifest.views]
     if unknown or not views:
-        raise ValueError(f"views {unknown or list(views)} not in the dataset's views {manifest.views}")
-    if load_kpt and not manifest.keypoints:
-        raise ValueError("load_kpt=True, but the dataset was written without keypoints")
+        raise DatasetRefused(f"views {unknown or list(views)} not in the dataset's views {manifest.views}")
+    if opts.load_kpt and not manifest.keypoints:
+        raise DatasetRefused("load_kpt=True, but the dataset was written without keypoints")
     options = Options(
         mode=sample,
         num_frames=num_frames,
-        stride=stride,
-        img_size=tuple(img_size) if img_size else None,
+        stride=opts.stride,
+        img_size=tuple(opts.img_size) if opts.img_size else None,
         views=views,
-        load_rgb=load_rgb,
-        load_kpt=load_kpt,
+        load_rgb=opts.load_rgb,
+        load_kpt=opts.load_kpt,
         label_ids=label_ids(manifest.labels),
         limits=limits,
         keypoint_schema=manifest.keypoints,
         chunking=(manifest.max_video_frames, manifest.overlap),
     )
     return Source(manifest=manifest, urls=urls, storage=storage, cache=cache, options=options)
+
+
+def load_index(source: str | Sequence[str], storage: StorageOptions | None = None,
+               limits: Limits = Limits()) -> tuple[Manifest, list[str]]:
+    """index.json and the shard URLs (`shards.resolve_source`), its refusals typed: no index.json
+    is a DatasetNotFound, an index.json or shard list refused a DatasetRefused (the message
+    names it). Every ValueError of the load is a deliberate refusal of the input."""
+    try:
+        return resolve_source(source, storage or StorageOptions(), limits)
+    except FileNotFoundError as exc:
+        raise DatasetNotFound(str(exc)) from None
+    except ValueError as exc:
+        raise DatasetRefused(str(exc)) from None
 
 
 def sample_items(manifest: Manifest, mode: str, videos: Sequence[str] | None, limits: Limits) -> list[np.ndarray]:
@@ -88,7 +160,7 @@ def sample_items(manifest: Manifest, mode: str, videos: Sequence[str] | None, li
     counts = [np.array([items(s) for s in sh.samples], dtype=np.int64) for sh in manifest.shards]
     total = sum(int(a.sum()) for a in counts)
     if total > limits.max_epoch_items:
-        raise ValueError(f"index.json lists {total} items for an epoch, over the limit of {limits.max_epoch_items} "
+        raise DatasetRefused(f"index.json lists {total} items for an epoch, over the limit of {limits.max_epoch_items} "
                          "(streaming.tario.Limits.max_epoch_items)")
     return counts
 
@@ -128,6 +200,6 @@ def check_counts(manifest: Manifest, limits: Limits) -> None:
     for shard in manifest.shards:
         for s in shard.samples:
             if s.nframes > limits.max_chunk_frames or s.nsegments > limits.max_segments:
-                raise ValueError(f"index.json lists {s.nframes} frames / {s.nsegments} segments for sample {s.key!r} of "
+                raise DatasetRefused(f"index.json lists {s.nframes} frames / {s.nsegments} segments for sample {s.key!r} of "
                                  f"{shard.url!r}, over the limits of {limits.max_chunk_frames} / {limits.max_segments} "
                                  "(streaming.tario.Limits)")

@@ -80,7 +80,7 @@ def blocks(catalog: Catalog, block_bytes: int | None) -> np.ndarray:
     lengths = catalog.lengths
     shard_of = np.repeat(np.arange(len(lengths)), lengths)
     if block_bytes is None:
-        return shard_of  # one block per shard, empty shards included: the scheme before blocks
+        return shard_of  # one block per shard, empty shards included (shuffle_block="shard")
     if block_bytes < 1:
         raise ValueError(f"block_bytes must be >= 1 or None, got {block_bytes}")
     sizes = catalog.sizes
@@ -105,13 +105,22 @@ def epoch_order(catalog: Catalog, *, epoch: int, seed: int, shuffle: bool, block
         samples = np.repeat(start[perm] - (np.cumsum(run) - run), run) + np.arange(int(run.sum()))
     else:
         samples = np.arange(len(block_of))
+    item_sample, shard_of, in_shard, sub = item_coordinates(catalog, samples)
+    return EpochOrder(shard=shard_of[item_sample], sample=in_shard[item_sample], sub=sub)
+
+
+def item_coordinates(catalog: Catalog, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The items of `samples` (flat sample numbers, in this order), each sample's items in
+    turn: (per item, its sample's place in `samples`; per sample, its shard and its place in
+    the shard; per item, its place among its sample's items). The epoch order and the map
+    index (`mapindex.py`) both number items this way."""
     lengths = catalog.lengths
     shard_of = np.repeat(np.arange(len(lengths)), lengths)[samples]
     in_shard = samples - catalog.first_sample[shard_of]
     counts = catalog.items[samples]
     item_sample = np.repeat(np.arange(len(samples)), counts)
     sub = np.arange(len(item_sample)) - np.repeat(np.cumsum(counts) - counts, counts)
-    return EpochOrder(shard=shard_of[item_sample], sample=in_shard[item_sample], sub=sub)
+    return item_sample, shard_of, in_shard, sub
 
 
 def items_per_rank(total: int, world_size: int, drop_last: bool) -> int:

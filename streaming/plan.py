@@ -44,7 +44,7 @@ class PlanSpec:
     buffer_bytes: int  # a window's encoded bytes, at most (or one larger sample)
     world_size: int
     num_workers: int
-    block_bytes: int | None = None  # shuffle blocks; None: whole shards (the scheme before blocks)
+    block_bytes: int | None = None  # shuffle blocks; None: whole shards (shuffle_block="shard")
     fingerprint: dict[str, Any] | None = None  # what the catalog was built from; the planner ignores it
     base: Progress | None = None  # the interrupted plan this one continues, if any
 

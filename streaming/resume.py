@@ -65,9 +65,9 @@ def _shown(field: str, value: Any) -> str:
 
 def check_same_run(saved: PlanSpec, current: PlanSpec) -> None:
     """Raise ResumeMismatch naming the first order-deciding setting that differs."""
-    if saved.fingerprint is None:  # first: such a state also predates fields (shuffle_block) it would be refused for
-        raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (saved by an older "
-                             "vidshard): it cannot be checked against this dataset, start the epoch afresh")
+    if saved.fingerprint is None:  # a plan spec made by hand (plan.PlanSpec's default): nothing to check it by
+        raise ResumeMismatch("the resume state has no fingerprint of its dataset and settings (not one a "
+                             "VideoShardDataset saved): it cannot be checked against this dataset, start the epoch afresh")
     for field, option in _ORDER_SETTINGS.items():
         if getattr(saved, field) != getattr(current, field):
             raise ResumeMismatch(f"the resume state was saved with {option}={_shown(field, getattr(saved, field))}, this "

@@ -32,7 +32,7 @@ from typing import Any
 from .decode import ClipDecoder
 from .errors import SampleError, ShardFormatError
 from .items import build_item, parse_sample
-from .options import Source, clip_rng, member_limit, open_source, wanted_members
+from .options import ReadOptions, Source, clip_rng, member_limit, open_source, wanted_members
 from .remote import StorageOptions, redact
 from .tario import Limits, kind_limit
 from .world import World
@@ -49,9 +49,8 @@ class WdsItems:
                  limits: Limits = Limits(), storage: StorageOptions | None = None):
         if on_error not in ("raise", "skip"):
             raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
-        self.settings = dict(sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
-                             load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage, cache_dir=None,
-                             cache_limit=0, verify_cache=True)
+        self.settings = ReadOptions(sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
+                                    load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage)
         self.source, self.seed, self.on_error, self.decode_threads = source, seed, on_error, decode_threads
         self._epoch = multiprocessing.RawValue("q", 0)  # inherited by DataLoader workers, as VideoShardDataset's
         self.stats: collections.Counter = collections.Counter()
@@ -110,7 +109,7 @@ class WdsItems:
     def _folder(self, source: str) -> _Folder:
         folder = self._folders.get(source)
         if folder is None:
-            src = open_source(source, **self.settings)
+            src = open_source(source, self.settings)
             where = {e.key: (s, i) for s, shard in enumerate(src.manifest.shards) for i, e in enumerate(shard.samples)}
             folder = self._folders[source] = _Folder(name=redact(source or "."), src=src, where=where)
         return folder

@@ -9,12 +9,14 @@ import signal
 import sys
 from fractions import Fraction
 
-from streaming.errors import SampleError
+from streaming.errors import DatasetError, SampleError, StorageError
 from streaming.units import parse_bytes
 
 from shardwriter.config import WriteConfig
 from shardwriter.encode import EncodeSettings
 from shardwriter.errors import WriterError
+
+from vidshard.errors import CommandError, SettingError
 
 log = logging.getLogger("vidshard")
 
@@ -63,19 +65,23 @@ def _bytes(text: str) -> int:
 
 def cmd_write(args: argparse.Namespace) -> int:
     from shardwriter.job import write_dataset
+    from vidshard.bench.driverio import DriverMeter
 
     config = _write_config(args)
+    if args.run_frames is not None and args.run_frames < 1:  # (scheduling, not a setting of the bytes: not in WriteConfig)
+        raise SettingError(f"--run-frames must be >= 1, got {args.run_frames}")
     engine = None
     if args.engine == "ray":
         from shardwriter.ray_engine import ray_engine
 
         engine = ray_engine(address=args.ray_address, num_cpus_per_task=args.num_cpus_per_task)
+    meter = DriverMeter()
     report = write_dataset(args.source, args.output, config, workers=args.workers, engine=engine, work_dir=args.work_dir,
-                           run_frames=args.run_frames)
+                           on_phase=meter.mark, run_frames=args.run_frames)
     print(f"{report.videos} videos -> {report.chunks} chunks in {report.shards} shards ({report.bytes} bytes) under "
           f"{args.output}" + (f"; {len(report.skipped)} skipped (errors.json)" if report.skipped else ""))
-    d = report.driver
-    if d is not None:  # the driver plans; the tasks move the media
+    if "end" in meter.marks:  # the driver plans; the tasks move the media (nothing to say of a finished dataset)
+        d = meter.result()
         print(f"driver I/O during the job: {d.total_bytes} bytes (files and pipes: read {d.read_bytes}, wrote "
               f"{d.written_bytes}; TCP: received {d.socket_received_bytes}, sent {d.socket_sent_bytes}; object store: "
               f"read {d.store_read_bytes}, wrote {d.store_written_bytes}); start-up apart: read {d.startup_read_bytes}, "
@@ -84,6 +90,13 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def _write_config(args: argparse.Namespace):
+    try:
+        return _settings(args)
+    except ValueError as exc:  # WriteConfig's checks of the settings (and only those): the user's to fix
+        raise SettingError(str(exc)) from None
+
+
+def _settings(args: argparse.Namespace):
     return WriteConfig(
         max_video_frames=args.max_video_frames,
         overlap=args.overlap,
@@ -238,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("source", help="SOURCE folder (videos/, annotations/, keypoints/)")
     c.add_argument("--max-video-frames", type=int, default=None,
                    help="as write will be given (chunk counts and sizes are checked against the reader's limits)")
-    c.add_argument("--overlap", type=int, default=0)
+    c.add_argument("--overlap", type=int, default=WriteConfig.overlap)
     c.add_argument("--views", type=_views, default=None, help="comma-separated views, as write will be given")
     c.add_argument("--resize", type=_size, default=None, help="WIDTHxHEIGHT, as write will be given")
     c.add_argument("--no-autorotate", action="store_true")
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         # pointed at /dev/null so that the interpreter's own flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE  # what a shell reports for a writer a closed pipe stopped
-    except (WriterError, SampleError, ValueError, KeyError, FileNotFoundError) as exc:  # SampleError: a bad shard (tools)
+    except (WriterError, SampleError, DatasetError, StorageError, CommandError) as exc:  # SampleError: a bad shard (tools)
+        # The typed errors of what was asked (a setting, the source, a dataset, a shard): one line. Anything
+        # else (a KeyError deep in a tool, say) is a bug and shows as one, with its traceback.
         from streaming.remote import redact
 
         print(f"vidshard {args.command}: error: {redact(str(exc))}", file=sys.stderr)  # messages name URLs

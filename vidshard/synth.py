@@ -21,6 +21,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from vidshard.errors import SettingError
+
 GRID = 4
 LEVELS = np.array([32, 96, 160, 224], dtype=np.uint8)  # digit d -> grey level; 64 apart
 FRAME_DIGITS, VIEW_DIGITS, CHECK_DIGITS = 10, 2, 4
@@ -241,7 +243,7 @@ def synth_source(
     are those of the view as displayed."""
     unknown = set(quirks or {}) - set(views)
     if unknown:
-        raise ValueError(f"quirks for views {sorted(unknown)}, which are not among {list(views)}")
+        raise SettingError(f"quirks for views {sorted(unknown)}, which are not among {list(views)}")
     ids = [f"session_{i:03d}" for i in range(videos)]
     for i, vid in enumerate(ids):
         rng = np.random.default_rng([seed, i])

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 
+import yaml
+
 from vidshard.demo import run_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_demo_streams_and_learns(tmp_path, capsys):
-    text = open(os.path.join(ROOT, "configs", "demo.yaml")).read()
-    text = text.replace("work_dir: demo-out", f"work_dir: {tmp_path / 'demo'}").replace("frames: 600", "frames: 300")
+    raw = yaml.safe_load(open(os.path.join(ROOT, "configs", "demo.yaml")))
+    raw["work_dir"] = str(tmp_path / "demo")
+    raw.setdefault("source", {})["frames"] = 300
     config = tmp_path / "demo.yaml"
-    config.write_text(text)
+    config.write_text(yaml.safe_dump(raw))
     result = run_demo(str(config))
     assert result["items"] == result["chunks"] == 12  # 6 videos x 300 frames / 200-frame chunks, every chunk once
     losses, accuracy = result["epoch_loss"], result["val_acc"]

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan
 from vidshard.synth import synth_source
@@ -88,10 +89,11 @@ def test_training_checkpoint_resume_continue(tmp_path):
     synth_source(str(tmp_path / "src"), videos=4, frames=120, size=(96, 96))
     write(str(tmp_path / "src"), str(shards), max_video_frames=40, shard_bytes=10**6)
     config = tmp_path / "tiny.yaml"
-    text = open(os.path.join(ROOT, "configs", "train_tiny.yaml")).read()
-    text = text.replace("work_dir: demo-out", f"work_dir: {work}").replace("shards: demo-out/shards", f"shards: {shards}")
+    raw = yaml.safe_load(open(os.path.join(ROOT, "configs", "train_tiny.yaml")))
+    raw["work_dir"], raw["data"]["shards"] = str(work), str(shards)
     # fp32: bf16 autocast on a CPU without bf16 units is 5x slower, and precision plays no part here.
-    config.write_text(text.replace("precision: bf16", "precision: 32"))
+    raw["trainer"]["precision"] = 32
+    config.write_text(yaml.safe_dump(raw))
     cfg = load_config(str(config))
     per_step = cfg.data.batch_size * cfg.train.accumulate_grad_batches
     # What an uninterrupted run's loader yields over 4 steps (the model plays no part in it).

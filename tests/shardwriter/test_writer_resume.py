@@ -103,30 +103,6 @@ def test_interrupted_run_resumes_from_its_plan(small_source, small_dataset, tmp_
     assert digests(out) == digests(small_dataset)
 
 
-def test_a_run_left_by_a_writer_without_segment_labels_resumes(small_source, small_dataset, tmp_path):
-    """Encode and shard records of a vidshard from before index.json listed segment labels
-    lack them: the videos are encoded again, a published shard's record gets this run's
-    labels, and the output (index.json included) is the same bytes."""
-    out = str(tmp_path / "out")
-    with pytest.raises(Stop):
-        write(small_source, out, overlap=6, engine=StopAfterFirstShard)
-    videos = os.path.join(out, ".vidshard-work", "videos")
-    for name in os.listdir(videos):
-        record = json.load(open(os.path.join(videos, name)))
-        for chunk in record["chunks"]:
-            del chunk["segments"]
-        json.dump(record, open(os.path.join(videos, name), "w"))
-    shards = os.path.join(out, ".vidshard-work", "shards")
-    assert os.listdir(shards)  # the interrupted run published a shard
-    for name in os.listdir(shards):
-        record = json.load(open(os.path.join(shards, name)))
-        for sample in record["samples"]:
-            del sample["segments"]
-        json.dump(record, open(os.path.join(shards, name), "w"))
-    write(small_source, out, overlap=6)
-    assert digests(out) == digests(small_dataset)
-
-
 def test_a_shard_record_with_other_samples_is_refused(small_source, small_dataset, tmp_path):
     """A resumed run keeps a published shard only if it holds exactly the samples this run
     puts in it (never a shard whose name merely exists)."""

@@ -148,19 +148,25 @@ def meta_view_height_infinity(key, data):
     return json.dumps(meta).encode()
 
 
+MANY_SEGMENTS = 30  # the most index.json's `segments` let a 30-frame sample list: one per frame
+
+
 def many_segments(path: str) -> str:
-    """5,000 segments over the first sample's 30 frames, each one of its segment-mode items
-    (index.json agrees): 400 KB of timeline.json, under max_segments and max_json_bytes.
-    index.json is written as before it listed samples' segments: with them, 5,000 segments of
-    30 frames cannot fit a 30-frame sample and index.json itself is refused on load."""
+    """30 segments, each over all of the first sample's 30 frames, each one of its
+    segment-mode items (index.json agrees on their number and labels: one frame each)."""
     def change(key, data):
         timeline = json.loads(data)
         first = timeline["segments"][0]
-        timeline["segments"] = [{**first, "start": 0, "end": 30} for _ in range(5000)]
+        timeline["segments"] = [{**first, "start": 0, "end": 30} for _ in range(MANY_SEGMENTS)]
         return json.dumps(timeline).encode()
 
+    def agree(index):
+        set_sample("nsegments", MANY_SEGMENTS)(index)
+        sample = index["shardlist"][0]["samples"][0]
+        sample["segments"] = [[sample["segments"][0][0], 1] for _ in range(MANY_SEGMENTS)]
+
     key = change_first(path, replace("timeline.json", change))
-    edit_index(path, without_segments(set_sample("nsegments", 5000)))
+    edit_index(path, agree)
     return key
 
 
@@ -268,12 +274,12 @@ def set_sample(field, value):
     return change
 
 
-def without_segments(change):
-    """`change` on an index.json written before samples listed their segments' labels."""
-    def edit(index):
-        change(index)
-        del index["shardlist"][0]["samples"][0]["segments"]
-    return edit
+def samples_of_25_segments(index):
+    """The first shard as 2,000 samples of 25 one-frame segments each: 50,000 segment items."""
+    entry, label = index["shardlist"][0], index["labels"][0]
+    entry["samples"] = [dict(key=f"v_{i:05d}", offset=i * 1024, size=1024, nframes=25, nsegments=25,
+                             segments=[[label, 1]] * 25) for i in range(2000)]
+    entry.update(nsamples=2000, nframes=2000 * 25, nsegments=2000 * 25, filesize=2000 * 1024)
 
 
 def set_keypoint_dtype(index):

@@ -16,14 +16,16 @@ import zlib
 import pytest
 
 from streaming import VideoShardDataset
+from streaming.format import Limits
 
 from ..helpers import members_of, rebuild_shard
 from .hostile_shards import (
-    GiB, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
+    GiB, MANY_SEGMENTS, bzip2_bomb, change_first, deflate_bomb, edit_index, encrypted_entries, insert_middle, long_name_chain,
     long_name_first, many_segments, meta_start_frame_1e19, meta_view_height_infinity, meta_views_8192_squared, meta_with,
-    npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, set_first, set_keypoint_dtype,
+    npz_declaring_huge_shape, pax_sparse_map_not_numbers, rename_members, replace, samples_of_25_segments, set_first,
+    set_keypoint_dtype,
     set_sample, shard_copied_under_another_name, shard_listed_twice, key_in_two_shards, symlink, timeline_segment_moved_back,
-    timeline_span, unchunked, without_segments, zip_declaring_1gib, zip_of,
+    timeline_span, unchunked, zip_declaring_1gib, zip_of,
 )
 from .sandbox import isolated
 from .test_claims import CLAIM_CASES
@@ -171,7 +173,6 @@ INDEX_CASES = [
     ("shard-listed-twice", shard_listed_twice, r"shardlist\[3\]\.url is 'shard-000000\.tar', expected a shard listed once"),
     ("shard-copied-under-another-name", shard_copied_under_another_name, r"shardlist\[3\]\.sha256 .* expected a shard listed once"),
     ("key-in-two-shards", key_in_two_shards, r"shardlist\[1\]\.samples\[0\]\.key .* distinct across the dataset"),
-    ("nsegments-1e12", without_segments(set_sample("nsegments", 10**12)), r"1000000000000 segments for sample .* over the limits"),
     ("nsegments-1e12-labelled", set_sample("nsegments", 10**12),
      r"shardlist\[0\]\.samples\[0\]\.segments is .* expected 1000000000000 \[label, frames\] pairs"),
     ("keypoint-dtype-object", set_keypoint_dtype, r"keypoints\['sam3d_body\.frame'\]"),
@@ -187,7 +188,7 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):
     _, change, reason = case
     edit_index(copy, change)
     outcome = isolated(construct, copy, {"cache_dir": str(tmp_path / "cache"), "on_error": "skip"})
-    assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.grown < GiB
     assert not any(name.endswith(".tar") for name in os.listdir(tmp_path) + os.listdir(os.path.dirname(copy)))
 
@@ -219,31 +220,29 @@ def test_a_hostile_keypoint_schema_cannot_size_the_reads(copy):
 
 
 def test_index_counts_cannot_size_an_epoch_plan_past_memory(copy):
-    """Every sample under max_segments, but 2,000 samples of 100,000 segments each: 2 * 10**8
-    items, whose epoch plan is several 1.6 GB arrays, from 180 KB of index.json. Refused on
-    load (it was a MemoryError when a worker planned its epoch)."""
-    def many_segments(index):
-        entry = index["shardlist"][0]
-        entry["samples"] = [dict(key=f"v_{i:05d}", offset=i * 1024, size=1024, nframes=1, nsegments=100_000) for i in range(2000)]
-        entry.update(nsamples=2000, nframes=2000, nsegments=2000 * 100_000, filesize=2000 * 1024)
-
-    edit_index(copy, many_segments)
+    """Every sample under max_segments, but more items in all than Limits.max_epoch_items
+    (each is several int64s in every worker's epoch plan): refused on load (it was a
+    MemoryError when a worker planned its epoch). index.json lists each segment's label, one
+    frame at least each, so the items here are 2,000 samples x 25 segments, under a lowered
+    limit; the default limit bounds 10**8 items the same way."""
+    edit_index(copy, samples_of_25_segments)
 
     def first_item(path):
-        return next(iter(VideoShardDataset(path, sample="segment", num_frames=1, on_error="skip")))
+        return next(iter(VideoShardDataset(path, sample="segment", num_frames=1, on_error="skip",
+                                           limits=Limits(max_epoch_items=49_999))))
 
     outcome = isolated(first_item, copy)
-    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
-    assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused", outcome
+    assert re.search(r"lists \d+ items for an epoch, over the limit of 49999", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
 
 
 def test_overlapping_segments_are_refused_before_they_cost_items_squared(copy):
-    """5,000 segments over one sample's 30 frames, all of them items (index.json agrees): each
-    item's frame labels took a pass over every segment, 25 million passes for the sample
-    (killed after 10 s). Timelines are sorted and disjoint (as the writer makes them): refused
-    at once. With "skip" the sample's 5,000 items are still owed 5,000 repeats: linear work,
-    given more time."""
+    """Segments over one sample's frames, all of them items (index.json agrees): each item's
+    frame labels took a pass over every segment (5,000 segments were 25 million passes, when
+    index.json could leave their labels out). Timelines are sorted and disjoint (as the
+    writer makes them): refused at once. With "skip" the sample's items are still owed
+    repeats."""
     key = many_segments(copy)
     kwargs = {"sample": "segment", "num_frames": 2, **KPT}
     raised = isolated(epoch, copy, "raise", kwargs)
@@ -252,7 +251,7 @@ def test_overlapping_segments_are_refused_before_they_cost_items_squared(copy):
     assert raised.fields["member"].endswith(".timeline.json") and raised.seconds < 10
     skipped = isolated(epoch, copy, "skip", kwargs, timeout=120)
     assert skipped.kind == "ok" and skipped.value["items"] == skipped.value["len"], skipped
-    assert skipped.value["skipped"] == {"format": 5000} and key not in skipped.value["keys"]
+    assert skipped.value["skipped"] == {"format": MANY_SEGMENTS} and key not in skipped.value["keys"]
 
 
 def test_meta_json_extras_are_not_held_with_the_window(copy):

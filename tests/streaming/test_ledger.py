@@ -54,12 +54,11 @@ def test_raise_policy_stops_at_the_first_failure():
         next(items)
 
 
-def test_state_round_trip_and_older_states():
+def test_state_round_trip():
     ledger = Ledger(consumed=7, owed=2, last_good=5, skipped=(("format", 1), ("read", 1)))
     assert Ledger.from_state(ledger.to_state()) == ledger
-    assert Ledger.from_state({"yielded": 3, "owed": 1}) == Ledger(consumed=3, owed=1)
     with pytest.raises(ValueError, match="negative"):
-        Ledger.from_state({"yielded": -1})
+        Ledger.from_state({**Ledger().to_state(), "yielded": -1})
 
 
 @given(st.lists(st.booleans(), min_size=1, max_size=40).filter(any), st.data())

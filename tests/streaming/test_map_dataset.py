@@ -15,7 +15,6 @@ import torch
 
 from streaming import VideoShardDataset, VideoShardMapDataset
 from streaming.errors import DecodeError, ShardFormatError, ShardReadError
-from streaming.mapindex import NoLabelsError
 from streaming.sampling import chunk_label
 from vidshard.synth import read_barcode
 from vidshard.tools.verify import verify
@@ -171,21 +170,30 @@ def test_indices_of_walks_a_video_across_shards_in_frame_order(map_dataset):
         ds.indices_of("session_000")  # not among videos=
 
 
-def test_index_written_before_labels_still_reads(map_dataset, tmp_path):
+def test_index_without_segment_labels_is_refused(map_dataset, tmp_path):
+    """`segments` is a required field of format_version 1: a sample without it is refused on
+    load, naming the field (no reader path for an index.json that lacks it)."""
     old = str(tmp_path / "old")
     shutil.copytree(map_dataset, old)
     path = os.path.join(old, "index.json")
     index = json.load(open(path))
-    for shard in index["shardlist"]:
-        for s in shard["samples"]:
-            del s["segments"]
+    del index["shardlist"][0]["samples"][0]["segments"]
     json.dump(index, open(path, "w"))
-    ds = VideoShardMapDataset(old, sample="segment", num_frames=2)
-    with pytest.raises(NoLabelsError, match="write the dataset again"):
-        ds.label_ids
-    check_pixels(ds[3])
-    assert len(ds.indices_of("session_000")) > 0
-    assert len(list(VideoShardDataset(old, sample="segment", num_frames=2, load_rgb=False, load_kpt=True))) == len(ds)
+    with pytest.raises(ValueError, match="SampleEntry: missing field 'segments'"):
+        VideoShardMapDataset(old, sample="segment", num_frames=2)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_an_unknown_format_version_is_refused_naming_the_one_read(map_dataset, tmp_path, version):
+    other = str(tmp_path / "other")
+    shutil.copytree(map_dataset, other)
+    path = os.path.join(other, "index.json")
+    index = json.load(open(path))
+    index["format_version"] = version
+    json.dump(index, open(path, "w"))
+    for cls in (VideoShardMapDataset, VideoShardDataset):
+        with pytest.raises(ValueError, match=f"format_version {version!r}: this reader reads format_version 1 only"):
+            cls(other)
 
 
 def edit_index(src: str, dst: str, edit) -> str:

@@ -11,8 +11,9 @@ import re
 import pytest
 
 from streaming import VideoShardMapDataset
+from streaming.format import Limits
 
-from .hostile_shards import GiB, edit_index, many_segments
+from .hostile_shards import GiB, edit_index, many_segments, samples_of_25_segments
 from .sandbox import isolated
 from .test_hostile import INDEX_CASES, KPT, SAMPLE_CASES
 from .test_hostile import copy  # noqa: F401 (the fixture: a private copy of the small dataset)
@@ -50,28 +51,23 @@ def test_hostile_index_is_refused_on_load(copy, tmp_path, case):  # noqa: F811 (
     _, change, reason = case
     edit_index(copy, change)
     outcome = isolated(construct, copy, {"cache_dir": str(tmp_path / "cache"), "sample": "segment", "num_frames": 1})
-    assert outcome.kind == "error" and outcome.error == "ValueError" and re.search(reason, outcome.message), outcome
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused" and re.search(reason, outcome.message), outcome
     assert outcome.seconds < 10 and outcome.grown < GiB
 
 
 def test_index_counts_cannot_size_the_item_index_past_memory(copy):  # noqa: F811 (the fixture)
-    """2,000 samples of 100,000 segments each: 2 * 10**8 items, whose item index is several
-    1.6 GB arrays, from 180 KB of index.json. Refused on load (Limits.max_epoch_items)."""
-    def many_segments(index):
-        entry = index["shardlist"][0]
-        entry["samples"] = [dict(key=f"v_{i:05d}", offset=i * 1024, size=1024, nframes=1, nsegments=100_000) for i in range(2000)]
-        entry.update(nsamples=2000, nframes=2000, nsegments=2000 * 100_000, filesize=2000 * 1024)
-
-    edit_index(copy, many_segments)
-    outcome = isolated(construct, copy, {"sample": "segment", "num_frames": 1})
-    assert outcome.kind == "error" and outcome.error == "ValueError", outcome
-    assert re.search(r"lists \d+ items for an epoch, over the limit of 100000000", outcome.message), outcome.message
+    """More items than Limits.max_epoch_items (each several int64s of the item index):
+    refused on load (50,000 items under a lowered limit; the default bounds 10**8 the same way)."""
+    edit_index(copy, samples_of_25_segments)
+    outcome = isolated(construct, copy, {"sample": "segment", "num_frames": 1, "limits": Limits(max_epoch_items=49_999)})
+    assert outcome.kind == "error" and outcome.error == "DatasetRefused", outcome
+    assert re.search(r"lists \d+ items for an epoch, over the limit of 49999", outcome.message), outcome.message
     assert outcome.seconds < 10 and outcome.peak_rss < GiB
 
 
 def test_overlapping_segments_are_refused_by_name(copy):  # noqa: F811 (the fixture)
-    """5,000 overlapping segments over one sample's 30 frames (an index.json without segment
-    labels agrees): refused at once, not 5,000 passes over 5,000 segments."""
+    """Overlapping segments over one sample's 30 frames (index.json agrees on their number):
+    refused at once, not a pass over every segment per item."""
     key = many_segments(copy)
     raised = isolated(broken_item, copy, key, {"sample": "segment", "num_frames": 2, **KPT})
     assert raised.kind == "typed" and raised.error == "ShardFormatError", raised

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import collections
-import inspect
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming import VideoShardDataset
 from streaming import plan as plan_module
 from streaming.order import blocks, items_per_rank
 from streaming.plan import Catalog, PlanSpec, Progress, epoch_plan, plan_items
@@ -207,9 +205,10 @@ def test_a_resume_chain_computes_each_level_once(monkeypatch):
 def _default_block(buffer_bytes: int) -> int | None:
     """The dataset's default shuffle_block, in bytes, for this buffer."""
     from streaming.dataset import shuffle_block_bytes
+    from streaming.options import StreamOptions
     from streaming.remote import StorageOptions
 
-    default = inspect.signature(VideoShardDataset).parameters["shuffle_block"].default
+    default = StreamOptions().shuffle_block
     assert default != "shard"
     return shuffle_block_bytes(default, buffer_bytes, StorageOptions().block_bytes)
 

@@ -73,13 +73,14 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
     from torch.utils.data import DataLoader
 
     from streaming import VideoShardDataset
+    from streaming.options import StreamOptions
 
     mode = args["mode"]
     if args.get("copy_items"):  # the path before items were decoded into shared memory, measured beside it
         _decode_into_private_memory()
     ds = VideoShardDataset(args["shards"], sample="chunk" if mode == "keypoints" else mode,
                            num_frames=args.get("num_frames"), load_rgb=mode != "keypoints", load_kpt=mode == "keypoints",
-                           shuffle_buffer=args.get("shuffle_buffer", "256MB"), decode_threads=1)
+                           shuffle_buffer=args.get("shuffle_buffer", StreamOptions().shuffle_buffer), decode_threads=1)
     views = len(ds.options.views)
     starts = multiprocessing.Array("d", 2 * cores)  # each worker's (pid, RSS) when it starts (fork leaves file pages unmapped)
 

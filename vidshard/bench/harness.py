@@ -226,7 +226,7 @@ def run(level: str, json_out: str | None, md_out: str | None = None, only_engine
 
 def engines(videos: int = 8, frames: int = 600, size: int = 96) -> list[dict]:
     """Writer throughput of the local engine and of Ray with 1 and 2 CPUs, in one run, and the
-    driver's own I/O (its job phase; see shardwriter/driverio.py) against the dataset's bytes.
+    driver's own I/O (its job phase; see vidshard/bench/driverio.py) against the dataset's bytes.
 
     The source is the barcode source with film grain (FFmpeg's noise filter), so clips take
     the bytes of real footage rather than of flat grey cells.
@@ -235,6 +235,7 @@ def engines(videos: int = 8, frames: int = 600, size: int = 96) -> list[dict]:
 
     from shardwriter.job import WriteConfig, write_dataset
     from shardwriter.ray_engine import job_runtime_env, ray_engine
+    from vidshard.bench.driverio import DriverMeter
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="vidshard-engines-") as tmp:
@@ -253,10 +254,11 @@ def engines(videos: int = 8, frames: int = 600, size: int = 96) -> list[dict]:
                 if name == "ray":
                     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=job_runtime_env())
                     engine = ray_engine()
+                meter = DriverMeter()
                 start = time.perf_counter()
-                report = write_dataset(src, out, config, workers=cpus, engine=engine)
+                report = write_dataset(src, out, config, workers=cpus, engine=engine, on_phase=meter.mark)
                 seconds = time.perf_counter() - start
-                d = report.driver
+                d = meter.result()
                 rows.append({"engine": name, "cpus": cpus, "frames_per_s": round(total / seconds, 1),
                              "dataset_bytes": report.bytes, "driver_job_bytes": d.total_bytes,
                              "driver_startup_bytes": d.startup_read_bytes + d.startup_written_bytes,

@@ -19,10 +19,12 @@ from streaming.decode import ClipDecoder
 from streaming.errors import SampleError
 from streaming.format import META, SampleEntry, Segment
 from streaming.items import ItemSpec, build_item, parse_sample
-from streaming.options import Source, open_source, sample_reader
+from streaming.options import ReadOptions, Source, open_source, sample_reader
 from streaming.remote import redact
 from streaming.sampling import uniform
 from streaming.tario import Limits
+
+from vidshard.errors import NoSuchSample
 
 from .reading import sample_fields
 
@@ -134,8 +136,7 @@ def _timeline(draw, font, lay: Layout, segments: list[Segment], length: int, lab
 def open_dataset(source: str, keypoints: bool = True, limits: Limits = Limits()) -> Source:
     """The dataset as the reader opens it (index.json and its counts checked, the reader's
     item options) for every view at its stored size, keypoints where the dataset has them."""
-    src = open_source(source, sample="chunk", num_frames=None, stride=1, img_size=None, views=None, load_rgb=True,
-                      load_kpt=False, limits=limits, storage=None, cache_dir=None, cache_limit=0, verify_cache=False)
+    src = open_source(source, ReadOptions(limits=limits))
     load_kpt = keypoints and bool(src.manifest.keypoints)  # open_source refuses load_kpt for a dataset without
     return dataclasses.replace(src, options=dataclasses.replace(src.options, load_kpt=load_kpt))
 
@@ -150,7 +151,7 @@ def load_sample(src: Source, key: str | None) -> tuple[dict, str, SampleEntry]:
     else:
         pair = next(((i, j) for i, j in pairs if src.manifest.shards[i].samples[j].key == key), None)
         if pair is None:
-            raise KeyError(f"no sample {key!r} in the dataset's index.json")
+            raise NoSuchSample(f"no sample {key!r} in the dataset's index.json")
     sample = sample_reader(src, Counter()).read([pair])[pair]
     if isinstance(sample, SampleError):
         raise sample

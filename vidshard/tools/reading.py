@@ -54,7 +54,7 @@ def sample_fields(sample: dict, url: str) -> tuple[dict, list[Segment]]:
         raise refuse(f"video_frames {str(meta.get('video_frames'))[:40]} is not a frame count of at least end_frame "
                      f"{meta['end_frame']}")
     frames = meta["end_frame"] - meta["start_frame"]
-    coverage = meta.get("keypoint_frames", {})
+    coverage = meta.get("keypoint_frames")  # written by every vidshard (format_version 1): missing is refused
     if not isinstance(coverage, dict) or not all(_count(n) and 0 <= n <= frames for n in coverage.values()):
         raise refuse(f"keypoint_frames {str(coverage)[:80]} is not {{view: frames with keypoints, at most {frames}}}")
     return meta, timeline

@@ -18,7 +18,9 @@ from streaming.decode import frames_decoded
 from streaming.errors import SampleError, ShardFormatError
 from streaming.format import META, TIMELINE, Segment, ShardEntry
 from streaming.sampling import uniform
-from streaming.shards import resolve_source
+from streaming.options import load_index
+
+from vidshard.errors import NoSuchSample
 
 from .reading import sample_fields, shard_members
 
@@ -61,7 +63,7 @@ def sample_jsons(urls: list[str], shards: list[ShardEntry], progress: bool = Tru
 
 
 def survey(source: str) -> dict[str, Any]:
-    manifest, urls = resolve_source(source)
+    manifest, urls = load_index(source)
     labels: dict[str, dict[str, int]] = {name: {"segments": 0, "frames": 0} for name in manifest.labels}
     seen_segments: dict[tuple[str, int], tuple[int, int, str]] = {}
     lengths: collections.Counter = collections.Counter()
@@ -76,7 +78,7 @@ def survey(source: str) -> dict[str, Any]:
         lengths[n] += 1
         chunk_frames += n
         video_seconds[meta["video_id"]] = meta["video_frames"] / meta["fps"]
-        for view, count in meta.get("keypoint_frames", {}).items():
+        for view, count in meta["keypoint_frames"].items():  # checked by sample_fields
             kpt_frames[view] += count
         for seg in segments:
             clipped += 1
@@ -181,7 +183,7 @@ def listing(source: str, key: str | None = None) -> Iterator[str]:
     if source.endswith(".tar"):  # a lone shard, like tar tvf: no index.json needed
         walks = [(source, None)]
     else:
-        manifest, urls = resolve_source(source)
+        manifest, urls = load_index(source)
         walks = [(url, [s.key for s in shard.samples]) for url, shard in zip(urls, manifest.shards)]
     found = False
     for url, listed in walks:
@@ -195,4 +197,4 @@ def listing(source: str, key: str | None = None) -> Iterator[str]:
                    f"[{meta['start_frame']}, {meta['end_frame']})  segments: {labels or '-'}")
             yield from (f"    {size:>10}  {k}.{suffix}" for suffix, size in members)
     if key is not None and not found:
-        raise KeyError(f"no sample {key!r} in {source}")
+        raise NoSuchSample(f"no sample {key!r} in {source}")

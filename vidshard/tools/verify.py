@@ -18,7 +18,7 @@ from streaming.errors import KeypointError, SampleError
 from streaming.format import clip_suffix, kpt_suffix, sha256_of
 from streaming.items import check_clip, parse_sample
 from streaming.npz import read_keypoints
-from streaming.options import open_source
+from streaming.options import ReadOptions, open_source
 from streaming.remote import redact
 from streaming.tario import Limits, iter_samples
 
@@ -27,8 +27,7 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
     """(problems, counts). Each problem names the shard and, where it applies, key and member."""
     # The reader's own view of the dataset: its options give parse_sample index.json's chunking,
     # labels and limits, so verify refuses exactly what the reader refuses.
-    src = open_source(source, sample="chunk", num_frames=None, stride=1, img_size=None, views=None, load_rgb=True,
-                      load_kpt=False, limits=limits, storage=None, cache_dir=None, cache_limit=0, verify_cache=True)
+    src = open_source(source, ReadOptions(limits=limits))
     manifest, urls = src.manifest, src.urls
     problems: list[str] = []
     counts = {"shards": 0, "samples": 0, "clips_decoded": 0}

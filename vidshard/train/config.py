@@ -12,6 +12,13 @@ from typing import Any
 
 import yaml
 
+from shardwriter.config import WriteConfig
+from streaming.options import StreamOptions
+
+from vidshard.errors import SettingError
+
+_READ = StreamOptions()  # the reader's defaults: the data section's reader settings start from them
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceConfig:
@@ -29,16 +36,16 @@ class DataConfig:
     shards: str | None = None  # the training example's shards: a folder or URL (s3://...) holding index.json
     batch_size: int = 1
     num_workers: int = 2
-    img_size: tuple[int, int] | None = None  # (H, W) delivered; None = as stored
-    num_frames: int | None = None  # frames per item in segment/clip mode
-    load_rgb: bool = True
-    load_kpt: bool = False
-    max_video_frames: int | None = 1000  # chunk length when writing shards
-    overlap: int = 0
-    sample: str = "chunk"
-    views: tuple[str, ...] | None = None
-    shuffle_buffer: str = "256MB"
-    seed: int = 0
+    img_size: tuple[int, int] | None = _READ.img_size  # (H, W) delivered; None = as stored
+    num_frames: int | None = _READ.num_frames  # frames per item in segment/clip mode
+    load_rgb: bool = _READ.load_rgb
+    load_kpt: bool = _READ.load_kpt
+    max_video_frames: int | None = 1000  # chunk length when writing shards (the example's; the writer has no default)
+    overlap: int = WriteConfig.overlap
+    sample: str = _READ.sample
+    views: tuple[str, ...] | None = _READ.views
+    shuffle_buffer: str = _READ.shuffle_buffer
+    seed: int = _READ.seed
     val_fraction: float = 0.0  # share of VIDEOS held out for validation
     sampler: str = "stream"  # stream: VideoShardDataset's shuffle | balanced: labels drawn equally often (map-style)
 
@@ -78,8 +85,8 @@ class Config:
     trainer: TrainerConfig = TrainerConfig()
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(SettingError):
+    """A training config refused: the key and why."""
 
 
 def _check(value: Any, hint: Any, where: str) -> Any:
@@ -129,8 +136,11 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
     """Read a YAML config (None: the defaults); `overrides` = {"data.batch_size": 2, ...}."""
     raw: dict = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if key:

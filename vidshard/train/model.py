@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .config import ConfigError
+
 # Kinetics-400 statistics, which torchvision's video models are trained with.
 MEAN = torch.tensor([0.43216, 0.394666, 0.37645]).view(1, 3, 1, 1, 1)
 STD = torch.tensor([0.22803, 0.22145, 0.216989]).view(1, 3, 1, 1, 1)
@@ -44,7 +46,7 @@ def video_backbone(name: str, num_classes: int) -> nn.Module:
         return TinyVideoNet(num_classes)
     names = torchvision.models.list_models(module=torchvision.models.video)
     if name not in names:
-        raise ValueError(f"model.backbone {name!r} is neither 'tiny' nor a torchvision video model; choose one of {names}")
+        raise ConfigError(f"model.backbone {name!r} is neither 'tiny' nor a torchvision video model; choose one of {names}")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
@@ -52,7 +54,7 @@ class VideoClassifier(nn.Module):
     def __init__(self, *, backbone: str, num_classes: int, view_fusion: str = "late", keypoint_dim: int = 0, hidden: int = 128):
         super().__init__()
         if view_fusion not in ("late", "early"):
-            raise ValueError(f"model.view_fusion must be 'late' or 'early', got {view_fusion!r}")
+            raise ConfigError(f"model.view_fusion must be 'late' or 'early', got {view_fusion!r}")
         self.view_fusion = view_fusion
         self.backbone = video_backbone(backbone, num_classes)
         self.keypoints = (
@@ -104,6 +106,6 @@ def predict(model: nn.Module, video: torch.Tensor, micro: int | None = None, **i
     if micro is None or len(video) <= micro:
         return model(video, **inputs)
     if micro < 1:
-        raise ValueError(f"train.video_batch_size must be >= 1, got {micro}")
+        raise ConfigError(f"train.video_batch_size must be >= 1, got {micro}")
     return torch.cat([model(video[i : i + micro], **{k: v[i : i + micro] for k, v in inputs.items()})
                       for i in range(0, len(video), micro)])

@@ -30,7 +30,7 @@ from streaming.dataset import VideoShardDataset
 from streaming.format import video_of
 from streaming.mapped import VideoShardMapDataset
 from streaming.resume import continued_progress, merge_loader_states
-from streaming.shards import resolve_source
+from streaming.options import load_index
 
 from .config import Config, ConfigError, load_config
 from .data import SAMPLERS, EpochWeightedSampler, inverse_frequency
@@ -46,11 +46,11 @@ def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[
     """(train, val) video ids: a seeded shuffle, the first ceil(f * n) go to validation."""
     ids = sorted(set(video_ids))
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng([seed, 4]).permutation(len(ids))
     n_val = math.ceil(val_fraction * len(ids)) if val_fraction else 0
     if n_val >= len(ids):
-        raise ValueError(f"data.val_fraction {val_fraction} leaves no training video out of {len(ids)}")
+        raise ConfigError(f"data.val_fraction {val_fraction} leaves no training video out of {len(ids)}")
     val = sorted(ids[i] for i in order[:n_val])
     return [i for i in ids if i not in set(val)], val
 
@@ -107,7 +107,7 @@ class Trainer:
         d = cfg.data
         if d.sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler: {d.sampler!r} is not one of {list(SAMPLERS)}")
-        self.manifest, _ = resolve_source(shards)
+        self.manifest, _ = load_index(shards)
         train_ids, self.val_ids = split_videos([video_of(s.key) for sh in self.manifest.shards for s in sh.samples],
                                                d.val_fraction, d.seed)
         # Our own checkpoint, never shard content; weights_only refuses pickled code anyway.
