@@ -10,7 +10,8 @@ _ = object()
 # Protocols called by others: the module's lazy attributes (PEP 562), file objects' readable()
 # (io.BufferedReader, tarfile and zipfile ask), torch modules' forward().
 __getattr__  # streaming/__init__.py
-_.readable  # streaming/handles.py, norange.py, remote.py, tario.py
+_.readable  # streaming/handles.py, ranges.py, tario.py
+_.tell  # streaming/ranges.py, tario.py (io.BufferedReader and tarfile ask)
 _.forward  # vidshard/train/model.py
 
 # Attributes set for libraries to read: PyAV frames and codec contexts, tarfile headers, an

@@ -7,7 +7,6 @@ of the source as a player shows it (`ffmpeg -i FILE` with no -map: the stream it
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from fractions import Fraction

@@ -101,7 +101,7 @@ def extract_clips(shards: str, into: str) -> list[tuple[str, int]]:
 def reader_cases(s: Sizes, src: str, shards: dict[int, str], clips, raw, cores: int) -> list[dict]:
     big, small = s.chunks
     specs = [
-        (f"baseline, whole video, segments", {"case": "baseline", "source": src, "max_video_frames": None, "num_frames": 16}),
+        ("baseline, whole video, segments", {"case": "baseline", "source": src, "max_video_frames": None, "num_frames": 16}),
         (f"baseline, {big}-frame chunks, segments", {"case": "baseline", "source": src, "max_video_frames": big, "num_frames": 16}),
         (f"baseline, {small}-frame chunks, segments", {"case": "baseline", "source": src, "max_video_frames": small, "num_frames": 16}),
         (f"vidshard chunk mode ({big})", {"case": "vidshard", "shards": shards[big], "mode": "chunk"}),

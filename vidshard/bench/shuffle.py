@@ -22,7 +22,6 @@ import dataclasses
 import importlib.util
 import os
 import socket
-import shutil
 import subprocess
 import sys
 import tempfile
