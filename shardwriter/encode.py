@@ -271,11 +271,16 @@ def _indexed(view: ViewEncode, seek: tuple[int, int] | None, start: int,
         stream.thread_type = "AUTO"
         frame_index = -1
         if seek is not None:
-            container.seek(seek[1], backward=True, any_frame=False, stream=stream)
+            try:
+                container.seek(seek[1], backward=True, any_frame=False, stream=stream)
+            except av.FFmpegError as exc:  # a container that cannot seek: decoded from the start
+                raise _Past(f"seeking to frame {seek[0]} (pts {seek[1]}) failed ({exc})") from None
         for frame in container.decode(stream):
             if seek is not None and frame_index < 0:  # not landed yet
                 landed = checks.get(frame.pts)
-                if landed is None:
+                # Only a frame the decoder restarts at (an IDR, a CRA, a recovery point of count
+                # 0: key_frame) counts: an intra-refresh stream flags frames it decodes damaged.
+                if landed is None or not frame.key_frame:
                     continue  # before a keyframe: an earlier GOP's tail, an open GOP's leading frames
                 if landed > start:
                     raise _Past(f"seeking to frame {seek[0]} (pts {seek[1]}) gave frame {landed} first")
@@ -288,7 +293,7 @@ def _indexed(view: ViewEncode, seek: tuple[int, int] | None, start: int,
 
 def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0, stop: int | None = None,
                   count: int | None = None, entries: Entries = Entries(), index: int = 0,
-                  notes: list[str] | None = None) -> Iterator[av.VideoFrame]:
+                  notes: list[str] | None = None, to_end: bool = True) -> Iterator[av.VideoFrame]:
     """Frames [start, stop) of the view as clip frames: yuv420p at view.size, turned upright
     by view.filters, carrying view.colour.
 
@@ -296,9 +301,10 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
     start > 0 and entries before it (media.Entries), the decoder seeks to the nearest one
     instead (to an earlier one where the seek lands past `start`, or from the start where all
     do: a line in `notes`), and counts from the first keyframe it outputs, whose index the
-    probe found; frames before `start` are decoded, not converted. Past `stop` it decodes on (not converting) to the next entry or the file's end:
-    every entry passed must have the index counted there, and at the file's end the count
-    must be `count` (the probe's). An entered view that disagrees raises EntryFailed
+    probe found; frames before `start` are decoded, not converted. Past `stop` it decodes on
+    (not converting) to the next entry, or to the file's end where `to_end` (the video's last
+    run): every entry passed must have the index counted there, timestamps must rise from the
+    entry on, and at the file's end the count must be `count` (the probe's). An entered view that disagrees raises EntryFailed
     (`index`: the view's position); one decoded from the start, a SourceError.
 
     Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
@@ -311,6 +317,7 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
     colour = view.colour
     graph = None
     checks = {pts: frame for frame, pts in entries.points}
+    beyond = stop is not None and any(frame >= stop for frame, _ in entries.points)  # an entry to check the count at
     tries = entries.before(start) if start else []
     entry, frame_index = None, -1
     try:
@@ -323,7 +330,13 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
                 if entry == tries[-1] and notes is not None:
                     notes.append(f"{view.path}: cannot be entered at a keyframe before frame {start} ({past}, "
                                  f"and {len(tries) - 1} earlier seek(s) too); decoded from its start")
+        last_pts = None
         for frame_index, frame in itertools.chain([first] if first else [], frames):
+            if entry is not None:  # presentation order: a frame shown earlier after the entry is a swapped pair
+                if frame.pts is None or (last_pts is not None and frame.pts <= last_pts):
+                    raise EntryFailed(index, f"timestamps after frame {frame_index - 1} do not rise (pts {last_pts}, "
+                                             f"then {frame.pts})")
+                last_pts = frame.pts
             expected = checks.get(frame.pts)
             if expected is not None and expected != frame_index:
                 why = f"the keyframe at pts {frame.pts} decodes as frame {frame_index}, its timestamp makes it frame {expected}"
@@ -334,8 +347,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
             if frame_index < start:
                 continue
             if stop is not None and frame_index >= stop:
-                if expected is not None:
-                    return  # the count checked at an entry past the range
+                if expected is not None or not (beyond or to_end):
+                    return  # the count checked at an entry past the range (or no entry to check it at)
                 continue
             rgb = frame.format.is_rgb
             out = frame.reformat(
@@ -355,6 +368,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
         raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {frame_index} ({exc})") from None
     except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
         raise SourceError(video_id, view.path, f"cannot read the file after frame {frame_index} ({exc.strerror or exc})") from None
+    if stop is not None and frame_index + 1 < stop:
+        raise SourceError(video_id, view.path, f"decoded only {frame_index + 1} frames, but demuxing counted {count}")
     if count is not None and frame_index + 1 != count and entry is not None:
         raise EntryFailed(index, f"the file ends after frame {frame_index}, demuxing counted {count} frames")
     if count is not None and frame_index + 1 < count:
@@ -375,20 +390,22 @@ def encode_chunks(
     entries: tuple[Entries, ...] = (),
     finished: Callable[[int], None] | None = None,
     notes: list[str] | None = None,
+    last_run: bool = True,
 ) -> None:
     """Encode clip_paths[c][v] = frames chunks[c] of view v: consecutive chunks of one video
     (a run: task.py), decoding each view once, from its entry before the first chunk.
 
     Frames are read from all views in lockstep, so at most the chunks overlapping the
     current frame have encoders open: memory does not grow with the video's length.
-    `view_frames`: each view's frame count from the probe, checked where its decode ends.
+    `view_frames`: each view's frame count from the probe, checked at the file's end by the
+    video's `last_run` (a run before it stops at the next keyframe past it, checking the count there).
     `notes`: where a view was decoded from its start although the run starts later.
     `finished(c)` is called as soon as chunk c's clips are complete (the writer spools them
     then, so a worker's disk holds the open chunks' clips, not the whole run's).
     """
     first, last = chunks[0][0], chunks[-1][1]
     entries = entries or tuple(Entries() for _ in views)
-    decoders = [decode_frames(video_id, view, resize, first, last, n, e, v, notes)
+    decoders = [decode_frames(video_id, view, resize, first, last, n, e, v, notes, to_end=last_run)
                 for v, (view, n, e) in enumerate(zip(views, view_frames, entries))]
     open_clips: dict[int, list[ClipEncoder]] = {}
     next_chunk = 0

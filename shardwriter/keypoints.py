@@ -25,14 +25,16 @@ KPT_FILE = re.compile(r"(\d{6,})_([A-Za-z0-9][A-Za-z0-9_-]*)\.npz")
 Schema = dict[str, tuple[tuple[int, ...], str]]
 
 
-def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, dict[str, str]]:
-    """frame -> {kind: path} for one view; rejects stray names and frames past the video."""
+def list_keypoints(video_id: str, directory: str, num_frames: int, frames: range | None = None) -> dict[int, dict[str, str]]:
+    """frame -> {kind: path} for one view; rejects stray names and frames past the video.
+    `frames`: keep only those (an encode task's run: its memory does not grow with the video)."""
     files: dict[int, dict[str, str]] = {}
     try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        with os.scandir(directory) as listing:  # (one name at a time: never the whole folder's entries at once)
+            entries = [e for e in listing if frames is None or _frame_of(e.name) is None or _frame_of(e.name) in frames]
     except OSError as exc:
         raise SourceError(video_id, directory, f"cannot list the keypoint folder ({exc.strerror or exc})") from None
-    for entry in entries:
+    for entry in sorted(entries, key=lambda e: e.name):
         if is_stray(entry.name):
             continue  # .DS_Store and the like: reported by the source scan
         match = KPT_FILE.fullmatch(entry.name)
@@ -55,6 +57,11 @@ def list_keypoints(video_id: str, directory: str, num_frames: int) -> dict[int, 
             )
         kinds[kind] = entry.path
     return files
+
+
+def _frame_of(name: str) -> int | None:
+    match = KPT_FILE.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def load_frame(video_id: str, path: str) -> dict[str, np.ndarray]:

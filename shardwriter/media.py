@@ -130,12 +130,18 @@ class Entries:
         return [p for p in self.points if p[0] <= frame][-SEEK_TRIES:][::-1]
 
 
+REORDER_WINDOW = 16  # packets after a keyframe (in decode order) that may be shown before it: an open GOP's leading frames
+
+
 def entry_points(packets: list[tuple[int | None, bool]], untimed_stream: bool = False, gap: int = ENTRY_GAP) -> Entries:
     """Entries of a view from its counted packets, (pts, keyframe) in decode order (pure).
 
-    A keyframe's frame index is the number of counted frames presented before it: frames are
-    output in timestamp order, so it is its timestamp's rank. That needs every timestamp,
-    each once; a stream that lacks them can only be decoded from the start."""
+    A keyframe's frame index is the number of frames the decoder outputs before it. Where
+    every packet decoded before it is shown before it, every packet decoded after it is shown
+    after those, and past REORDER_WINDOW packets after it too, that is its timestamp's rank
+    among all timestamps. A keyframe that is not such a clean cut (timestamps that jump back: MPEG-TS
+    files joined with `cat`) is no entry. Needs every timestamp, each once; a stream that
+    lacks them can only be decoded from the start."""
     if untimed_stream:
         return Entries(why_not="a raw stream has no timestamps to seek to")
     stamps = [pts for pts, _ in packets]
@@ -144,8 +150,24 @@ def entry_points(packets: list[tuple[int | None, bool]], untimed_stream: bool = 
     rank = {pts: i for i, pts in enumerate(sorted(stamps))}
     if len(rank) != len(stamps):
         return Entries(why_not="two packets have the same timestamp")
+    # later[i]: the least timestamp decoded after packet i; far[i]: after packet i + REORDER_WINDOW
+    later: list[int | None] = [None] * len(stamps)
+    far: list[int | None] = [None] * len(stamps)
+    for i in range(len(stamps) - 2, -1, -1):
+        later[i] = stamps[i + 1] if later[i + 1] is None else min(stamps[i + 1], later[i + 1])
+        j = i + REORDER_WINDOW + 1
+        if j < len(stamps):
+            far[i] = stamps[j] if far[i + 1] is None else min(stamps[j], far[i + 1])
+    cuts, most = [], None  # keyframes that cut the stream cleanly, in decode order
+    for i, (pts, key) in enumerate(packets):
+        # Shown after everything decoded before it; everything decoded after it shown after
+        # that, and after it too past the few leading frames of an open GOP.
+        clean = (most is None or (most < pts and (later[i] is None or later[i] > most))) and (far[i] is None or far[i] > pts)
+        if key and clean:
+            cuts.append((rank[pts], pts))
+        most = pts if most is None else max(most, pts)
     points, last = [], 0
-    for frame, pts in sorted((rank[pts], pts) for pts, key in packets if key):
+    for frame, pts in sorted(cuts):
         if frame >= last + gap:
             points.append((frame, pts))
             last = frame

@@ -19,9 +19,10 @@ TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records on clos
 # An encode task is a run of consecutive chunks of one video (task.py). Each run starts its
 # decoders once (open, seek, up to a source GOP decoded in vain before its first frame and
 # after its last, to check the count at a keyframe): worth it for MIN_RUN_FRAMES or more.
-# Cut to about TASKS_PER_WORKER runs per worker, every worker has work until near the end.
+# Cut to about TASKS_PER_WORKER runs per worker, every worker has work until near the end;
+# one worker gets whole videos (nothing to share, so nothing to pay for entering).
 MIN_RUN_FRAMES = 256
-TASKS_PER_WORKER = 4
+TASKS_PER_WORKER = 2
 _INTERLEAVE_STREAM = 1  # RNG stream ids (seeded from tuples): the chunks of a group of videos,
 _VIDEO_STREAM = 2  # and the order of the videos
 
@@ -56,8 +57,10 @@ def chunk_plan(total: int, max_frames: int | None, overlap: int = 0) -> list[tup
 
 def run_frames(total_frames: int, parallelism: int, min_frames: int = MIN_RUN_FRAMES) -> int:
     """Frames per encode task: the dataset's frames over TASKS_PER_WORKER tasks per worker,
-    never under `min_frames`."""
-    return max(min_frames, -(-total_frames // (max(1, parallelism) * TASKS_PER_WORKER)))
+    never under `min_frames`; with one worker, every video whole."""
+    if parallelism <= 1:
+        return max(1, total_frames)
+    return max(min_frames, -(-total_frames // (parallelism * TASKS_PER_WORKER)))
 
 
 def cut_runs(chunks: Sequence[tuple[int, int]], frames: int, todo: Sequence[bool] | None = None) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ import collections
 import dataclasses
 import json
 import logging
+import re
 from typing import Any
 
 from streaming.format import dumps, sample_key, video_of
@@ -105,17 +106,25 @@ class Outcome:
 
 
 def plan_runs(plan: Plan, probes: dict[str, ProbeResult], config, parallelism: int, done: set[str],
-              frames: int | None = None) -> list[tuple[str, int, int]]:
+              frames: int | None = None) -> tuple[list[tuple[str, int, int]], list[str]]:
     """Every encode task, (video, first chunk, stop chunk), in the order the shards need them:
-    runs of about plan.run_frames frames (or `frames`) over the chunks not `done`."""
+    runs of about plan.run_frames frames (or `frames`) over the chunks not `done`; and a line
+    for the log per video kept whole because a view cannot be entered mid-file (every run
+    would decode it from its start: the video's decoding times its runs)."""
     videos = list(dict.fromkeys(video_of(k) for k in plan.order))
     frames = frames or run_frames(sum(probes[v].spec.num_frames for v in videos), parallelism)
-    runs = []
+    runs, notes = [], []
     for v in videos:
-        chunks = chunk_plan(probes[v].spec.num_frames, config.max_video_frames, config.overlap)
+        spec = probes[v].spec
+        chunks = chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)
         todo = [sample_key(v, c) not in done for c in range(len(chunks))]
-        runs += [(v, first, stop) for first, stop in cut_runs(chunks, frames, todo)]
-    return runs
+        closed = [(path, e.why_not) for path, e in zip(spec.paths, spec.entries) if e.why_not]
+        cut = cut_runs(chunks, frames if not closed else chunks[-1][1], todo)
+        if closed and len(cut_runs(chunks, frames)) > 1:
+            notes.append(f"video {v}: {closed[0][0]}: cannot be entered mid-file ({closed[0][1]}); the video is "
+                         "encoded as one task")
+        runs += [(v, first, stop) for first, stop in cut]
+    return runs, notes
 
 
 def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config, schema: Schema, origin: dict[str, str],
@@ -126,12 +135,14 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
     for finished in finished_runs(open_store(work)):
         if finished.video_id in probes:
             records.update((c.key, c) for c in finished.chunks)
-    runs = plan_runs(plan, probes, config, engine.parallelism, set(records), frames)
+    runs, notes = plan_runs(plan, probes, config, engine.parallelism, set(records), frames)
+    for note in notes:
+        log.warning("%s", note)
     last_run = {v: i for i, (v, _, _) in enumerate(runs)}  # a video's samples go into shards once all its runs are done
     runs_left = collections.Counter(v for v, _, _ in runs)
     results: dict[str, VideoResult] = {}
     failed: dict[str, SourceError] = {}
-    noted: set[str] = set()  # files whose runs said they were decoded from the start
+    noted: set[str] = set()  # the notes logged, numbers left out
     entries: dict[int, Any] = {}
     planned: dict[int, tuple[str, ...]] = {}  # shard index -> its keys, until its entry is back
     running: dict[Any, tuple[str, Any]] = {}
@@ -189,6 +200,8 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
         if cut == len(order) and shard:
             submit_shard()
         if not running:
+            if cut < len(order):  # a bug, never a short dataset: every planned sample is in a shard or skipped
+                raise WriterError(f"{order[cut]}: planned, but the schedule ended before its shard")
             break
         for handle, outcome in engine.wait(list(running)):
             kind, what = running.pop(handle)
@@ -201,10 +214,10 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
                 raise outcome
             elif kind == "run":
                 records.update((c.key, c) for c in outcome.chunks)
-                for note in outcome.notes:  # once per view (a raw stream's every run would say the same)
-                    path = note.partition(": ")[0]
-                    if path not in noted:
-                        noted.add(path)
+                for note in outcome.notes:  # each kind once per file (every run of a view may say the same)
+                    said = re.sub(r"\d+", "N", note)
+                    if said not in noted:
+                        noted.add(said)
                         log.warning("video %s: %s (logged once per file)", what, note)
                 runs_left[what] -= 1
                 video_done(what)

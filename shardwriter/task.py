@@ -97,18 +97,21 @@ def run_encode_task(task: RunTask) -> RunResult:
     if work.exists(name):  # finished by an earlier attempt (a retried task)
         return RunResult.from_json(json.loads(work.read(name)))
     spec = task.spec
-    entries = list(spec.entries or [Entries()] * len(spec.views))
-    start = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)[task.first][0]
+    chunks = chunk_plan(spec.num_frames, task.max_video_frames, task.overlap)
+    whole = task.first == 0 and task.stop == len(chunks)
+    # A whole video is decoded from its start, as one task always did: nothing to enter, nothing to check against.
+    entries = [Entries()] * len(spec.views) if whole or not spec.entries else list(spec.entries)
+    start = chunks[task.first][0]
     notes = [f"{path}: cannot be entered mid-file ({e.why_not}); decoded from its start to frame {start}"
-             for path, e in zip(spec.paths, entries) if start and e.why_not]
+             for path, e in zip(spec.paths, entries) if start and e.why_not]  # (a resumed video planned as one task)
     while True:
         try:
             with tempfile.TemporaryDirectory(prefix="vidshard-clips-") as tmp:
                 chunks = _write_samples(task, tuple(entries), tmp, work, notes)
             break
         except EntryFailed as failed:  # that view from its start, then; the fragments spooled are rewritten
-            notes.append(f"{spec.paths[failed.view]}: entered at a keyframe, its frame count disagreed ({failed}); "
-                         "decoded from its start")
+            notes.append(f"{spec.paths[failed.view]}: cannot be entered at a keyframe: its frame count disagreed "
+                         f"({failed}); decoded from its start")
             entries[failed.view] = Entries(why_not=str(failed))
     result = RunResult(video_id=spec.video_id, first=task.first, stop=task.stop, chunks=chunks, notes=notes)
     work.write(name, dumps(result.to_json()))
@@ -128,10 +131,8 @@ def _write_samples(task: RunTask, entries: tuple[Entries, ...], tmp: str, work, 
             raise SourceError(spec.video_id, path, str(exc)) from None
     clip_paths = [[os.path.join(tmp, f"{k}.{clip_suffix(v)}") for v in spec.views] for k in keys]
     lo, hi = chunks[task.first][0], chunks[task.stop - 1][1]
-    keypoint_files = [
-        {f: kinds for f, kinds in list_keypoints(spec.video_id, d, n).items() if lo <= f < hi} if d else {}
-        for d, n in zip(spec.keypoint_dirs, spec.view_frames)
-    ]  # (the run's frames only: a task's memory is its run's, whatever the video's length)
+    keypoint_files = [list_keypoints(spec.video_id, d, n, frames=range(lo, hi)) if d else {}
+                      for d, n in zip(spec.keypoint_dirs, spec.view_frames)]  # the run's only: its memory is its run's
     records = []
 
     def spool(r: int) -> None:  # chunk `first + r` is encoded: spool it now, free the worker's disk
@@ -163,7 +164,8 @@ def _write_samples(task: RunTask, entries: tuple[Entries, ...], tmp: str, work, 
                                    segments=[[s.label, s.end - s.start] for s in segments]))
 
     encode_chunks(spec.video_id, views, spec.fps, task.encode.resize is not None, chunks[task.first:task.stop],
-                  clip_paths, task.encode, spec.view_frames, entries, finished=spool, notes=notes)
+                  clip_paths, task.encode, spec.view_frames, entries, finished=spool, notes=notes,
+                  last_run=task.stop == len(chunks))
     return records
 
 

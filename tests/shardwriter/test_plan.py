@@ -234,9 +234,10 @@ def test_run_examples():
     assert cut_runs(chunks, 10_000) == [(0, 30)]
     assert cut_runs(chunks, 750) == [(0, 7), (7, 15), (15, 22), (22, 30)]
     assert cut_runs(chunks, 750, [c not in (3, 4) for c in range(30)]) == [(0, 3), (5, 13), (13, 21), (21, 30)]
-    # 4 tasks per worker, never under MIN_RUN_FRAMES: one 3000-frame video on 2 workers -> 8 runs
-    assert run_frames(3000, 2) == 375 and len(cut_runs(chunks, run_frames(3000, 2))) == 8
+    # 2 tasks per worker, never under MIN_RUN_FRAMES; one worker: whole videos
+    assert run_frames(3000, 2) == 750 and len(cut_runs(chunks, run_frames(3000, 2))) == 4
     assert run_frames(100, 8) == MIN_RUN_FRAMES
+    assert run_frames(3000, 1) == 3000 and cut_runs(chunks, run_frames(3000, 1)) == [(0, 30)]
 
 
 @given(st.lists(st.tuples(st.integers(-50, 500), st.booleans()), max_size=120, unique_by=lambda p: p[0]),
@@ -253,6 +254,19 @@ def test_entries_are_keyframes_at_their_presentation_rank(packets, gap):
         tried = entries.before(start)
         assert all(f <= start for f, _ in tried) and [f for f, _ in tried] == sorted(frames_le := [f for f in frames if f <= start], reverse=True)[:SEEK_TRIES]
         assert frames_le[-SEEK_TRIES:] == [f for f, _ in entries.around(start, start + 5).points][:len(frames_le[-SEEK_TRIES:])]
+
+
+def test_a_keyframe_that_is_no_clean_cut_is_no_entry():
+    """MPEG-TS files joined with `cat`: timestamps jump back, so a keyframe's timestamp rank
+    is not the frame index a decoder outputs it at; only clean cuts are entries."""
+    a = [(2 * p, p % 12 == 0) for p in range(48)]  # pts 0, 2, ..., 94
+    b = [(41 + 2 * p, p % 12 == 0) for p in range(48)]  # pts 41, 43, ..., 135: back below a's last
+    c = [(1000 + p, p % 12 == 0) for p in range(48)]
+    points = entry_points(a + b + c, gap=1).points
+    # a's keyframe at pts 24 (nothing later is shown before it) and b's at 113 (nothing earlier
+    # is shown after it) are clean cuts, at their decode positions 12 and 84; a's at 48, 72 and
+    # b's at 41, 65, 89 are not (b's 41..47 follow a's 48; a's 94 precedes b's 89); c's all are.
+    assert points == ((12, 24), (84, 113), (96, 1000), (108, 1012), (120, 1024), (132, 1036))
 
 
 def test_entries_need_every_timestamp_once():

@@ -16,6 +16,7 @@ from shardwriter.encode import EncodeSettings
 from vidshard.synth import read_barcode, synth_source
 
 from ..helpers import VIEWS, ffmpeg_frames, read_dataset, write
+from .test_writer_resume import digests
 
 
 def assert_frame_exact(out: str, tmp_path, expected_chunks: int | None = None) -> None:
@@ -67,32 +68,38 @@ def test_h264_bframes_source(small_source, tmp_path, overlap, run_frames):
         ("start-offset", ["-c", "copy", "-output_ts_offset", "7.5"], "mp4"),
         # Keyframes every 12 frames, so short runs enter every view mid-file: open GOPs (HEVC's
         # CRA, H.264 recovery points) whose leading frames need the GOP before, VP9, intra-only
-        # MJPEG, and a raw stream (no timestamps: decoded from the start, and the log says so).
+        # MJPEG; intra refresh (frames MPEG-TS flags as keyframes that decode damaged after a
+        # seek: never entered there); a raw stream (no timestamps: its video kept whole, logged).
         ("hevc-open-gop", ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=12:min-keyint=12:open-gop=1:bframes=3"],
          "mp4"),
         ("h264-open-gop-ts", ["-c:v", "libx264", "-bf", "3", "-g", "12", "-x264-params", "open-gop=1"], "ts"),
         ("vp9", ["-c:v", "libvpx-vp9", "-g", "12", "-deadline", "realtime", "-b:v", "500k"], "webm"),
         ("mjpeg", ["-c:v", "mjpeg", "-q:v", "3"], "avi"),
+        ("h264-intra-refresh-ts", ["-c:v", "libx264", "-bf", "0", "-x264-params", "intra-refresh=1:keyint=12"], "ts"),
         ("h264-raw", ["-c:v", "libx264", "-g", "12", "-bf", "2"], "h264"),
     ],
 )
-@pytest.mark.parametrize("run_frames", [None, 1])
-def test_other_sources(small_source, tmp_path, name, args, ext, run_frames, caplog):
+def test_other_sources(small_source, tmp_path, name, args, ext, caplog):
+    """Whole-video tasks, and one chunk per task (every view entered mid-file at a keyframe):
+    every frame the source frame it claims, and the same bytes both ways."""
     src = str(tmp_path / name)
     transcode(small_source, src, args, ext)
-    out = str(tmp_path / "out")
+    whole, runs = str(tmp_path / "whole"), str(tmp_path / "runs")
+    write(src, whole, max_video_frames=10, overlap=5)
     with caplog.at_level(logging.WARNING, logger="vidshard.write"):
-        write(src, out, max_video_frames=40 if run_frames is None else 10, overlap=5, run_frames=run_frames)
-    assert_frame_exact(out, tmp_path)
-    # Every view entered at its keyframes where it has timestamps (a failed entry is logged and
+        write(src, runs, max_video_frames=10, overlap=5, run_frames=1)
+    assert_frame_exact(runs, tmp_path)
+    assert digests(runs) == digests(whole)
+    # Entered at keyframes wherever the file has timestamps (an entry that fails is logged and
     # decoded from the start: the frames above would pass either way).
-    fallbacks = [r.getMessage() for r in caplog.records if "decoded from its start" in r.getMessage()]
-    if run_frames is None or name in ("hevc", "h264-10bit-mkv"):  # (no keyframe after frame 0 in 75 frames)
-        assert not fallbacks
-    elif name == "h264-raw":
-        assert fallbacks and all("a raw stream has no timestamps to seek to" in m for m in fallbacks), fallbacks
+    fallbacks = [r.getMessage() for r in caplog.records if "cannot be entered" in r.getMessage()]
+    if name == "h264-raw":
+        assert fallbacks and all("a raw stream has no timestamps to seek to" in m and "encoded as one task" in m
+                                 for m in fallbacks), fallbacks
     elif name == "h264-open-gop-ts":  # after a seek, FFmpeg's decoder starts at the keyframe after an open GOP's
         assert all(int(re.search(r"before frame (\d+)", m).group(1)) < 24 for m in fallbacks), fallbacks
+    elif name == "h264-intra-refresh-ts":  # no frame it restarts at: every run after the first from the start
+        assert fallbacks and all("cannot be entered at a keyframe before frame" in m for m in fallbacks), fallbacks
     else:
         assert not fallbacks, fallbacks
 
@@ -165,3 +172,39 @@ def test_a_view_whose_count_disagrees_after_entering_is_decoded_from_its_start(s
                 clip.write_bytes(tar.extractfile(f"{record.key}.{view}.mp4").read())
                 got = [read_barcode(f) for f in ffmpeg_frames(str(clip), 64, 48)]
                 assert got == [(i, v) for i in range(record.start, record.end)], (record.key, view)
+
+
+def test_mpeg_ts_files_joined_with_cat(small_source, tmp_path, caplog):
+    """Two MPEG-TS recordings joined with `cat`: the timestamps jump back mid-file, so the
+    second half's keyframes are not where their timestamps put them. Written whole as before;
+    split into one chunk per task, the same bytes (no keyframe taken for an entry that is not
+    a clean cut)."""
+    src = str(tmp_path / "joined")
+    shutil.copytree(small_source, src, ignore=shutil.ignore_patterns("*.mp4"))
+    for vid in os.listdir(os.path.join(small_source, "videos")):
+        for name in os.listdir(os.path.join(small_source, "videos", vid)):
+            view, path = name.partition(".")[0], os.path.join(small_source, "videos", vid, name)
+            parts = [str(tmp_path / f"{vid}-{view}-{i}.ts") for i in range(2)]
+            for part, offset in zip(parts, ("0", "0.54")):
+                subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", path, "-c:v", "libx264", "-g", "12", "-bf", "2",
+                                "-output_ts_offset", offset, part], check=True)
+            with open(os.path.join(src, "videos", vid, f"{view}.ts"), "wb") as out:
+                for part in parts:
+                    out.write(open(part, "rb").read())
+        with open(os.path.join(src, "annotations", f"{vid}.json")) as f:
+            annotation = json.load(f)
+        annotation["timeline"] = [{"start": 0, "end": 150, "label": "joined"}]
+        with open(os.path.join(src, "annotations", f"{vid}.json"), "w") as f:
+            json.dump(annotation, f)
+        shutil.rmtree(os.path.join(src, "keypoints", vid), ignore_errors=True)
+    whole, runs = str(tmp_path / "whole"), str(tmp_path / "runs")
+    write(src, whole, max_video_frames=10)
+    with caplog.at_level(logging.WARNING, logger="vidshard.write"):
+        write(src, runs, max_video_frames=10, run_frames=1)
+    assert digests(runs) == digests(whole)
+    index, samples = read_dataset(whole)
+    assert index["totals"]["frames"] == 3 * 150
+    _, members = sorted(samples.items())[0]
+    clip = tmp_path / "first.mp4"
+    clip.write_bytes(members["front.mp4"])
+    assert [read_barcode(f) for f in ffmpeg_frames(str(clip), 64, 48)] == [(i, 0) for i in range(10)]

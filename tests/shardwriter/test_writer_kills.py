@@ -21,8 +21,8 @@ from .test_writer_resume import digests
 
 @pytest.mark.parametrize("kills, runs", [(20, []), (10, ["--run-frames", "1"])])
 def test_sigkills_then_resume_is_byte_identical(small_source, small_dataset, tmp_path, kills, runs):
-    """20 kills of whole-video tasks; 10 of run-split ones (one chunk per task, entered
-    mid-file), each resume cutting the chunks not done into new runs."""
+    """20 kills of whole-video tasks; 10 of run-split ones (entered mid-file), every other
+    attempt cutting the chunks not done into runs of another length (1 chunk, or about 45 frames)."""
     out = str(tmp_path / "killed")
     cmd = [sys.executable, "-m", "vidshard", "-q", "write", small_source, out, "--max-video-frames", "30",
            "--overlap", "6", "--shard-size", "150000", "--gop", "8", "--workers", "2", *runs]
@@ -33,7 +33,8 @@ def test_sigkills_then_resume_is_byte_identical(small_source, small_dataset, tmp
     interrupted = attempts = 0
     while interrupted < kills and attempts < 4 * kills:
         attempts += 1
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        attempt = cmd[:-1] + ["45"] if runs and attempts % 2 else cmd
+        proc = subprocess.Popen(attempt, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(duration * rng.uniform(0.3, 0.8))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
