@@ -172,16 +172,38 @@ def test_driver_killed_mid_run_resumes_to_the_same_bytes(cluster, sources, tmp_p
     shutil.rmtree(local)
 
 
-def test_one_long_video_is_encoded_on_both_nodes(cluster, tmp_path):
-    """One 3-view video cut into runs of chunks: both nodes encode runs of it (each node's
-    TMPDIR holds its encode tasks' clips), and the bytes are the local engine's, written whole."""
+def test_one_long_video_is_encoded_on_both_nodes(cluster, tmp_path, monkeypatch):
+    """One 3-view video cut into runs of chunks: both nodes encode runs of it (each encode
+    task records the Ray node it ran on), and the bytes are the local engine's, written whole."""
+    from shardwriter.encode import EncodeSettings
+    from shardwriter.job import WriteConfig, write_dataset
+    from shardwriter.ray_engine import RayEngine, job_runtime_env
+
+    from .ray_helpers import WrappedEngine
+
     src = noisy_source(str(tmp_path / "long"), (96, 72), videos=1, frames=240)
     local = str(tmp_path / "local")
-    write(src, local, workers=1, **CONFIG)  # one task for the whole video (run_frames: 256)
-    began = time.time()
-    driver(src, "s3://vidshard/long", cluster.address, tmp_path, "long", args=("--run-frames", "30"))
-    for tmpdir in cluster.tmpdirs:  # only encode tasks use TMPDIR
-        assert os.stat(tmpdir).st_mtime > began and not os.listdir(tmpdir)
+    write(src, local, workers=1, **CONFIG)  # one task for the whole video
+    seen = tmp_path / "nodes"
+    seen.mkdir()
+
+    def traced(fn, task, seen=str(seen)):  # defined here: sent by value, the tests are not shipped
+        import ray as worker_ray
+
+        if hasattr(task, "first"):  # an encode task (a run)
+            open(os.path.join(seen, f"{worker_ray.get_runtime_context().get_node_id()}-{task.first}"), "w").close()
+        return fn(task)
+
+    monkeypatch.chdir(tmp_path)
+    ray.init(address=cluster.address, runtime_env=job_runtime_env(), include_dashboard=False, log_to_driver=False)
+    try:
+        write_dataset(src, "s3://vidshard/long", WriteConfig(**CONFIG, encode=EncodeSettings(gop=8)),
+                      engine=lambda w: WrappedEngine(RayEngine(), traced), run_frames=30)  # the settings of write()
+    finally:
+        ray.shutdown()
+    runs = sorted(os.listdir(seen))
+    assert len(runs) == 8  # 240 frames, chunks of 30 (overlap 6) in runs of about 30 frames
+    assert len({name.rpartition("-")[0] for name in runs}) == 2, runs  # both nodes
     assert s3_digests("long") == local_digests(local)
 
 
