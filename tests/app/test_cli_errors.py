@@ -30,3 +30,56 @@ def test_what_was_asked_is_refused_in_one_line(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"vidshard {argv[0]}: error: ") and message in err and err.count("\n") == 1, err
+
+
+def _one_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"vidshard {command}: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "secretpw" not in err, err
+    return err
+
+
+def test_a_missing_shard_over_http_is_one_redacted_line(tmp_path, capsys):
+    from ..servers import HTTPFileServer
+
+    with HTTPFileServer(str(tmp_path)) as server:
+        url = f"http://user:secretpw@127.0.0.1:{server.port}/nope/shard-000000.tar"
+        assert main(["ls", url]) == 2
+        err = _one_line(capsys, "ls")
+        assert "shard-000000.tar" in err and "not found" in err, err
+
+
+def test_a_deleted_shard_is_one_line_for_inspect_and_ls_and_a_problem_for_verify(small_dataset, tmp_path, capsys):
+    import glob
+    import os
+    import shutil
+
+    ds = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, ds)
+    first = sorted(glob.glob(os.path.join(ds, "shard-*.tar")))[0]
+    os.remove(first)
+    for command in ("inspect", "ls"):
+        assert main([command, ds]) == 2
+        assert os.path.basename(first) in _one_line(capsys, command)
+    assert main(["verify", ds]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {first}: missing" in out, out
+
+
+def test_verify_over_http_names_a_missing_shard_without_credentials(small_dataset, tmp_path, capsys):
+    import glob
+    import os
+    import shutil
+
+    from ..servers import HTTPFileServer
+
+    ds = str(tmp_path / "ds")
+    shutil.copytree(small_dataset, ds)
+    first = sorted(glob.glob(os.path.join(ds, "shard-*.tar")))[0]
+    os.remove(first)
+    with HTTPFileServer(str(tmp_path)) as server:
+        assert main(["verify", f"http://user:secretpw@127.0.0.1:{server.port}/ds"]) == 1
+    captured = capsys.readouterr()
+    assert "secretpw" not in captured.out + captured.err and "Traceback" not in captured.err
+    assert f"{os.path.basename(first)}: missing" in captured.out, captured.out
+    assert "all checks hold" not in captured.out
