@@ -98,6 +98,14 @@ class Source:
     options: Options
 
 
+def option_bytes(name: str, value: int | str) -> int:
+    """A byte-count option (an int, or "256MB", "1GiB"): DatasetRefused naming the option if it is not one."""
+    try:
+        return parse_bytes(value)
+    except (ValueError, TypeError) as exc:
+        raise DatasetRefused(f"{name}: {exc}") from None
+
+
 def open_source(source: str | Sequence[str], opts: ReadOptions) -> Source:
     """Check the options (ValueError showing the values), load index.json and bound its counts."""
     sample, num_frames, views, limits = opts.sample, opts.num_frames, opts.views, opts.limits
@@ -110,7 +118,7 @@ def open_source(source: str | Sequence[str], opts: ReadOptions) -> Source:
     storage = opts.storage or StorageOptions()
     manifest, urls = load_index(source, storage, limits)
     check_counts(manifest, limits)
-    cache = ShardCache(opts.cache_dir, parse_bytes(opts.cache_limit), opts.verify_cache) if opts.cache_dir else None
+    cache = ShardCache(opts.cache_dir, option_bytes("cache_limit", opts.cache_limit), opts.verify_cache) if opts.cache_dir else None
     views = tuple(views) if views is not None else tuple(manifest.views)
     unknown = [v for v in views if v not in manifest.views]
     if unknown or not views:

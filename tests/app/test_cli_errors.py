@@ -83,3 +83,69 @@ def test_verify_over_http_names_a_missing_shard_without_credentials(small_datase
     assert "secretpw" not in captured.out + captured.err and "Traceback" not in captured.err
     assert f"{os.path.basename(first)}: missing" in captured.out, captured.out
     assert "all checks hold" not in captured.out
+
+
+def test_every_typed_error_of_the_reader_is_one_reader_error():
+    from streaming.errors import DatasetError, DatasetNotFound, DatasetRefused, ReaderError, ResumeError
+    from streaming.resume import ResumeMismatch
+
+    assert issubclass(DatasetError, ReaderError) and issubclass(ResumeMismatch, ReaderError)
+    assert issubclass(DatasetNotFound, FileNotFoundError) and issubclass(DatasetRefused, ValueError)
+    assert issubclass(ResumeMismatch, ResumeError) and issubclass(ResumeError, ValueError)
+
+
+def test_a_refused_resume_state_is_one_line(monkeypatch, tmp_path, capsys):
+    import vidshard.tools.survey as survey
+    from streaming.resume import ResumeMismatch
+
+    def refused(source, key=None):
+        raise ResumeMismatch("the resume state was saved with seed=0, this dataset has seed=1")
+
+    monkeypatch.setattr(survey, "listing", refused)
+    assert main(["ls", str(tmp_path)]) == 2
+    assert "seed=0" in _one_line(capsys, "ls")
+
+
+def test_the_reader_refuses_states_and_options_with_typed_errors(small_dataset, monkeypatch):
+    from streaming import VideoShardDataset, VideoShardMapDataset
+    from streaming.errors import DatasetRefused, ResumeError
+    from streaming.resume import STATE_KEY
+    from streaming.wds import WdsItems
+    from streaming.world import World
+
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    with pytest.raises(ResumeError, match="not a VideoShardDataset state"):
+        ds.load_state_dict({})
+    ds.load_state_dict({STATE_KEY: 1, "spec": ds.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3, "owed": 0,
+                        "last_good": None, "skipped": {}})
+    monkeypatch.setattr(World, "detect", classmethod(lambda cls: World(rank=1, world_size=2)))
+    with pytest.raises(ResumeError, match="saved by rank 0/1"):
+        next(iter(ds))
+    monkeypatch.setattr(World, "detect", classmethod(lambda cls: World(worker=0, num_workers=10_000)))
+    with pytest.raises(DatasetRefused, match="fewer items than its 10000 DataLoader workers"):
+        next(iter(VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)))
+    for option in ("shuffle_buffer", "shuffle_block"):
+        with pytest.raises(DatasetRefused, match=option):
+            VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, **{option: "lots"})
+    with pytest.raises(DatasetRefused, match="cache_limit"):
+        VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, cache_dir="/tmp/unused-cache", cache_limit="lots")
+    with pytest.raises(DatasetRefused, match="open_shards must be >= 1"):
+        VideoShardMapDataset(small_dataset, load_rgb=False, load_kpt=True, open_shards=0)
+    with pytest.raises(DatasetRefused, match="on_error"):
+        WdsItems(on_error="ignore")
+    with pytest.raises(DatasetRefused, match="no folder to find index.json"):
+        WdsItems().of({"__key__": "a_0", "__url__": "pipe:cat x"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "{tmp}", "--frames", "0"], "must be >= 1"),
+    (["synth", "{tmp}/src", "--fps", "abc"], "expected a frame rate"),
+    (["synth", "{tmp}/src", "--fps", "0"], "must be positive"),
+])
+def test_bad_arguments_are_argparse_errors(tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
