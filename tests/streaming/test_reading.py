@@ -58,3 +58,24 @@ def test_one_retry_policy_for_every_reader():
     with pytest.raises(RangeNotSupportedError) as info:
         retry(raising(verdict), "reading bytes [0, 2)", url, options, stats)
     assert info.value is verdict and stats["retries"] == 2 and stats["failed_reads"] == 2
+
+
+def test_an_os_error_opening_a_local_shard_stops_the_loader_even_when_skipping(small_dataset, monkeypatch):
+    """EMFILE (or EIO, ENOMEM) opening a local shard is this process's trouble, not the
+    samples': under on_error="skip" it stops the epoch instead of skipping every sample."""
+    import errno
+
+    import pytest
+
+    import streaming.ranges as ranges
+    from streaming import VideoShardDataset
+
+    def emfile(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, on_error="skip")
+    monkeypatch.setattr(ranges, "open", emfile, raising=False)  # open_local's open()
+    with pytest.raises(OSError) as raised:
+        next(iter(ds))
+    assert raised.value.errno == errno.EMFILE
+    assert not any(k.startswith("skipped_") for k in ds.stats)
