@@ -68,6 +68,11 @@ class ShardReadError(SampleError):
     reason = "read"
 
 
+class ShardNotFound(ShardReadError):
+    """The object is not there (a 404, no such key): what `remote.retry` raises for a
+    FileNotFoundError, so that a caller reading index.json can say the dataset is not found."""
+
+
 class StorageError(ReaderError):
     """The storage cannot serve this dataset at all; not a per-sample error."""
 

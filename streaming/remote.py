@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import fsspec
 
-from .errors import ReaderError, ShardReadError
+from .errors import ReaderError, ShardNotFound, ShardReadError
 
 __all__ = ["StorageOptions", "redact", "retry", "http_get", "is_transient", "filesystem"]
 
@@ -142,9 +142,10 @@ def retry(attempt: Callable[[], T], doing: str, url: str, options: StorageOption
         except Exception as exc:  # noqa: BLE001 (classified: permanent errors are raised at once)
             if not is_transient(exc) or n > options.retries:
                 stats["failed_reads"] += 1
-                what = "not found" if isinstance(exc, FileNotFoundError) else \
-                    f"failed after {n} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}"
-                raise ShardReadError(f"{doing} {what}", shard=redact(url)) from None
+                if isinstance(exc, FileNotFoundError):
+                    raise ShardNotFound(f"{doing} not found", shard=redact(url)) from None
+                raise ShardReadError(f"{doing} failed after {n} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}",
+                                     shard=redact(url)) from None
             stats["retries"] += 1
             log.info("retrying %s (%s) after %s", redact(url), doing, type(exc).__name__)
             time.sleep(wait * _jitter.uniform(0.5, 1.0))

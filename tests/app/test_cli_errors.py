@@ -149,3 +149,22 @@ def test_bad_arguments_are_argparse_errors(tmp_path, capsys, argv, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_a_missing_remote_index_json_is_dataset_not_found(tmp_path, capsys):
+    from streaming import VideoShardDataset
+    from streaming.errors import DatasetNotFound
+    from streaming.remote import StorageOptions
+
+    from ..servers import HTTPFileServer
+
+    with HTTPFileServer(str(tmp_path)) as server:
+        url = f"http://user:secretpw@127.0.0.1:{server.port}/nope"
+        with pytest.raises(DatasetNotFound, match="no such index.json") as raised:
+            VideoShardDataset(url, storage=StorageOptions(retries=0))
+        assert "secretpw" not in str(raised.value)
+        for command in ("inspect", "ls", "verify"):
+            assert main([command, url]) == 2
+            assert "no such index.json" in _one_line(capsys, command)
+    with pytest.raises(DatasetNotFound, match="no such index.json"):
+        VideoShardDataset("memory://vidshard-test-nothing-here/ds")
