@@ -42,7 +42,7 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
 
     def __init__(self, source: str | Sequence[str], options: StreamOptions | None = None, *,
                  resume_from: dict | None = None, **settings: Any):
-        opts = (options or StreamOptions()).replace("VideoShardDataset", settings)
+        opts = StreamOptions.given("VideoShardDataset", options, settings)
         torch.utils.data.IterableDataset.__init__(self)
         DatasetCore.__init__(self, source, opts)
         self.shuffle, self.drop_last, self.on_error = opts.shuffle, opts.drop_last, opts.on_error

@@ -55,6 +55,18 @@ class ReadOptions:
     cache_limit: int | str = "50GB"
     verify_cache: bool = True
 
+    @classmethod
+    def given(cls, owner: str, options: Any, settings: dict[str, Any]):
+        """A dataset's options: `options` (None: the defaults), which must be this class (a
+        TypeError naming the class expected otherwise: another options class, or a setting
+        given by position), with `settings` in place."""
+        if options is None:
+            options = cls()
+        elif not isinstance(options, cls):
+            raise TypeError(f"{owner}'s second argument must be a {cls.__name__} (settings go as keywords, e.g. "
+                            f"sample=\"segment\"), got {type(options).__name__} {repr(options)[:80]}")
+        return options.replace(owner, settings)
+
     def replace(self, owner: str, settings: dict[str, Any]):
         """These options with `settings` (a dataset's keyword arguments) in place; a TypeError
         naming `owner` for a setting it does not take."""

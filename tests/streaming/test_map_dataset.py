@@ -245,3 +245,19 @@ def test_a_bad_sample_raises_naming_it_and_spares_the_others(map_dataset, tmp_pa
     assert (info.value.key, info.value.view, info.value.shard) == (key, "left", shard)
     check_pixels(ds[0])
     check_pixels(ds[len(ds) - 1])
+
+
+def test_options_of_the_wrong_class_or_by_position_are_a_type_error_naming_the_class(small_dataset):
+    import pytest
+
+    from streaming import MapOptions, StreamOptions, VideoShardDataset, VideoShardMapDataset
+
+    with pytest.raises(TypeError, match="must be a StreamOptions .*got MapOptions"):
+        VideoShardDataset(small_dataset, MapOptions())
+    with pytest.raises(TypeError, match="must be a StreamOptions .*got str 'segment'"):
+        VideoShardDataset(small_dataset, "segment")
+    with pytest.raises(TypeError, match="must be a MapOptions .*got StreamOptions"):
+        VideoShardMapDataset(small_dataset, StreamOptions())
+    with pytest.raises(TypeError, match="must be a MapOptions .*got str 'segment'"):
+        VideoShardMapDataset(small_dataset, "segment")
+    assert VideoShardMapDataset(small_dataset, MapOptions(load_rgb=False, load_kpt=True), open_shards=2).open_shards == 2
