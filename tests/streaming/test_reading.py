@@ -79,3 +79,23 @@ def test_an_os_error_opening_a_local_shard_stops_the_loader_even_when_skipping(s
         next(iter(ds))
     assert raised.value.errno == errno.EMFILE
     assert not any(k.startswith("skipped_") for k in ds.stats)
+
+
+def test_a_bug_in_an_attempt_is_raised_unchanged_not_a_read_error():
+    """retry classifies storage faults only: a KeyError or TypeError in an attempt is a bug,
+    raised as it is (never a ShardReadError that on_error="skip" would skip)."""
+    import collections
+
+    import pytest
+
+    from streaming.remote import StorageOptions, retry
+
+    stats = collections.Counter()
+    for bug in (KeyError("offset"), TypeError("unsupported operand"), ValueError("bad")):
+        def attempt(bug=bug):
+            raise bug
+
+        with pytest.raises(type(bug)) as info:
+            retry(attempt, "reading bytes [0, 2)", "https://host/a.tar", StorageOptions(retries=3, backoff_s=0.001), stats)
+        assert info.value is bug
+    assert stats["retries"] == 0 and stats["failed_reads"] == 0
