@@ -105,6 +105,9 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), Ledger()
         check_same_run(spec, self.spec(world))
+        missing = [k for k in ("rank", "worker") if k not in pending]
+        if missing:
+            raise ResumeError(f"a loader state without {', '.join(missing)}: not one a VideoShardDataset saved whole")
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):
