@@ -258,7 +258,7 @@ class WholeGetReader(io.RawIOBase):
             data = self._chunk(n)
             self.at += len(data)
             return data
-        except BaseException:
+        except Exception:
             self._release()  # the next attempt reconnects
             raise
 

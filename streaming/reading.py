@@ -71,7 +71,7 @@ def _caught(step: Callable[[], T], url: str) -> T | SampleError:
     except SampleError as exc:
         return exc
     except OSError as exc:
-        return ShardReadError(f"read failed ({exc})", shard=url)
+        return ShardReadError(f"read failed ({redact(str(exc))[:300]})", shard=url)
 
 
 class SampleReader:

@@ -99,3 +99,47 @@ def test_a_bug_in_an_attempt_is_raised_unchanged_not_a_read_error():
             retry(attempt, "reading bytes [0, 2)", "https://host/a.tar", StorageOptions(retries=3, backoff_s=0.001), stats)
         assert info.value is bug
     assert stats["retries"] == 0 and stats["failed_reads"] == 0
+
+
+def test_a_broken_read_names_no_credentials():
+    """_caught's message for an OSError out of a stream: the OSError's text redacted."""
+    from streaming.errors import ShardReadError
+    from streaming.reading import _caught
+
+    def broken():
+        raise OSError("reset reading https://u:pw@host/a.tar?X-Amz-Signature=s3cret")
+
+    error = _caught(broken, "https://***@host/a.tar")
+    assert isinstance(error, ShardReadError) and "pw@" not in str(error) and "s3cret" not in str(error), error
+    assert "read failed" in str(error) and "host/a.tar" in str(error)
+
+
+def test_a_plain_get_read_lets_keyboard_interrupt_pass_without_releasing(monkeypatch):
+    """WholeGetReader._read releases its response (reconnects next attempt) on errors only."""
+    import collections
+
+    import pytest
+
+    from streaming.ranges import WholeGetReader
+    from streaming.remote import StorageOptions
+
+    reader = WholeGetReader(None, "p", "http://host/a.tar", 0, 10, StorageOptions(), collections.Counter())
+    reader.response = object()
+    released = []
+    monkeypatch.setattr(reader, "_release", lambda: released.append(1))
+
+    def interrupted(n):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reader, "_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reader._read(4)
+    assert released == []
+
+    def cut(n):
+        raise EOFError("cut")
+
+    monkeypatch.setattr(reader, "_chunk", cut)
+    with pytest.raises(EOFError):
+        reader._read(4)
+    assert released == [1]
