@@ -44,10 +44,10 @@ def open_whole(url: str, options: StorageOptions = StorageOptions()) -> Iterator
             if not isinstance(size, int):
                 raise ShardReadError("the storage does not tell the shard's size", shard=redact(url))
             stream = open_range(url, 0, size, options, stats, whole_get=True)
-        with stream:
-            yield stream, size
     except OSError as exc:  # the local disk (EIO, EMFILE): typed, the URL redacted
-        raise ShardReadError(f"cannot read the shard ({type(exc).__name__})", shard=redact(url)) from None
+        raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=redact(url)) from None
+    with stream:
+        yield stream, size
 
 
 @contextlib.contextmanager
