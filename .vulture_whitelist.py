@@ -30,5 +30,6 @@ _.indices_of  # streaming/mapped.py: VideoShardMapDataset.indices_of
 frame_counts  # streaming/resume.py
 read_barcode  # vidshard/synth.py
 
-# A key of the original's YAML configs, accepted and shown, read by nothing here.
+# A key of the original's YAML configs: accepted (those configs load unchanged) and checked to be a
+# string, but read and shown by nothing here.
 experiment  # vidshard/train/config.py

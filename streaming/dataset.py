@@ -19,16 +19,15 @@ import torch
 
 from .core import DatasetCore, retried
 from .decode import ClipDecoder
-from .errors import SampleError
+from .errors import DatasetRefused, ResumeError, SampleError
 from .items import SampleInfo
 from .ledger import Ledger, NothingToPad, Planned, deliver
-from .options import StreamOptions, sample_reader
+from .options import StreamOptions, option_bytes, sample_reader
 from .order import blocks
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
 from .reading import SampleReader
 from .remote import redact
 from .resume import STATE_KEY, check_same_run, fingerprint
-from .units import parse_bytes
 from .world import World
 
 log = logging.getLogger("vidshard.streaming")
@@ -43,11 +42,11 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
 
     def __init__(self, source: str | Sequence[str], options: StreamOptions | None = None, *,
                  resume_from: dict | None = None, **settings: Any):
-        opts = (options or StreamOptions()).replace("VideoShardDataset", settings)
+        opts = StreamOptions.given("VideoShardDataset", options, settings)
         torch.utils.data.IterableDataset.__init__(self)
         DatasetCore.__init__(self, source, opts)
         self.shuffle, self.drop_last, self.on_error = opts.shuffle, opts.drop_last, opts.on_error
-        self.buffer_bytes = parse_bytes(opts.shuffle_buffer)
+        self.buffer_bytes = option_bytes("shuffle_buffer", opts.shuffle_buffer)
         self.block_bytes = shuffle_block_bytes(opts.shuffle_block, self.buffer_bytes, self.storage.block_bytes)
         if _blocks_split_shards(self.catalog, self.block_bytes):
             # Every window reads a block or two from each of many shards, and every epoch reaches every shard: a
@@ -94,7 +93,7 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get(STATE_KEY) != 1:
-            raise ValueError("not a VideoShardDataset state")
+            raise ResumeError("not a VideoShardDataset state")
         self._pending = state if state.get("spec") else None
 
     def _start(self, world: World) -> tuple[PlanSpec, Ledger]:
@@ -106,10 +105,13 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
         if spec.epoch != self.epoch:  # saved at the end of an earlier epoch: start this one afresh
             return self.spec(world), Ledger()
         check_same_run(spec, self.spec(world))
+        missing = [k for k in ("rank", "worker") if k not in pending]
+        if missing:
+            raise ResumeError(f"a loader state without {', '.join(missing)}: not one a VideoShardDataset saved whole")
         if (spec.world_size, spec.num_workers, pending["rank"], pending["worker"]) != (
             world.world_size, world.num_workers, world.rank, world.worker
         ):
-            raise ValueError(
+            raise ResumeError(
                 f"this state was saved by rank {pending['rank']}/{spec.world_size}, worker "
                 f"{pending['worker']}/{spec.num_workers}, not rank {world.rank}/{world.world_size}, worker "
                 f"{world.worker}/{world.num_workers}: to resume on another shape, merge every rank's loader "
@@ -124,7 +126,7 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
         plan = epoch_plan(self.catalog, spec)  # once: a resumed plan resolves every level below it
         if plan.items_per_rank // world.num_workers == 0 and spec.base is None:
             # (a resumed epoch's last few items may leave workers idle: allowed there)
-            raise ValueError(
+            raise DatasetRefused(
                 f"rank {world.rank} has fewer items than its {world.num_workers} DataLoader workers "
                 f"({plan.items_per_rank} items): use fewer workers, or a larger dataset"
             )
@@ -230,7 +232,7 @@ def shuffle_block_bytes(shuffle_block: int | str, buffer_bytes: int, request_byt
         return None
     if shuffle_block == "auto":
         return max(1, min(request_bytes, buffer_bytes // BLOCKS_PER_WINDOW))
-    return max(1, parse_bytes(shuffle_block))
+    return max(1, option_bytes("shuffle_block", shuffle_block))
 
 
 def _blocks_split_shards(catalog: Catalog, block_bytes: int | None) -> bool:

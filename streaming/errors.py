@@ -1,5 +1,6 @@
 """Typed reader errors, all `ReaderError`s: code that must let the reader's own verdicts pass
-(a retry loop, a handler of OS errors) catches that one base.
+(a retry loop, a handler of OS errors) catches that one base, and so does an application
+that says them to its user (`vidshard`: one line, exit 2).
 
 `SampleError` and its subclasses are about one sample (or the samples of one byte range):
 each carries the shard, the sample key and, when known, the member and the view, and
@@ -67,6 +68,11 @@ class ShardReadError(SampleError):
     reason = "read"
 
 
+class ShardNotFound(ShardReadError):
+    """The object is not there (a 404, no such key): what `remote.retry` raises for a
+    FileNotFoundError, so that a caller reading index.json can say the dataset is not found."""
+
+
 class StorageError(ReaderError):
     """The storage cannot serve this dataset at all; not a per-sample error."""
 
@@ -75,7 +81,7 @@ class RangeNotSupportedError(StorageError):
     """An HTTP server answered a ranged GET with the whole file (status 200)."""
 
 
-class DatasetError(Exception):
+class DatasetError(ReaderError):
     """A dataset that cannot be opened as asked (not one sample's problem): no index.json
     where it was looked for, an index.json or shard list refused, options it cannot satisfy.
     Raised as one of the two below, each also the built-in type it was before."""
@@ -87,3 +93,9 @@ class DatasetNotFound(DatasetError, FileNotFoundError):
 
 class DatasetRefused(DatasetError, ValueError):
     """index.json, the shard list or the options refused (the message says which and why)."""
+
+
+class ResumeError(ReaderError, ValueError):
+    """A resume state that cannot be used here: not a loader state, one saved by another
+    rank or worker, or (`streaming.resume.ResumeMismatch`) under other settings. Also a
+    ValueError, as these were before."""

@@ -204,7 +204,9 @@ class Manifest:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
             raise ValueError("not a vidshard index.json (missing \"format\": \"vidshard\")")
         if obj.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"index.json has format_version {repr(obj.get('format_version'))[:40]}: this reader reads "
+            shown = "has no format_version" if "format_version" not in obj else \
+                f"has format_version {_shown(obj['format_version'])}"
+            raise ValueError(f"index.json {shown}: this reader reads "
                              f"format_version {FORMAT_VERSION} only (write the dataset again with this vidshard, or read "
                              "it with the vidshard that wrote it)")
         shards = []
@@ -308,6 +310,13 @@ def _shared_labels(entry: SampleEntry, names: dict[str, str]) -> SampleEntry:
             if isinstance(pair, list) and pair and isinstance(pair[0], str):
                 pair[0] = names.setdefault(pair[0], pair[0])
     return entry
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """repr(value), cut to about `limit` characters with an ellipsis that says so (a hostile
+    index.json may put a megabyte where a number belongs)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _check(ok: Any, field: str, value: Any, want: str) -> None:

@@ -19,6 +19,7 @@ import io
 from collections.abc import Callable
 from typing import BinaryIO
 
+from .errors import DatasetRefused
 from .ranges import file_range, open_local
 from .reading import SampleReader
 from .remote import protocol_of
@@ -30,8 +31,8 @@ class ShardHandles:
     """Open shard files of this process, keyed by shard number; least recently used out first."""
 
     def __init__(self, size: int = OPEN_SHARDS):
-        if size < 1:
-            raise ValueError(f"open_shards must be >= 1, got {size}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise DatasetRefused(f"open_shards must be >= 1, got {size}")
         self.size = size
         self.files: collections.OrderedDict[int, BinaryIO] = collections.OrderedDict()
 

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from .errors import SampleError
+from .errors import ResumeError, SampleError
 
 T = TypeVar("T")
 
@@ -56,13 +56,21 @@ class Ledger:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Ledger:
-        """From a loader state (`to_state`'s fields)."""
+        """From a loader state (`to_state`'s fields); a ResumeError naming what is missing or
+        not a count."""
+        missing = [k for k in ("yielded", "owed", "last_good", "skipped") if k not in state]
+        if missing:
+            raise ResumeError(f"a loader state without {', '.join(missing)}: not one a VideoShardDataset saved whole")
         last_good = state["last_good"]
-        ledger = cls(consumed=int(state["yielded"]), owed=int(state["owed"]),
-                     last_good=None if last_good is None else int(last_good),
-                     skipped=tuple(sorted((str(k), int(v)) for k, v in state["skipped"].items())))
+        try:
+            ledger = cls(consumed=int(state["yielded"]), owed=int(state["owed"]),
+                         last_good=None if last_good is None else int(last_good),
+                         skipped=tuple(sorted((str(k), int(v)) for k, v in state["skipped"].items())))
+        except (TypeError, ValueError, AttributeError):
+            shown = {k: state[k] for k in ("yielded", "owed", "last_good", "skipped")}
+            raise ResumeError(f"a loader state whose counts are not counts: {str(shown)[:200]}") from None
         if min(ledger.consumed, ledger.owed) < 0:
-            raise ValueError(f"a loader state with negative counts: {state}")
+            raise ResumeError(f"a loader state with negative counts: {str(state)[:200]}")
         return ledger
 
 

@@ -38,7 +38,7 @@ class VideoShardMapDataset(DatasetCore, torch.utils.data.Dataset):
     value, or both (the keywords replace the value's)."""
 
     def __init__(self, source: str | Sequence[str], options: MapOptions | None = None, **settings: Any):
-        opts = (options or MapOptions()).replace("VideoShardMapDataset", settings)
+        opts = MapOptions.given("VideoShardMapDataset", options, settings)
         DatasetCore.__init__(self, source, opts)
         ShardHandles(opts.open_shards)  # refuse a bad size here, not in the first worker
         self.open_shards = opts.open_shards

@@ -55,6 +55,18 @@ class ReadOptions:
     cache_limit: int | str = "50GB"
     verify_cache: bool = True
 
+    @classmethod
+    def given(cls, owner: str, options: Any, settings: dict[str, Any]):
+        """A dataset's options: `options` (None: the defaults), which must be this class (a
+        TypeError naming the class expected otherwise: another options class, or a setting
+        given by position), with `settings` in place."""
+        if options is None:
+            options = cls()
+        elif not isinstance(options, cls):
+            raise TypeError(f"{owner}'s second argument must be a {cls.__name__} (settings go as keywords, e.g. "
+                            f"sample=\"segment\"), got {type(options).__name__} {repr(options)[:80]}")
+        return options.replace(owner, settings)
+
     def replace(self, owner: str, settings: dict[str, Any]):
         """These options with `settings` (a dataset's keyword arguments) in place; a TypeError
         naming `owner` for a setting it does not take."""
@@ -98,6 +110,14 @@ class Source:
     options: Options
 
 
+def option_bytes(name: str, value: int | str) -> int:
+    """A byte-count option (an int, or "256MB", "1GiB"): DatasetRefused naming the option if it is not one."""
+    try:
+        return parse_bytes(value)
+    except (ValueError, TypeError) as exc:
+        raise DatasetRefused(f"{name}: {exc}") from None
+
+
 def open_source(source: str | Sequence[str], opts: ReadOptions) -> Source:
     """Check the options (ValueError showing the values), load index.json and bound its counts."""
     sample, num_frames, views, limits = opts.sample, opts.num_frames, opts.views, opts.limits
@@ -110,7 +130,7 @@ def open_source(source: str | Sequence[str], opts: ReadOptions) -> Source:
     storage = opts.storage or StorageOptions()
     manifest, urls = load_index(source, storage, limits)
     check_counts(manifest, limits)
-    cache = ShardCache(opts.cache_dir, parse_bytes(opts.cache_limit), opts.verify_cache) if opts.cache_dir else None
+    cache = ShardCache(opts.cache_dir, option_bytes("cache_limit", opts.cache_limit), opts.verify_cache) if opts.cache_dir else None
     views = tuple(views) if views is not None else tuple(manifest.views)
     unknown = [v for v in views if v not in manifest.views]
     if unknown or not views:

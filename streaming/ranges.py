@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 import fsspec
 
-from .errors import RangeNotSupportedError, ShardReadError
+from .errors import RangeNotSupportedError, ReaderError, ShardReadError
 from .remote import StorageOptions, filesystem, http_get, protocol_of, redact, retry
 
 log = logging.getLogger("vidshard.remote")
@@ -258,7 +258,7 @@ class WholeGetReader(io.RawIOBase):
             data = self._chunk(n)
             self.at += len(data)
             return data
-        except BaseException:
+        except Exception:
             self._release()  # the next attempt reconnects
             raise
 
@@ -300,11 +300,32 @@ def download(url: str, size: int, dst: io.BufferedWriter, options: StorageOption
     fs, path = filesystem(url, options)
 
     def attempt() -> str:
-        dst.seek(0)
-        dst.truncate()
+        _to_disk(dst.seek, 0)
+        _to_disk(dst.truncate)
         return fsspec.asyn.sync(fs.loop, _http_copy, fs, path, redact(url), size, dst)
 
-    return retry(attempt, "downloading the whole shard", url, options, stats)
+    try:
+        return retry(attempt, "downloading the whole shard", url, options, stats)
+    except _CacheDiskError as exc:
+        raise exc.error from None  # the cache's disk, not the network: its caller counts it and reads past the cache
+
+
+class _CacheDiskError(ReaderError):
+    """An OSError of the cache's own disk (ENOSPC, EIO) inside a download attempt: a
+    ReaderError, so `retry` passes it through untried instead of taking it for a network
+    fault; `download` raises the OSError itself."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _to_disk(op, *args):
+    """`op(*args)` on the cache's partial file, its OSError a _CacheDiskError."""
+    try:
+        return op(*args)
+    except OSError as exc:
+        raise _CacheDiskError(exc) from exc
 
 
 def _copy(src: BinaryIO, dst: io.BufferedWriter) -> str:
@@ -325,7 +346,7 @@ async def _http_copy(fs, path: str, shown: str, size: int, dst) -> str:
                 written += len(block)
                 break
             digest.update(block)
-            dst.write(block)
+            _to_disk(dst.write, block)
             written += len(block)
     if written != size:
         raise EOFError(f"{written} bytes received, index.json says {size}")

@@ -3,7 +3,8 @@ tar members -> samples:
 
     runs()          byte ranges: consecutive samples of one shard whose ranges (index.json)
                     follow each other are one run, fetched with one open and one sequential read
-    _open()         the run's bytes: the cache copy, the local file or the URL (ranges.open_range)
+    _open()         the run's bytes: the cache copy, the local file or the URL (ranges.open_range);
+                    only its typed errors (a missing or forbidden shard) are the samples' errors
     _sample()       each sample parsed from exactly its own range (tario.read_sample: the checked
                     tar members), its remaining bytes passed over
 
@@ -70,7 +71,7 @@ def _caught(step: Callable[[], T], url: str) -> T | SampleError:
     except SampleError as exc:
         return exc
     except OSError as exc:
-        return ShardReadError(f"read failed ({exc})", shard=url)
+        return ShardReadError(f"read failed ({redact(str(exc))[:300]})", shard=url)
 
 
 class SampleReader:
@@ -95,9 +96,14 @@ class SampleReader:
         """A sample or an error for each sample of the run, in order."""
         entries = [self.manifest.shards[run.shard].samples[i] for i in run.samples]
         url = redact(self.urls[run.shard])
-        stream = _caught(lambda: self._open(run.shard, run.start, run.end - run.start), url)
-        if isinstance(stream, SampleError):
-            yield from (stream.at(key=entry.key) for entry in entries)
+        try:
+            # Only the typed verdicts of opening (open_local: missing, forbidden; a URL's
+            # reads fail later, in _sample) are the run's errors: an OSError here is this
+            # process's own (EMFILE, ENOMEM, EIO on the local disk), not the samples', and
+            # stops the job rather than be skipped as bad samples.
+            stream = self._open(run.shard, run.start, run.end - run.start)
+        except SampleError as exc:
+            yield from (exc.at(key=entry.key) for entry in entries)
             return
         with stream:
             for k, entry in enumerate(entries):

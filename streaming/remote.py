@@ -7,7 +7,8 @@ turned off: faults reach `retry`, which counts them in the caller's stats, waits
 jittered exponential backoff (`StorageOptions`), and tries again; a fault that is not
 transient (missing, forbidden), or one that outlasts the retries, is a ShardReadError
 naming the URL, redacted. Our own verdicts (a `ReaderError`: a server that ignores Range, a
-damaged sample) are never retried: they pass through as they are.
+damaged sample) are never retried: they pass through as they are; so does anything that is
+not a storage fault (a KeyError, a TypeError: a bug), never taken for a sample to skip.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import fsspec
 
-from .errors import ReaderError, ShardReadError
+from .errors import ReaderError, ShardNotFound, ShardReadError
 
 __all__ = ["StorageOptions", "redact", "retry", "http_get", "is_transient", "filesystem"]
 
@@ -119,6 +120,24 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _storage_types() -> tuple[type[BaseException], ...]:
+    """What a storage fault can be: an OSError (fsspec's FileNotFoundError and PermissionError
+    included), a cut body, a timeout, or an error of a client library that is loaded. Anything
+    else out of an attempt (a KeyError, a TypeError) is a bug, not the storage's: `retry`
+    raises it unchanged."""
+    types: list[type[BaseException]] = [OSError, EOFError, asyncio.TimeoutError, TimeoutError]
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None:
+        types.append(aiohttp.ClientError)
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        types += [botocore.BotoCoreError, botocore.ClientError]
+    gcsfs = sys.modules.get("gcsfs.retry")
+    if gcsfs is not None:
+        types.append(gcsfs.HttpError)
+    return tuple(types)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: resets, timeouts, 5xx/408/429, cut bodies. Not: missing, forbidden."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ReaderError)):
@@ -140,11 +159,14 @@ def retry(attempt: Callable[[], T], doing: str, url: str, options: StorageOption
         except ReaderError:
             raise  # our own verdict (a server that ignores Range): not a fault to retry or rename
         except Exception as exc:  # noqa: BLE001 (classified: permanent errors are raised at once)
+            if not isinstance(exc, _storage_types()):
+                raise  # a bug in the attempt (KeyError, TypeError): not a fault of the storage, nor a sample to skip
             if not is_transient(exc) or n > options.retries:
                 stats["failed_reads"] += 1
-                what = "not found" if isinstance(exc, FileNotFoundError) else \
-                    f"failed after {n} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}"
-                raise ShardReadError(f"{doing} {what}", shard=redact(url)) from None
+                if isinstance(exc, FileNotFoundError):
+                    raise ShardNotFound(f"{doing} not found", shard=redact(url)) from None
+                raise ShardReadError(f"{doing} failed after {n} attempt(s): {type(exc).__name__}: {redact(str(exc))[:300]}",
+                                     shard=redact(url)) from None
             stats["retries"] += 1
             log.info("retrying %s (%s) after %s", redact(url), doing, type(exc).__name__)
             time.sleep(wait * _jitter.uniform(0.5, 1.0))

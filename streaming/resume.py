@@ -19,6 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import ResumeError
 from .format import video_of
 from .plan import PlanSpec
 
@@ -30,7 +31,7 @@ _ORDER_SETTINGS = {"seed": "seed", "shuffle": "shuffle", "buffer_bytes": "shuffl
                    "drop_last": "drop_last"}
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(ResumeError):
     """A resume state saved under other settings than the dataset loading it."""
 
 
@@ -125,10 +126,10 @@ def merge_loader_states(loader_states: list[Any]) -> dict[str, Any] | None:
         return None
     spec = states[0]["spec"]
     if any(s["spec"] != spec for s in states):
-        raise ValueError("loader states come from different epochs or settings; merge states saved at one step")
+        raise ResumeError("loader states come from different epochs or settings; merge states saved at one step")
     ranks = {s["rank"] for s in states}
     if ranks != set(range(spec["world_size"])):
-        raise ValueError(f"states of ranks {sorted(ranks)} given, the run had {spec['world_size']}: pass every rank's state")
+        raise ResumeError(f"states of ranks {sorted(ranks)} given, the run had {spec['world_size']}: pass every rank's state")
     yielded = {}
     for s in states:
         yielded[s["rank"], s["worker"]] = max(yielded.get((s["rank"], s["worker"]), 0), int(s["yielded"]))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import braceexpand
 
+from .errors import ShardNotFound
 from .format import INDEX_NAME, Manifest
 from .ranges import RangeReader
 from .remote import StorageOptions, protocol_of, redact
@@ -63,7 +64,7 @@ def load_manifest(url: str, storage: StorageOptions = StorageOptions(), max_byte
     """index.json, refused (ValueError) when it holds more than `max_bytes` before it is read whole."""
     try:
         data = read_bytes(url, storage, max_bytes=max_bytes)
-    except FileNotFoundError:
+    except (FileNotFoundError, ShardNotFound):  # a local path; a URL (remote.retry's verdict on a 404, no such key)
         raise FileNotFoundError(f"{redact(url)}: no such index.json (write the dataset with `vidshard write`)") from None
     except TooLargeError as exc:
         raise ValueError(f"{exc} (streaming.tario.Limits.max_index_bytes)") from None

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .decode import ClipDecoder
-from .errors import SampleError, ShardFormatError
+from .errors import DatasetRefused, SampleError, ShardFormatError
 from .items import build_item, parse_sample
 from .options import ReadOptions, Source, clip_rng, member_limit, open_source, wanted_members
 from .remote import StorageOptions, redact
@@ -48,7 +48,7 @@ class WdsItems:
                  load_kpt: bool = False, seed: int = 0, on_error: str = "raise", decode_threads: int = 1,
                  limits: Limits = Limits(), storage: StorageOptions | None = None):
         if on_error not in ("raise", "skip"):
-            raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
+            raise DatasetRefused(f'on_error must be "raise" or "skip", got {on_error!r}')
         self.settings = ReadOptions(sample=sample, num_frames=num_frames, stride=stride, img_size=img_size, views=views,
                                     load_rgb=load_rgb, load_kpt=load_kpt, limits=limits, storage=storage)
         self.source, self.seed, self.on_error, self.decode_threads = source, seed, on_error, decode_threads
@@ -80,7 +80,7 @@ class WdsItems:
         key = raw.get("__key__")
         url = raw.get("__url__")
         if self.source is None and (not isinstance(url, str) or url.startswith("pipe:") or "/" not in url.strip("/")):
-            raise ValueError(f"a sample from {str(url)[:100]!r}: no folder to find index.json in; pass wds_items(source=...)")
+            raise DatasetRefused(f"a sample from {redact(str(url))[:100]!r}: no folder to find index.json in; pass wds_items(source=...)")
         folder = self._folder(self.source if self.source is not None else posixpath.dirname(url))
         found = folder.where.get(key) if isinstance(key, str) else None
         shown = redact(str(raw.get("__url__") or raw.get("__shard__") or folder.name))

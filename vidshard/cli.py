@@ -9,7 +9,7 @@ import signal
 import sys
 from fractions import Fraction
 
-from streaming.errors import DatasetError, SampleError, StorageError
+from streaming.errors import ReaderError
 from streaming.units import parse_bytes
 
 from shardwriter.config import WriteConfig
@@ -54,6 +54,26 @@ def _quirk(text: str) -> tuple[str, object]:
         return view, ViewQuirks(**values)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--quirk {text!r}: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fps(text: str) -> Fraction:
+    try:
+        fps = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a frame rate such as 30 or 30000/1001, got {text!r}") from None
+    if fps <= 0:
+        raise argparse.ArgumentTypeError(f"a frame rate must be positive, got {text!r}")
+    return fps
 
 
 def _bytes(text: str) -> int:
@@ -115,7 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from shardwriter.check import check_dataset, format_report
     from shardwriter.engine import LocalEngine
 
-    config = _write_config(args)  # a bad setting: ValueError, exit 2 like write
+    config = _write_config(args)  # a bad setting: SettingError, exit 2 like write
     engine = LocalEngine(args.workers)
     try:
         report = check_dataset(args.source, config, engine)
@@ -132,7 +152,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from vidshard.synth import synth_source
 
     ids = synth_source(args.out, videos=args.videos, frames=args.frames, views=args.views, size=args.size,
-                       fps=Fraction(args.fps), seed=args.seed, keypoints=not args.no_keypoints,
+                       fps=args.fps, seed=args.seed, keypoints=not args.no_keypoints,
                        quirks=dict(args.quirk))
     print(f"wrote {len(ids)} videos x {len(args.views)} views x {args.frames} frames to {args.out}")
     return 0
@@ -265,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=300)
     s.add_argument("--views", type=_views, default=("front", "left", "right"))
     s.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT")
-    s.add_argument("--fps", default="30", help="frame rate, e.g. 30 or 30000/1001")
+    s.add_argument("--fps", type=_fps, default="30", help="frame rate, e.g. 30 or 30000/1001")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-keypoints", action="store_true")
     s.add_argument("--quirk", type=_quirk, action="append", default=[], metavar="VIEW:KEY=VALUE,...",
@@ -299,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("source", help="OUTPUT folder or one of its shards")
     sh.add_argument("--key", default=None, help="sample key (default: a random sample)")
     sh.add_argument("--out", default="preview.png")
-    sh.add_argument("--frames", type=int, default=6, help="frames per view")
+    sh.add_argument("--frames", type=_positive, default=6, help="frames per view")
     sh.add_argument("--no-keypoints", action="store_true", help="do not draw keypoints")
     sh.set_defaults(func=cmd_show)
 
@@ -358,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         # pointed at /dev/null so that the interpreter's own flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE  # what a shell reports for a writer a closed pipe stopped
-    except (WriterError, SampleError, DatasetError, StorageError, CommandError) as exc:  # SampleError: a bad shard (tools)
+    except (WriterError, ReaderError, CommandError) as exc:  # ReaderError: a bad shard (tools), a dataset, a resume state
         # The typed errors of what was asked (a setting, the source, a dataset, a shard): one line. Anything
         # else (a KeyError deep in a tool, say) is a bug and shows as one, with its traceback.
         from streaming.remote import redact

@@ -1,8 +1,9 @@
 """The application's typed errors: what a command was asked that cannot be done as asked.
 
 `vidshard` (cli.py) says these in one line and exits 2, as it does the libraries' typed
-errors (shardwriter.errors.WriterError, streaming.errors.SampleError, DatasetError,
-StorageError); anything else is a bug and shows with its traceback.
+errors (shardwriter.errors.WriterError, streaming.errors.ReaderError: a bad sample or shard, a
+dataset refused, a storage that cannot serve it, a resume state refused); anything else is a
+bug and shows with its traceback.
 """
 
 from __future__ import annotations

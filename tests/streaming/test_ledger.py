@@ -117,3 +117,30 @@ def test_a_failing_substitute_at_the_end_is_tried_again():
     assert out == [(0, False), (1, False), (1, True)] and len(skips) == 2
     with pytest.raises(NothingToPad, match="failed to build 3 times"):
         flaky_run([True, True, False], failing_calls={3, 4, 5})
+
+
+@pytest.mark.parametrize("drop", ["yielded", "owed", "last_good", "skipped"])
+def test_a_partial_state_is_a_resume_error_naming_what_is_missing(drop):
+    from streaming.errors import ResumeError
+
+    state = Ledger().delivered(0).to_state()
+    Ledger.from_state(state)
+    with pytest.raises(ResumeError, match=f"without {drop}"):
+        Ledger.from_state({k: v for k, v in state.items() if k != drop})
+    with pytest.raises(ResumeError, match="not counts"):
+        Ledger.from_state({**state, "skipped": ["decode"]})
+
+
+def test_a_partial_loader_state_is_a_resume_error(small_dataset):
+    from streaming import VideoShardDataset
+    from streaming.errors import ResumeError
+    from streaming.resume import STATE_KEY
+    from streaming.world import World
+
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True)
+    ds.load_state_dict({STATE_KEY: 1, "spec": ds.spec(World()).to_json(), "yielded": 3})
+    with pytest.raises(ResumeError, match="without rank, worker"):
+        next(iter(ds))
+    ds.load_state_dict({STATE_KEY: 1, "spec": ds.spec(World()).to_json(), "rank": 0, "worker": 0, "yielded": 3})
+    with pytest.raises(ResumeError, match="without owed, last_good, skipped"):
+        next(iter(ds))

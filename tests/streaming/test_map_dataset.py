@@ -245,3 +245,37 @@ def test_a_bad_sample_raises_naming_it_and_spares_the_others(map_dataset, tmp_pa
     assert (info.value.key, info.value.view, info.value.shard) == (key, "left", shard)
     check_pixels(ds[0])
     check_pixels(ds[len(ds) - 1])
+
+
+def test_options_of_the_wrong_class_or_by_position_are_a_type_error_naming_the_class(small_dataset):
+    import pytest
+
+    from streaming import MapOptions, StreamOptions, VideoShardDataset, VideoShardMapDataset
+
+    with pytest.raises(TypeError, match="must be a StreamOptions .*got MapOptions"):
+        VideoShardDataset(small_dataset, MapOptions())
+    with pytest.raises(TypeError, match="must be a StreamOptions .*got str 'segment'"):
+        VideoShardDataset(small_dataset, "segment")
+    with pytest.raises(TypeError, match="must be a MapOptions .*got StreamOptions"):
+        VideoShardMapDataset(small_dataset, StreamOptions())
+    with pytest.raises(TypeError, match="must be a MapOptions .*got str 'segment'"):
+        VideoShardMapDataset(small_dataset, "segment")
+    assert VideoShardMapDataset(small_dataset, MapOptions(load_rgb=False, load_kpt=True), open_shards=2).open_shards == 2
+
+
+def test_a_missing_or_long_format_version_is_said_plainly(map_dataset, tmp_path):
+    def with_version(name, edit):
+        other = str(tmp_path / name)
+        shutil.copytree(map_dataset, other)
+        path = os.path.join(other, "index.json")
+        index = json.load(open(path))
+        edit(index)
+        json.dump(index, open(path, "w"))
+        return other
+
+    missing = with_version("none", lambda index: index.pop("format_version"))
+    with pytest.raises(ValueError, match="index.json has no format_version: this reader reads format_version 1 only"):
+        VideoShardDataset(missing)
+    long = with_version("long", lambda index: index.__setitem__("format_version", "9" * 100))
+    with pytest.raises(ValueError, match=r"has format_version '9{39}\.\.\. \(102 characters\): this reader"):
+        VideoShardDataset(long)

@@ -58,3 +58,88 @@ def test_one_retry_policy_for_every_reader():
     with pytest.raises(RangeNotSupportedError) as info:
         retry(raising(verdict), "reading bytes [0, 2)", url, options, stats)
     assert info.value is verdict and stats["retries"] == 2 and stats["failed_reads"] == 2
+
+
+def test_an_os_error_opening_a_local_shard_stops_the_loader_even_when_skipping(small_dataset, monkeypatch):
+    """EMFILE (or EIO, ENOMEM) opening a local shard is this process's trouble, not the
+    samples': under on_error="skip" it stops the epoch instead of skipping every sample."""
+    import errno
+
+    import pytest
+
+    import streaming.ranges as ranges
+    from streaming import VideoShardDataset
+
+    def emfile(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    ds = VideoShardDataset(small_dataset, load_rgb=False, load_kpt=True, on_error="skip")
+    monkeypatch.setattr(ranges, "open", emfile, raising=False)  # open_local's open()
+    with pytest.raises(OSError) as raised:
+        next(iter(ds))
+    assert raised.value.errno == errno.EMFILE
+    assert not any(k.startswith("skipped_") for k in ds.stats)
+
+
+def test_a_bug_in_an_attempt_is_raised_unchanged_not_a_read_error():
+    """retry classifies storage faults only: a KeyError or TypeError in an attempt is a bug,
+    raised as it is (never a ShardReadError that on_error="skip" would skip)."""
+    import collections
+
+    import pytest
+
+    from streaming.remote import StorageOptions, retry
+
+    stats = collections.Counter()
+    for bug in (KeyError("offset"), TypeError("unsupported operand"), ValueError("bad")):
+        def attempt(bug=bug):
+            raise bug
+
+        with pytest.raises(type(bug)) as info:
+            retry(attempt, "reading bytes [0, 2)", "https://host/a.tar", StorageOptions(retries=3, backoff_s=0.001), stats)
+        assert info.value is bug
+    assert stats["retries"] == 0 and stats["failed_reads"] == 0
+
+
+def test_a_broken_read_names_no_credentials():
+    """_caught's message for an OSError out of a stream: the OSError's text redacted."""
+    from streaming.errors import ShardReadError
+    from streaming.reading import _caught
+
+    def broken():
+        raise OSError("reset reading https://u:pw@host/a.tar?X-Amz-Signature=s3cret")
+
+    error = _caught(broken, "https://***@host/a.tar")
+    assert isinstance(error, ShardReadError) and "pw@" not in str(error) and "s3cret" not in str(error), error
+    assert "read failed" in str(error) and "host/a.tar" in str(error)
+
+
+def test_a_plain_get_read_lets_keyboard_interrupt_pass_without_releasing(monkeypatch):
+    """WholeGetReader._read releases its response (reconnects next attempt) on errors only."""
+    import collections
+
+    import pytest
+
+    from streaming.ranges import WholeGetReader
+    from streaming.remote import StorageOptions
+
+    reader = WholeGetReader(None, "p", "http://host/a.tar", 0, 10, StorageOptions(), collections.Counter())
+    reader.response = object()
+    released = []
+    monkeypatch.setattr(reader, "_release", lambda: released.append(1))
+
+    def interrupted(n):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reader, "_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reader._read(4)
+    assert released == []
+
+    def cut(n):
+        raise EOFError("cut")
+
+    monkeypatch.setattr(reader, "_chunk", cut)
+    with pytest.raises(EOFError):
+        reader._read(4)
+    assert released == [1]

@@ -389,3 +389,43 @@ def test_a_read_failing_mid_run_skips_each_unread_sample(small_dataset, caplog):
     for key in lost:
         assert any(key in r.getMessage() and "shard-000001.tar" in r.getMessage() for r in caplog.records), key
     assert any("not read: an earlier sample of its run failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_cache_disk_during_a_whole_get_is_a_cache_error_not_a_network_fault(plain_http, small_dataset, tmp_path,
+                                                                                   monkeypatch):
+    """ENOSPC writing a whole-GET download into the cache: one attempt (no re-downloads),
+    raised as the OSError it is, which the reader counts in cache_errors and reads past."""
+    import errno
+    import io
+
+    import streaming.cache as cache_module
+    from streaming.ranges import download
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    stats = collections.Counter()
+    size = os.path.getsize(os.path.join(small_dataset, "shard-000000.tar"))
+    with pytest.raises(OSError) as raised:
+        download(f"{plain_http}/shard-000000.tar", size, Full(), FAST, stats)
+    assert raised.value.errno == errno.ENOSPC and not isinstance(raised.value, ShardReadError)
+    assert stats["retries"] == 0 and stats["whole_downloads"] == 1
+
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if str(path).endswith(".partial"):  # the download, not the reservation
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write = write
+        return f
+
+    monkeypatch.setattr(cache_module, "open", full_disk, raising=False)
+    ds = VideoShardDataset(plain_http, storage=FAST, cache_dir=str(tmp_path / "cache"), load_kpt=True, img_size=(16, 16))
+    keys = epoch_keys(ds)
+    shards = len(json.load(open(os.path.join(small_dataset, "index.json")))["shardlist"])
+    assert len(keys) == 9 and set(keys.values()) == {1}
+    assert ds.stats["cache_errors"] == ds.stats["whole_downloads"] == shards and ds.stats["retries"] == 0, ds.stats
+    assert not any(k.startswith("skipped_") for k in ds.stats)

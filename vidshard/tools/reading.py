@@ -11,23 +11,50 @@ is a ShardFormatError naming shard, key and member, not a ZeroDivisionError in `
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 
-import fsspec
-
-from streaming.errors import ShardFormatError
+from streaming.errors import ShardFormatError, ShardReadError
 from streaming.format import META, Segment
 from streaming.format import MAX_INT
 from streaming.items import sample_meta
+from streaming.ranges import open_local, open_range
+from streaming.remote import StorageOptions, filesystem, protocol_of, redact, retry
 from streaming.tario import Limits, Span, iter_members
+
+
+@contextlib.contextmanager
+def open_whole(url: str, options: StorageOptions = StorageOptions()) -> Iterator[tuple[io.BufferedReader, int]]:
+    """(stream, size) of a whole shard, through the reader's one range-opening path
+    (`streaming.ranges.open_range`: a local file, or a URL read by range with the reader's
+    retries and timeouts; an HTTP server that ignores Range from plain GETs). A shard that
+    cannot be opened or read is a ShardReadError naming it redacted, never an OSError that
+    carries the URL with its credentials."""
+    stats: Counter = Counter()
+    try:
+        if protocol_of(url) == "file":
+            f = open_local(url)
+            size = os.fstat(f.fileno()).st_size
+            stream = open_range(f, 0, size, options, stats)
+        else:
+            fs, path = filesystem(url, options)
+            size = retry(lambda: fs.size(path), "reading the shard's size:", url, options, stats)
+            if not isinstance(size, int):
+                raise ShardReadError("the storage does not tell the shard's size", shard=redact(url))
+            stream = open_range(url, 0, size, options, stats, whole_get=True)
+    except OSError as exc:  # the local disk (EIO, EMFILE): typed, the URL redacted
+        raise ShardReadError(f"cannot open the shard ({type(exc).__name__})", shard=redact(url)) from None
+    with stream:
+        yield stream, size
 
 
 @contextlib.contextmanager
 def open_shard(url: str) -> Iterator[Span]:
     """The whole shard as a Span: forward seeks over members not read, bounded reads."""
-    fs, path = fsspec.core.url_to_fs(url)
-    with fs.open(path, "rb") as f:
-        yield Span(f, fs.size(path), url)
+    with open_whole(url) as (stream, size):
+        yield Span(stream, size, url)
 
 
 def shard_members(url: str, want: Callable[[str], bool], limits: Limits = Limits()) -> Iterator[tuple[str, str, int, bytes | None]]:

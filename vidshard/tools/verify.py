@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import tarfile
 
-import fsspec
 import numpy as np
 from tqdm import tqdm
 
 from streaming.decode import ClipDecoder
-from streaming.errors import KeypointError, SampleError
+from streaming.errors import KeypointError, SampleError, ShardReadError
 from streaming.format import clip_suffix, kpt_suffix, sha256_of
 from streaming.items import check_clip, parse_sample
 from streaming.npz import read_keypoints
 from streaming.options import ReadOptions, open_source
 from streaming.remote import redact
-from streaming.tario import Limits, iter_samples
+from streaming.tario import Limits, Span, iter_samples
+
+from .reading import open_whole
 
 
 def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tuple[list[str], dict[str, int]]:
@@ -34,35 +35,43 @@ def verify(source: str, decode: bool = False, limits: Limits = Limits()) -> tupl
     decoder = ClipDecoder()
     for shard, full_url in tqdm(list(zip(manifest.shards, urls)), desc="verify", unit="shard", disable=None):
         counts["shards"] += 1
-        fs, path = fsspec.core.url_to_fs(full_url)
         url = redact(full_url)  # every message below names the shard without user:password@ or signatures
-        if not fs.exists(path):
-            problems.append(f"{url}: missing")
-            continue
-        with fs.open(path, "rb") as f:
-            size, sha = sha256_of(f)
-        if size != shard.filesize:
-            problems.append(f"{url}: {size} bytes, index.json says {shard.filesize}")
-        if sha != shard.sha256:
-            problems.append(f"{url}: sha256 {sha[:16]}..., index.json says {shard.sha256[:16]}...")
-        expected = iter(shard.samples)
         try:
-            with fs.open(path, "rb") as f:
-                for sample in iter_samples(f, url, limits):
-                    entry = next(expected, None)
-                    counts["samples"] += 1
-                    if entry is None or sample["__key__"] != entry.key:
-                        problems.append(f"{url}: sample {sample['__key__']!r} where index.json lists {entry and entry.key!r}")
-                        continue
-                    problems += _check_sample(sample, entry, url, src, decoder, decode, counts)
-        except SampleError as exc:
-            problems.append(str(exc))
-        left = [e.key for e in expected]
-        if left:
-            problems.append(f"{url}: {len(left)} sample(s) listed in index.json are missing, from {left[0]!r}")
-        with fs.open(path, "rb") as f:
-            problems += _check_framing(f, url, shard.samples)
+            problems += _check_shard(full_url, url, shard, src, decoder, decode, limits, counts)
+        except ShardReadError as exc:  # missing, forbidden, or unreadable after the reader's retries
+            problems.append(f"{url}: missing" if "not found" in exc.message or "FileNotFoundError" in exc.message
+                            else str(exc))
     return problems, counts
+
+
+def _check_shard(full_url, url, shard, src, decoder, decode, limits, counts) -> list[str]:
+    """One shard, read three times through the reader's read path (tools/reading.py): its
+    size and sha256, its samples, its framing."""
+    problems: list[str] = []
+    with open_whole(full_url) as (f, _):
+        size, sha = sha256_of(f)
+    if size != shard.filesize:
+        problems.append(f"{url}: {size} bytes, index.json says {shard.filesize}")
+    if sha != shard.sha256:
+        problems.append(f"{url}: sha256 {sha[:16]}..., index.json says {shard.sha256[:16]}...")
+    expected = iter(shard.samples)
+    try:
+        with open_whole(full_url) as (f, size):
+            for sample in iter_samples(Span(f, size, url), url, limits):
+                entry = next(expected, None)
+                counts["samples"] += 1
+                if entry is None or sample["__key__"] != entry.key:
+                    problems.append(f"{url}: sample {sample['__key__']!r} where index.json lists {entry and entry.key!r}")
+                    continue
+                problems += _check_sample(sample, entry, url, src, decoder, decode, counts)
+    except SampleError as exc:
+        problems.append(str(exc))
+    left = [e.key for e in expected]
+    if left:
+        problems.append(f"{url}: {len(left)} sample(s) listed in index.json are missing, from {left[0]!r}")
+    with open_whole(full_url) as (f, size):
+        problems += _check_framing(Span(f, size, url), url, shard.samples)
+    return problems
 
 
 def _check_framing(f, url: str, entries) -> list[str]:
@@ -77,6 +86,10 @@ def _check_framing(f, url: str, entries) -> list[str]:
                 spans.setdefault(key, [info.offset, end])[1] = end
     except (tarfile.TarError, ValueError, RecursionError) as exc:  # what tarfile raises on hostile headers (streaming.tario)
         return [f"{url}: not a readable tar ({type(exc).__name__}: {exc})"]
+    except ShardReadError:
+        raise  # the shard could not be read: verify() reports it
+    except SampleError as exc:  # a header the Span refuses (a record asking for too much, pointing backwards)
+        return [str(exc)]
     problems = []
     for entry in entries:
         span = spans.get(entry.key)
