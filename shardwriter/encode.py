@@ -293,7 +293,7 @@ def _indexed(view: ViewEncode, seek: tuple[int, int] | None, start: int,
 
 def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0, stop: int | None = None,
                   count: int | None = None, entries: Entries = Entries(), index: int = 0,
-                  notes: list[str] | None = None, to_end: bool = True) -> Iterator[av.VideoFrame]:
+                  notes: list[str] | None = None) -> Iterator[av.VideoFrame]:
     """Frames [start, stop) of the view as clip frames: yuv420p at view.size, turned upright
     by view.filters, carrying view.colour.
 
@@ -302,9 +302,9 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
     instead (to an earlier one where the seek lands past `start`, or from the start where all
     do: a line in `notes`), and counts from the first keyframe it outputs, whose index the
     probe found; frames before `start` are decoded, not converted. Past `stop` it decodes on
-    (not converting) to the next entry, or to the file's end where `to_end` (the video's last
-    run): every entry passed must have the index counted there, timestamps must rise from the
-    entry on, and at the file's end the count must be `count` (the probe's). An entered view that disagrees raises EntryFailed
+    (not converting) to the next entry or the file's end: every entry passed must have the
+    index counted there, timestamps must rise from the entry on, and at the file's end the
+    count must be `count` (the probe's). An entered view that disagrees raises EntryFailed
     (`index`: the view's position); one decoded from the start, a SourceError.
 
     Scaling keeps the source's range and matrix (a 10-bit or 4:2:2 source only loses depth
@@ -317,7 +317,6 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
     colour = view.colour
     graph = None
     checks = {pts: frame for frame, pts in entries.points}
-    beyond = stop is not None and any(frame >= stop for frame, _ in entries.points)  # an entry to check the count at
     tries = entries.before(start) if start else []
     entry, frame_index = None, -1
     try:
@@ -347,8 +346,8 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
             if frame_index < start:
                 continue
             if stop is not None and frame_index >= stop:
-                if expected is not None or not (beyond or to_end):
-                    return  # the count checked at an entry past the range (or no entry to check it at)
+                if expected is not None:
+                    return  # the count checked at an entry past the range
                 continue
             rgb = frame.format.is_rgb
             out = frame.reformat(
@@ -368,10 +367,10 @@ def decode_frames(video_id: str, view: ViewEncode, resize: bool, start: int = 0,
         raise SourceError(video_id, view.path, f"corrupt video: decoding failed after frame {frame_index} ({exc})") from None
     except OSError as exc:  # EIO, a file that vanished mid-run: named, never a traceback
         raise SourceError(video_id, view.path, f"cannot read the file after frame {frame_index} ({exc.strerror or exc})") from None
-    if stop is not None and frame_index + 1 < stop:
-        raise SourceError(video_id, view.path, f"decoded only {frame_index + 1} frames, but demuxing counted {count}")
-    if count is not None and frame_index + 1 != count and entry is not None:
+    if entry is not None and ((stop is not None and frame_index + 1 < stop) or (count is not None and frame_index + 1 != count)):
         raise EntryFailed(index, f"the file ends after frame {frame_index}, demuxing counted {count} frames")
+    if stop is not None and frame_index + 1 < stop:
+        raise SourceError(video_id, view.path, f"the decoder ended after frame {frame_index}, before frame {stop}")
     if count is not None and frame_index + 1 < count:
         raise SourceError(video_id, view.path, f"decoded only {frame_index + 1} frames, but demuxing counted {count}")
     if count is not None and frame_index + 1 > count:
@@ -390,22 +389,21 @@ def encode_chunks(
     entries: tuple[Entries, ...] = (),
     finished: Callable[[int], None] | None = None,
     notes: list[str] | None = None,
-    last_run: bool = True,
 ) -> None:
     """Encode clip_paths[c][v] = frames chunks[c] of view v: consecutive chunks of one video
     (a run: task.py), decoding each view once, from its entry before the first chunk.
 
     Frames are read from all views in lockstep, so at most the chunks overlapping the
     current frame have encoders open: memory does not grow with the video's length.
-    `view_frames`: each view's frame count from the probe, checked at the file's end by the
-    video's `last_run` (a run before it stops at the next keyframe past it, checking the count there).
+    `view_frames`: each view's frame count from the probe, checked where its decode ends: the
+    file's end, or the first keyframe entry past the run (the index counted there checked).
     `notes`: where a view was decoded from its start although the run starts later.
     `finished(c)` is called as soon as chunk c's clips are complete (the writer spools them
     then, so a worker's disk holds the open chunks' clips, not the whole run's).
     """
     first, last = chunks[0][0], chunks[-1][1]
     entries = entries or tuple(Entries() for _ in views)
-    decoders = [decode_frames(video_id, view, resize, first, last, n, e, v, notes, to_end=last_run)
+    decoders = [decode_frames(video_id, view, resize, first, last, n, e, v, notes)
                 for v, (view, n, e) in enumerate(zip(views, view_frames, entries))]
     open_clips: dict[int, list[ClipEncoder]] = {}
     next_chunk = 0

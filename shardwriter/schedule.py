@@ -118,9 +118,11 @@ def plan_runs(plan: Plan, probes: dict[str, ProbeResult], config, parallelism: i
         spec = probes[v].spec
         chunks = chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)
         todo = [sample_key(v, c) not in done for c in range(len(chunks))]
-        closed = [(path, e.why_not) for path, e in zip(spec.paths, spec.entries) if e.why_not]
+        # A view without an entry past frame 0 would be decoded from its start by every run.
+        closed = [(path, e.why_not or "no keyframe after frame 0 is a clean cut") for path, e in zip(spec.paths, spec.entries)
+                  if not e.points]
         cut = cut_runs(chunks, frames if not closed else chunks[-1][1], todo)
-        if closed and len(cut_runs(chunks, frames)) > 1:
+        if closed and len(cut_runs(chunks, frames, todo)) > len(cut):
             notes.append(f"video {v}: {closed[0][0]}: cannot be entered mid-file ({closed[0][1]}); the video is "
                          "encoded as one task")
         runs += [(v, first, stop) for first, stop in cut]
@@ -142,7 +144,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
     runs_left = collections.Counter(v for v, _, _ in runs)
     results: dict[str, VideoResult] = {}
     failed: dict[str, SourceError] = {}
-    noted: set[str] = set()  # the notes logged, numbers left out
+    noted: set[tuple[str, str]] = set()  # (file, note with its numbers left out) logged
     entries: dict[int, Any] = {}
     planned: dict[int, tuple[str, ...]] = {}  # shard index -> its keys, until its entry is back
     running: dict[Any, tuple[str, Any]] = {}
@@ -215,7 +217,8 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
             elif kind == "run":
                 records.update((c.key, c) for c in outcome.chunks)
                 for note in outcome.notes:  # each kind once per file (every run of a view may say the same)
-                    said = re.sub(r"\d+", "N", note)
+                    path, _, rest = note.partition(": cannot")
+                    said = (path, re.sub(r"\d+", "N", rest))
                     if said not in noted:
                         noted.add(said)
                         log.warning("video %s: %s (logged once per file)", what, note)

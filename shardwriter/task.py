@@ -164,8 +164,7 @@ def _write_samples(task: RunTask, entries: tuple[Entries, ...], tmp: str, work, 
                                    segments=[[s.label, s.end - s.start] for s in segments]))
 
     encode_chunks(spec.video_id, views, spec.fps, task.encode.resize is not None, chunks[task.first:task.stop],
-                  clip_paths, task.encode, spec.view_frames, entries, finished=spool, notes=notes,
-                  last_run=task.stop == len(chunks))
+                  clip_paths, task.encode, spec.view_frames, entries, finished=spool, notes=notes)
     return records
 
 

@@ -101,6 +101,27 @@ def test_a_bug_in_an_attempt_is_raised_unchanged_not_a_read_error():
     assert stats["retries"] == 0 and stats["failed_reads"] == 0
 
 
+def test_a_body_cut_short_is_a_transient_fault_not_a_crash():
+    """http.client's IncompleteRead is no OSError: still a storage fault, retried, then the
+    sample's ShardReadError (never an exception that kills a DataLoader worker)."""
+    import collections
+    import http.client
+
+    import pytest
+
+    from streaming.errors import ShardReadError
+    from streaming.remote import StorageOptions, retry
+
+    stats = collections.Counter()
+
+    def attempt():
+        raise http.client.IncompleteRead(b"abc", 10)
+
+    with pytest.raises(ShardReadError):
+        retry(attempt, "reading bytes [0, 13)", "https://user:pw@host/a.tar", StorageOptions(retries=2, backoff_s=0.001), stats)
+    assert stats["retries"] == 2 and stats["failed_reads"] == 1
+
+
 def test_a_broken_read_names_no_credentials():
     """_caught's message for an OSError out of a stream: the OSError's text redacted."""
     from streaming.errors import ShardReadError
