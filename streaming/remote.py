@@ -108,13 +108,20 @@ def _http_status(exc: BaseException) -> int | None:
     return None
 
 
+def _cut_or_timed_out() -> list[type[BaseException]]:
+    """A reset, a timeout, a body cut short (http.client's IncompleteRead is no OSError; older
+    botocore lets urllib3's ProtocolError through): storage faults, and worth retrying."""
+    types: list[type[BaseException]] = [OSError, EOFError, asyncio.TimeoutError, TimeoutError, http.client.HTTPException]
+    urllib3 = sys.modules.get("urllib3.exceptions")
+    if urllib3 is not None:
+        types.append(urllib3.HTTPError)
+    return types
+
+
 def _transient_types() -> tuple[type[BaseException], ...]:
     """Connection, timeout and cut-body errors of the client libraries that are loaded
     (an error from a library means the library is imported)."""
-    types: list[type[BaseException]] = [OSError, EOFError, asyncio.TimeoutError, TimeoutError, http.client.HTTPException]
-    urllib3 = sys.modules.get("urllib3.exceptions")
-    if urllib3 is not None:  # older botocore lets urllib3's ProtocolError through
-        types.append(urllib3.HTTPError)
+    types = _cut_or_timed_out()
     aiohttp = sys.modules.get("aiohttp")
     if aiohttp is not None:
         types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
@@ -129,10 +136,7 @@ def _storage_types() -> tuple[type[BaseException], ...]:
     included), a cut body, a timeout, or an error of a client library that is loaded. Anything
     else out of an attempt (a KeyError, a TypeError) is a bug, not the storage's: `retry`
     raises it unchanged."""
-    types: list[type[BaseException]] = [OSError, EOFError, asyncio.TimeoutError, TimeoutError, http.client.HTTPException]
-    urllib3 = sys.modules.get("urllib3.exceptions")
-    if urllib3 is not None:  # older botocore lets urllib3's ProtocolError through
-        types.append(urllib3.HTTPError)
+    types = _cut_or_timed_out()
     aiohttp = sys.modules.get("aiohttp")
     if aiohttp is not None:
         types.append(aiohttp.ClientError)
