@@ -142,6 +142,13 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
         log.warning("%s", note)
     last_run = {v: i for i, (v, _, _) in enumerate(runs)}  # a video's samples go into shards once all its runs are done
     runs_left = collections.Counter(v for v, _, _ in runs)
+    plans: dict[str, list[tuple[int, int]]] = {}  # each video's chunk_plan, computed once
+
+    def chunks_of(v: str) -> list[tuple[int, int]]:
+        if v not in plans:
+            plans[v] = chunk_plan(probes[v].spec.num_frames, config.max_video_frames, config.overlap)
+        return plans[v]
+
     results: dict[str, VideoResult] = {}
     failed: dict[str, SourceError] = {}
     noted: set[tuple[str, str]] = set()  # (file, note with its numbers left out) logged
@@ -163,7 +170,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
     def video_done(v: str) -> None:
         if not runs_left[v] and v not in failed:
             spec = probes[v].spec
-            keys = [sample_key(v, c) for c in range(len(chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)))]
+            keys = [sample_key(v, c) for c in range(len(chunks_of(v)))]
             missing = [k for k in keys if k not in records]
             if missing:
                 raise WriterError(f"{missing[0]}: planned, but no encode task of its video wrote it")
@@ -181,7 +188,7 @@ def run_plan(engine: Engine, plan: Plan, probes: dict[str, ProbeResult], config,
             if v in failed:
                 continue
             spec = probes[v].spec
-            chunks = chunk_plan(spec.num_frames, config.max_video_frames, config.overlap)
+            chunks = chunks_of(v)
             lo, hi = chunks[first][0], chunks[stop - 1][1]
             spec = dataclasses.replace(spec, entries=tuple(e.around(lo, hi) for e in spec.entries))  # the run's only
             task = RunTask(spec=spec, max_video_frames=config.max_video_frames, overlap=config.overlap,
