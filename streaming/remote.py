@@ -68,7 +68,10 @@ def fs_kwargs(protocol: str, options: StorageOptions) -> dict[str, Any]:
     t = options.timeout_s
     if protocol == "s3":
         # Endpoint and credentials: the standard AWS settings (AWS_ENDPOINT_URL, env, profile).
-        kwargs: dict[str, Any] = {"config_kwargs": {"connect_timeout": t, "read_timeout": t, "retries": {"max_attempts": 1}}}
+        # total_max_attempts 1: botocore's own retries off (its max_attempts counts retries
+        # after the first attempt, so max_attempts 1 would retry a reset once, unseen).
+        kwargs: dict[str, Any] = {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
+                                                    "retries": {"total_max_attempts": 1}}}
     elif protocol in ("http", "https", "gs", "gcs"):
         import aiohttp
 

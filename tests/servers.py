@@ -113,10 +113,12 @@ class EndlessServer(HTTPFileServer):
 
 class FaultyProxy:
     """Forwards loopback TCP to `upstream_port`; each response chunk has probability
-    `reset_p` of ending the connection with a TCP reset (seeded, so runs repeat)."""
+    `reset_p` of ending the connection with a TCP reset (seeded, so runs repeat). The first
+    `reset_first` responses are reset before their first byte: deterministic faults, of the
+    kind a client library's own retry would take (and hide) if it were on."""
 
-    def __init__(self, upstream_port: int, reset_p: float, seed: int = 0):
-        self.upstream, self.reset_p = upstream_port, reset_p
+    def __init__(self, upstream_port: int, reset_p: float, seed: int = 0, reset_first: int = 0):
+        self.upstream, self.reset_p, self.reset_first = upstream_port, reset_p, reset_first
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.resets = 0
@@ -154,6 +156,7 @@ class FaultyProxy:
         self._pipe(upstream, client, True)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, response: bool):
+        sent = False  # a byte of this connection's responses forwarded yet
         try:
             while True:
                 data = src.recv(16384)
@@ -161,15 +164,18 @@ class FaultyProxy:
                     break
                 if response:
                     with self.lock:
-                        reset = self.rng.random() < self.reset_p
+                        first = self.reset_first > 0 and not sent
+                        self.reset_first -= first
+                        reset = first or self.rng.random() < self.reset_p
                         self.resets += reset
                     if reset:
-                        dst.send(data[: len(data) // 2])
+                        dst.send(data[: 0 if first else len(data) // 2])
                         for s in (dst, src):  # RST, not FIN: linger 0 then close
                             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                             s.close()
                         return
                 dst.sendall(data)
+                sent = True
         except OSError:
             pass
         finally:

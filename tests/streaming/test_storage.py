@@ -47,6 +47,21 @@ def test_s3_epoch_through_resets_delivers_every_sample_once(small_dataset, s3_se
     assert proxy.resets > 0 and ds.stats["retries"] > 0
 
 
+def test_s3_client_retries_are_off_so_every_fault_is_ours_to_count(small_dataset, s3_server):
+    """botocore retries a reset before the first response byte by itself unless told not to:
+    then a flaky store looks healthy in our counters and the retry budget is not ours."""
+    from streaming.ranges import RangeReader
+
+    upload(small_dataset, "first", s3_server)
+    want = open(os.path.join(small_dataset, "index.json"), "rb").read()
+    with FaultyProxy(s3_server, reset_p=0.0, reset_first=2) as proxy:
+        use_endpoint(proxy.port)
+        stats = collections.Counter()
+        got = RangeReader("s3://vidshard/first/index.json", 0, len(want), FAST, stats).fetch(0, len(want))
+    assert got == want and proxy.resets == 2
+    assert stats["retries"] == 2 and stats["failed_reads"] == 0
+
+
 def test_stuck_server_times_out_into_the_error_policy(small_dataset):
     import socket
 
