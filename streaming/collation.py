@@ -3,7 +3,9 @@
 `collate` pads every per-frame tensor along T to the longest item, with `frame_mask`
 (bool [B, T]) marking real frames; padded frame_index/frame_labels are -1. Tensors stay
 uint8 (pin_memory works; normalise on the GPU). Non-tensor fields become lists. In a
-DataLoader worker the batch is made in shared memory: it reaches the main process as a handle.
+DataLoader worker the batch's video is made in a slot of the worker's batch pool and its
+other large tensors in shared memory: they reach the main process as handles; small tensors
+(frame_mask, frame_index, ...) cross by value (streaming.pool).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .pool import SMALL, by_value, shared_tensor
 
 # field -> the axis that is T (video is [V, T, C, H, W], keypoints [V, T, ...])
 _TIME_AXIS = {"video": 1, "frame_index": 0, "frame_labels": 0, "keypoints_mask": 1}
@@ -20,9 +24,12 @@ _PAD = {"frame_index": -1, "frame_labels": -1}
 def _pad(tensors: list[torch.Tensor], axis: int, length: int, value: int, shared: bool) -> torch.Tensor:
     shape = list(tensors[0].shape)
     shape[axis] = length
-    out = torch.empty([len(tensors), *shape], dtype=tensors[0].dtype)
-    if shared:  # a DataLoader worker's batch: made in shared memory, so sending it copies nothing (as torch's default_collate)
-        out.share_memory_()
+    if shared and tensors[0].dtype == torch.uint8:  # video: a slot of the worker's batch pool (streaming.pool)
+        out = shared_tensor((len(tensors), *shape), "batch")
+    else:
+        out = torch.empty([len(tensors), *shape], dtype=tensors[0].dtype)
+        if shared and out.nbytes > SMALL:  # sent as a handle, not a copy (as torch's default_collate); small ones by value
+            out.share_memory_()
     if any(t.shape[axis] < length for t in tensors):
         out.fill_(value)
     for i, t in enumerate(tensors):
@@ -45,4 +52,4 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             batch[field] = torch.tensor(values, dtype=torch.int64)
         else:
             batch[field] = values
-    return batch
+    return by_value(batch) if shared else batch

@@ -127,7 +127,7 @@ class ClipDecoder:
         self.stats = stats if stats is not None else collections.Counter()
         self.pid = os.getpid()
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
-        self._spare: np.ndarray | None = None
+        self._spares: list[np.ndarray] = []  # (buffer)
         self._planar_ok: dict[tuple, bool] = {}  # (width, height, colour) -> gbrp proven right here
 
     def __del__(self, _getpid=os.getpid, _kept=_INHERITED) -> None:  # (bound now: module globals may be gone at exit)
@@ -140,16 +140,18 @@ class ClipDecoder:
     def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialised uint8 array for the next item's frames.
 
-        The previous item's array is handed out again once nothing but this decoder refers
-        to it (the consumer dropped the item, or collate copied it): a fresh multi-hundred-MB
+        One of two spare arrays is handed out again once nothing but this decoder refers to
+        it (the consumer dropped the item, or collate copied it): a fresh multi-hundred-MB
         array costs a page fault per 4 KiB on first touch, up to a second per 1000-frame
-        224x224 3-view item on this machine.
+        224x224 3-view item on this machine. Two, because `for item in ds:` still holds the
+        previous item while the next one is made.
         """
-        spare = self._spare
-        if spare is not None and spare.shape == shape and sys.getrefcount(spare) <= 3:  # ours, the local, the call
-            return spare
-        self._spare = np.empty(shape, dtype=np.uint8)
-        return self._spare
+        for spare in self._spares:
+            if spare.shape == shape and sys.getrefcount(spare) <= 3:  # the list's, the loop's, the call's
+                return spare
+        fresh = np.empty(shape, dtype=np.uint8)
+        self._spares = [fresh, *self._spares[:1]]  # the newest two: a third held item is the consumer's, not reused
+        return fresh
 
     def decode(self, data: bytes, wanted: np.ndarray, claims: Claims, size: tuple[int, int] | None, out: np.ndarray) -> None:
         """Fill out[i] with frame wanted[i] (strictly increasing) as RGB, resized to size=(H, W).

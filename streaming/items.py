@@ -24,6 +24,7 @@ from .format import (
     video_of,
 )
 from .npz import read_keypoints
+from .pool import by_value, shared_tensor
 from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
 
@@ -219,28 +220,19 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
         item["label"], item["label_id"] = seg.label, opts.label_ids.get(seg.label, -1)
         info.update(segment_id=seg.segment_id, truncated_start=seg.truncated_start, truncated_end=seg.truncated_end)
     item["meta"] = info
-    return item
+    return by_value(item) if decoder.shared else item  # a worker's small tensors cross by value (streaming.pool)
 
 
 def _item_buffer(shape: tuple[int, ...], decoder: ClipDecoder) -> tuple[torch.Tensor, np.ndarray]:
     """(the item's video tensor, a numpy view of it to decode into). In a DataLoader worker
     (`decoder.shared`) the tensor is made in shared memory: handing the item to the main
-    process then sends a handle, not a copy of its pixels (the worker would otherwise copy
-    every item into fresh shared memory when it is pickled). Never reused there: the main
-    process holds it. In-process, the decoder's spare array is reused (ClipDecoder.buffer)."""
+    process then sends a handle, not a copy of its pixels. It is one of the worker's slots
+    (streaming.pool), lent again only once every process has let go of it; with every slot
+    out, fresh shared memory. In-process, the decoder's spare array is reused (ClipDecoder.buffer)."""
     if not decoder.shared:
         array = decoder.buffer(shape)  # MemoryError: the item is more than this node holds
         return torch.from_numpy(array), array
-    try:
-        tensor = torch.empty(shape, dtype=torch.uint8)
-    except RuntimeError as exc:  # torch's allocator: "can't allocate memory"
-        raise MemoryError(str(exc)) from None
-    try:
-        tensor.share_memory_()
-    except RuntimeError as exc:  # the node's shared memory, not the sample: never a skip
-        raise RuntimeError(f"shared memory (/dev/shm) cannot take a {tensor.numel()}-byte item ({exc}): give the DataLoader "
-                           "workers more (docker run --shm-size, a larger /dev/shm), or use fewer workers or a smaller "
-                           "img_size / max_video_frames") from None
+    tensor = shared_tensor(shape, "item", decoder.stats)
     return tensor, tensor.numpy()
 
 
@@ -278,8 +270,9 @@ def _decode_views(sample: dict, meta: dict, frames: np.ndarray, opts: Options, d
         return video
     # Repeated indices: expand once, after decoding each frame once (into shared memory in a worker, as the item is).
     index = torch.from_numpy(inverse.reshape(-1))
-    out = torch.empty((video.shape[0], len(index), *video.shape[2:]), dtype=torch.uint8)
-    return torch.index_select(video, 1, index, out=out.share_memory_() if decoder.shared else out)
+    shape = (video.shape[0], len(index), *video.shape[2:])
+    out = shared_tensor(shape, "item", decoder.stats) if decoder.shared else torch.empty(shape, dtype=torch.uint8)
+    return torch.index_select(video, 1, index, out=out)
 
 
 def _check_allocation(views, frames, stored, size, limits, shard, key, view) -> None:

@@ -10,21 +10,27 @@ import torch
 from torch.utils.data import DataLoader
 
 from streaming import VideoShardDataset, VideoShardMapDataset, collate
+from streaming.pool import LentTensor, Pool, ValueTensor
 
 from .test_map_dataset import check_pixels, identity
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*pin_memory.*")
 
 
+def in_shared_memory(tensor: torch.Tensor) -> bool:
+    """torch's shared memory, or a slot of the worker's pool (a memfd: torch does not know it)."""
+    return tensor.is_shared() or isinstance(tensor, LentTensor)
+
+
 def mark_shared(item: dict) -> dict:
     """(runs where the item is made: in the worker)"""
-    item["meta"]["shared"] = item["video"].is_shared()
+    item["meta"]["shared"] = in_shared_memory(item["video"])
     return item
 
 
 def shared_collate(items: list[dict]) -> dict:
     batch = collate(items)
-    batch["shared"] = batch["video"].is_shared() and batch["frame_index"].is_shared()
+    batch["shared"] = in_shared_memory(batch["video"]) and isinstance(batch["frame_index"], ValueTensor)
     return batch
 
 
@@ -65,6 +71,24 @@ def test_a_full_dev_shm_stops_the_epoch_never_skips_samples(map_dataset, monkeyp
         raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
 
     monkeypatch.setattr(torch.Tensor, "share_memory_", full)  # inherited by the forked workers
+    monkeypatch.setattr(Pool, "lend", lambda self, shape: None)  # every slot of the pool out: fresh shared memory
     ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, on_error="skip")
     with pytest.raises(RuntimeError, match=r"shared memory \(/dev/shm\) cannot take a \d+-byte item .* --shm-size"):
         list(DataLoader(ds, batch_size=None, num_workers=2))
+
+
+def test_in_process_the_loop_holds_one_item_while_the_next_is_made_in_the_other_buffer(map_dataset):
+    """`for item in ds:` holds the previous item while the next one is decoded: two buffers
+    take turns (a fresh one per item would page-fault every byte), and the item held is never
+    the one written; an item kept longer is the consumer's, never reused."""
+    kept, previous, pointers = [], None, []
+    for n, item in enumerate(VideoShardDataset(map_dataset, sample="chunk", shuffle=False)):
+        if previous is not None:
+            check_pixels(previous)  # intact while this one was made
+        pointers.append(item["video"].data_ptr())
+        if n == 3:
+            kept.append(item)
+        previous = item
+    assert len(set(pointers[:3])) == 2 and pointers[2] == pointers[0]  # turns: a, b, a
+    assert pointers[4] not in (pointers[3],) and len(set(pointers)) <= 4
+    check_pixels(kept[0])

@@ -89,15 +89,15 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
 
         starts[2 * worker], starts[2 * worker + 1] = os.getpid(), process_usage(os.getpid())["rss_mb"]
 
-    source = ds if cores == 1 else DataLoader(ds, batch_size=None, num_workers=cores, prefetch_factor=1,
+    source = ds if cores == 1 else DataLoader(ds, batch_size=None, num_workers=cores,  # prefetch_factor: the default, 2
                                               persistent_workers=True, worker_init_fn=note_start)
     for _ in range(args.get("warmup_epochs", 0)):  # workers started, caches warm: what every later epoch of a run sees
-        for item in source:
-            del item
+        for _ in source:
+            pass
         yield WARM
-    for item in source:
-        yield 1, len(item["frame_index"]) * views
-        del item
+    for _ in range(args.get("timed_epochs", 1)):
+        for item in source:  # the user's loop: the previous item is held while the next one is made
+            yield 1, len(item["frame_index"]) * views
     if cores > 1:
         from vidshard.bench.memory import children_peak_rss_mb
 

@@ -1,0 +1,195 @@
+"""A worker's item buffers are lent again only once every process has let go of them
+(streaming.pool): proven by holding items while the workers go on, then checking every
+held item's pixels, and by pickling a lent tensor the way a DataLoader sends it."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from streaming import VideoShardDataset, collate
+from streaming.pool import SLOTS, LentTensor, Pool, worker_pool
+
+from .test_map_dataset import check_pixels, identity
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*pin_memory.*")
+
+
+def sent(tensor: torch.Tensor) -> torch.Tensor:
+    """What the main process gets for a tensor a worker puts on the DataLoader's queue."""
+    return pickle.loads(ForkingPickler.dumps(tensor))
+
+
+def test_a_slot_is_free_only_when_the_last_tensor_over_it_goes():
+    pool = Pool()
+    lent = pool.lend((2, 3, 4))
+    lent.fill_(7)
+    got = sent(lent)
+    del lent
+    gc.collect()
+    assert not pool.slots[0].free()  # sent: the worker's own drop does not release it
+    view = got[1]
+    del got
+    gc.collect()
+    assert not pool.slots[0].free() and int(view.sum()) == 7 * 12  # a view still holds it
+    array = view.numpy()
+    del view
+    gc.collect()
+    assert not pool.slots[0].free()  # so does a numpy array over it
+    del array
+    gc.collect()
+    assert pool.slots[0].free()
+    assert pool.lend((2, 3, 4)) is not None and len(pool.slots) == 1  # lent again, same slot
+
+
+def test_a_lease_never_sent_is_released_where_it_was_made():
+    pool = Pool()
+    lent = pool.lend((10,))
+    as_float = lent.float()  # a transform's copy: the lent buffer itself is never sent
+    del lent
+    gc.collect()
+    assert pool.slots[0].free() and isinstance(as_float, torch.Tensor) and type(as_float) is torch.Tensor
+
+
+def test_pinning_copies_and_releases():
+    pool = Pool()
+    lent = pool.lend((4, 4))
+    lent.fill_(3)
+    got = sent(lent)
+    del lent
+    pinned = got.pin_memory() if torch.cuda.is_available() else got.clone()
+    del got
+    gc.collect()
+    assert pool.slots[0].free() and int(pinned.sum()) == 48
+
+
+def test_every_slot_out_gives_none_and_no_slot_is_lent_twice():
+    pool = Pool()
+    held = [sent(pool.lend((8,))) for _ in range(SLOTS)]
+    assert pool.lend((8,)) is None  # the caller makes fresh shared memory
+    for i, t in enumerate(held):
+        t.fill_(i)
+    again = pool.lend((8,))
+    assert again is None and [int(t[0]) for t in held] == list(range(SLOTS))
+    del held[2]
+    gc.collect()
+    assert pool.lend((8,)) is not None
+
+
+def test_a_second_send_of_the_same_tensor_copies():
+    """Two receivers of one lease: the first to let go would free the slot under the other."""
+    pool = Pool()
+    lent = pool.lend((5,))
+    lent.fill_(1)
+    first, second = sent(lent), sent(lent)
+    assert second.is_shared()  # torch's way: a copy in fresh shared memory
+    del lent, first
+    gc.collect()
+    assert pool.slots[0].free()  # the first receiver let go
+    pool.lend((5,)).fill_(9)  # the slot's next lease overwrites it...
+    assert int(second.sum()) == 5  # ...not the second receiver's frames
+
+
+def test_a_bigger_item_replaces_a_free_slot_that_is_too_small():
+    pool = Pool(slots=1)
+    small = pool.lend((4,))
+    del small
+    gc.collect()
+    big = pool.lend((64,))
+    assert big is not None and pool.slots[0].capacity == 64 and len(pool.slots) == 1
+
+
+def lease_of(item: dict) -> dict:
+    """(runs in the worker) which slot and lease the item's video is"""
+    video = item["video"]
+    item["meta"]["lease"] = (id(video._lease.slot), video._lease.seq) if isinstance(video, LentTensor) else None
+    return item
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_held_items_keep_their_frames_while_workers_reuse_slots(map_dataset, pin):
+    """Every other item is kept to the end of the epoch, the rest dropped at once: the
+    workers reuse the dropped items' slots, and every kept item still has its own frames."""
+    here = {identity(i): i["video"].clone() for i in VideoShardDataset(map_dataset, sample="chunk", shuffle=False)}
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, transform=lease_of)
+    kept, leases = [], []
+    for n, item in enumerate(DataLoader(ds, batch_size=None, num_workers=2, prefetch_factor=1, pin_memory=pin)):
+        leases.append(item["meta"]["lease"])
+        if n % 2 == 0:
+            kept.append(item)
+    assert len(leases) == len(here)
+    assert all(lease is not None for lease in leases[:4])
+    assert max(seq for _, seq in filter(None, leases)) > 1  # slots were lent again
+    for item in kept:
+        check_pixels(item)
+        assert torch.equal(item["video"], here[identity(item)])
+
+
+def test_collated_batches_come_from_the_batch_pool(map_dataset):
+    def batch_kind(items):
+        batch = collate(items)
+        batch["lent"] = isinstance(batch["video"], LentTensor) and len(worker_pool("batch").slots) <= SLOTS
+        return batch
+
+    ds = VideoShardDataset(map_dataset, sample="segment", num_frames=3, shuffle=False, img_size=(16, 16))
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2, collate_fn=batch_kind))
+    assert batches and batches[0]["lent"]
+
+
+def test_the_receiver_keeps_a_slot_mapped_and_lets_go_when_it_is_retired():
+    """The fd crosses once per slot (a socket round trip per item cost more than the pickle);
+    the receiver's mapping goes once the worker retires the slot."""
+    from streaming import pool as pool_module
+
+    pool = Pool(slots=1)
+    first = bytes(ForkingPickler.dumps(pool.lend((16,))))
+    gc.collect()
+    got = pickle.loads(first)
+    token = pool.slots[0].token
+    assert token in pool_module._received
+    del got
+    gc.collect()
+    second = bytes(ForkingPickler.dumps(pool.lend((16,))))
+    assert b"DupFd" in first and b"DupFd" not in second  # mapped already: no fd the second time
+    got = pickle.loads(second)
+    got.fill_(4)
+    del got
+    gc.collect()
+    pool.lend((64,))  # too big for the free slot: it is retired and replaced (and this lease let go at once)
+    gc.collect()
+    pickle.loads(ForkingPickler.dumps(pool.lend((8,))))  # the new slot's first receipt prunes the retired one
+    assert token not in pool_module._received
+
+
+def test_a_slot_sent_to_a_process_without_its_fd_is_a_clear_error():
+    from streaming import pool as pool_module
+
+    pool = Pool(slots=1)
+    pickle.loads(ForkingPickler.dumps(pool.lend((16,))))
+    gc.collect()
+    again = ForkingPickler.dumps(pool.lend((16,)))
+    pool_module._received.clear()  # as in a process that never received the slot
+    with pytest.raises(RuntimeError, match="never received the buffer"):
+        pickle.loads(again)
+
+
+def test_the_main_process_lets_go_of_the_slots_of_workers_that_ended(map_dataset):
+    """Workers that are not persistent end with each epoch; the slots the main process kept
+    mapped for them must not pile up epoch after epoch."""
+    from streaming import pool as pool_module
+
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False)
+    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    mapped = 0
+    for _ in range(3):
+        for item in loader:
+            check_pixels(item)
+            mapped = max(mapped, len(pool_module._received))
+    del item
+    gc.collect()
+    assert mapped > 0 and len(pool_module._received) <= 2 * SLOTS  # the last epoch's workers' slots at most
