@@ -25,6 +25,7 @@ from .ledger import Ledger, NothingToPad, Planned, deliver
 from .options import StreamOptions, option_bytes, sample_reader
 from .order import blocks
 from .plan import Catalog, EpochOrder, PlanSpec, Progress, Window, epoch_plan, plan_items, skip_items
+from .pool import for_the_queue
 from .reading import SampleReader
 from .remote import redact
 from .resume import STATE_KEY, check_same_run, fingerprint
@@ -155,7 +156,7 @@ class VideoShardDataset(DatasetCore, torch.utils.data.IterableDataset):
                 self.stats["items"] += 1
                 self.stats["substituted"] += delivery.substitute
                 del delivery
-                yield self.transform(item) if self.transform else item
+                yield for_the_queue(self.transform(item) if self.transform else item)
                 del item  # hold no decoded item while building the next one
         except NothingToPad as exc:
             raise SampleError(f"rank {world.rank}, worker {world.worker}: {exc}", shard=redact(self.urls[0])) from None

@@ -24,7 +24,7 @@ from .format import (
     video_of,
 )
 from .npz import read_keypoints
-from .pool import by_value, shared_tensor
+from .pool import shared_tensor
 from .sampling import chunk_label, clip_window, frame_labels, uniform
 from .tario import Limits
 
@@ -220,7 +220,7 @@ def build_item(sample: dict, info: SampleInfo, spec: ItemSpec, opts: Options, de
         item["label"], item["label_id"] = seg.label, opts.label_ids.get(seg.label, -1)
         info.update(segment_id=seg.segment_id, truncated_start=seg.truncated_start, truncated_end=seg.truncated_end)
     item["meta"] = info
-    return by_value(item) if decoder.shared else item  # a worker's small tensors cross by value (streaming.pool)
+    return item
 
 
 def _item_buffer(shape: tuple[int, ...], decoder: ClipDecoder) -> tuple[torch.Tensor, np.ndarray]:

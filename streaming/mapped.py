@@ -28,6 +28,7 @@ from .errors import SampleError
 from .handles import HandleReader, ShardHandles
 from .mapindex import item_index, item_labels, video_items
 from .options import MapOptions, sample_reader
+from .pool import for_the_queue
 from .remote import redact
 
 
@@ -114,7 +115,7 @@ class VideoShardMapDataset(DatasetCore, torch.utils.data.Dataset):
         item = retried(local.reader, shard, build)  # a damaged cache copy is dropped, and read again
         item["meta"]["padded"] = False  # the streaming dataset's field: never a repeat here
         self.stats["items"] += 1
-        return self.transform(item) if self.transform else item
+        return for_the_queue(self.transform(item) if self.transform else item)
 
     def _process(self) -> _Local:
         """This thread's reader, open files and decoder, made on first use in each thread of

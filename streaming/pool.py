@@ -16,14 +16,23 @@ freed. Pickling a lent tensor (the DataLoader sending the item) sends the slot's
 the lease number, and the first time the slot's fd, as torch's own file_descriptor strategy
 does (multiprocessing's DupFd: a socket round trip that costs more than the pickle itself,
 so the receiver keeps the slot mapped and says so in the header). Unpickling makes a tensor
-over a numpy array whose finalizer writes `released`: torch frees a tensor's numpy array
-exactly when the last tensor over that storage goes (views, slices, `.numpy()` arrays keep
-it; `pin_memory()` copies and lets it go; a storage moved to shared memory by torch swaps
-its pointer and lets it go). A lease never sent is released the same way in the worker. A
-slot is lent again only when released == sent; when every slot is out (the consumer keeps
-items, a lease was lost) the caller makes fresh shared memory as before: never a wait,
-never a reuse on a guess. The receiver lets go of a slot's mapping once the worker retires
-it (replaced by a bigger one, or the worker exited) or the worker is gone.
+over a numpy array and releases the lease once both that array and the tensor's storage
+are freed. Normally they go together, when the last tensor over the storage goes (views,
+slices, `.numpy()` arrays, a storage set into another tensor keep it; `pin_memory()` copies
+and lets it go). But torch can move a storage to its own shared memory (`share_memory_()`,
+sending the item on through torch.multiprocessing): the array goes, the storage lives on
+with new memory, and a `.numpy()` array taken before the move still reads the slot; its base
+keeps the storage, so the slot stays out until that storage goes (storages keep their
+Python object while they live, so a finalizer on it fires exactly then). The worker counts
+its own hold the same way (a transform that keeps a sent item keeps the slot), and a slot
+is lent again only once both sides let go. When every slot is out (the consumer keeps items, a
+lease was lost) the caller makes fresh shared memory as before: never a wait, never a reuse
+on a guess. The receiver lets go of a slot's mapping once the worker retires it (replaced by
+a bigger one, or the worker exited) or the worker is gone: checked whenever an item arrives
+or is let go.
+
+Only the DataLoader's pickler (multiprocessing's ForkingPickler, as torch's own reducers)
+sends a slot; `pickle.dumps`, `copy.deepcopy` or `torch.save` of a lent tensor copy its values.
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ from __future__ import annotations
 import mmap
 import multiprocessing.util
 import os
+import threading
 import weakref
 from collections import Counter
-from multiprocessing.reduction import DupFd
+from multiprocessing.reduction import DupFd, ForkingPickler
 
 import numpy as np
 import torch
 from torch.multiprocessing.reductions import reduce_tensor
+from torch.utils.data import get_worker_info
 
 HEADER = 64  # bytes before the data: the counters below (int64 each); 64 keeps the data cache-line aligned
 SENT, RELEASED, RECEIVER, RETIRED, OWNER = range(5)  # RECEIVER: the pid that keeps the slot mapped (0: none yet)
@@ -52,15 +63,21 @@ class _Slot:
         self.fd = os.memfd_create("vidshard-item", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.size)
+            # Pages now, not at first touch: memory the node cannot give is an OSError here
+            # (the caller falls back to torch's shared memory, which says why), not a SIGBUS
+            # in the middle of a decode. The slot is reused: this is paid once.
+            os.posix_fallocate(self.fd, 0, self.size)
             self.map = mmap.mmap(self.fd, self.size)
         except OSError:
             os.close(self.fd)
             raise
         self.counters = np.frombuffer(self.map, dtype=np.int64, count=5)
         self.counters[OWNER] = os.getpid()
+        self.lease: _Lease | None = None  # the latest lease (this process's view of it)
 
     def free(self) -> bool:
-        return bool(self.counters[SENT] == self.counters[RELEASED])
+        lease = self.lease
+        return lease is None or (lease.holds == 0 and (not lease.sent or self.counters[RELEASED] == lease.seq))
 
     def retire(self) -> None:
         """Never lent again: the fd closed, the receiver told to let go of its mapping. The
@@ -73,43 +90,70 @@ class _Slot:
 
 
 class _Lease:
-    """One loan of a slot: released when its last tensor goes, unless it was sent, in which
-    case the receiving process releases it."""
+    """One loan of a slot, as the worker sees it: `holds` counts what of it is alive here
+    (the numpy array under the storage, the storage); `sent` once the DataLoader's
+    pickler sent it, after which the receiver's release counts too."""
 
     def __init__(self, slot: _Slot, seq: int, nbytes: int):
         self.slot, self.seq, self.nbytes, self.sent = slot, seq, nbytes, False
-        self.address = 0
+        self.holds, self.address = 2, 0
 
-    def drop(self) -> None:
-        if not self.sent:
-            self.slot.counters[RELEASED] = self.seq
+    def let_go(self) -> None:
+        self.holds -= 1
 
 
-class LentTensor(torch.Tensor):
-    """A tensor over a lent slot. Operations on it give plain tensors (a view of it that is
-    pickled goes torch's way: copied into fresh shared memory, and the slot released)."""
+class _Marked(torch.Tensor):
+    """A plain tensor marked for the DataLoader's pickler (its reducer is registered there).
+    Operations on it give plain tensors; any other pickle or copy is a plain tensor's."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
-    _lease: _Lease
 
     def __reduce_ex__(self, protocol):
-        lease = self._lease
-        if lease.sent or self.data_ptr() != lease.address or not self.is_contiguous() or self.nbytes != lease.nbytes:
-            # Sent before (a second receiver would release the slot under the first), or no
-            # longer the slot's whole buffer: torch's own path, which copies.
-            return reduce_tensor(self.as_subclass(torch.Tensor))
-        lease.sent = True
-        slot = lease.slot
-        fd = DupFd(slot.fd) if slot.counters[RECEIVER] == 0 else None  # the receiver has it mapped already
-        return _attach, (slot.token, fd, slot.size, lease.seq, tuple(self.shape))
+        return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo):
+        return self.as_subclass(torch.Tensor).clone()
+
+
+class LentTensor(_Marked):
+    """A tensor over a lent slot (a view of it that is pickled goes torch's way: copied into
+    fresh shared memory)."""
+
+    _lease: _Lease
+
+
+def _reduce_lent(tensor: LentTensor):
+    """The DataLoader's pickler: the slot's token, and its fd the first time."""
+    lease = getattr(tensor, "_lease", None)
+    if (lease is None or lease.sent or tensor.data_ptr() != lease.address or not tensor.is_contiguous()
+            or tensor.nbytes != lease.nbytes or lease.slot.fd < 0):
+        # Sent before (a second receiver would release the slot under the first), not the
+        # slot's whole buffer, or a copy made by plain pickle: torch's own path, which copies.
+        return reduce_tensor(tensor.as_subclass(torch.Tensor))
+    lease.sent = True
+    slot = lease.slot
+    fd = DupFd(slot.fd) if slot.counters[RECEIVER] == 0 else None  # the receiver has it mapped already
+    return _attach, (slot.token, fd, slot.size, lease.seq, tuple(tensor.shape))
+
+
+ForkingPickler.register(LentTensor, _reduce_lent)
 
 
 _received: dict[bytes, mmap.mmap] = {}  # token -> mapping, in the receiving process
 
 
-def _release(counters: np.ndarray, seq: int) -> None:
-    counters[RELEASED] = seq
-    _forget_retired()
+class _Receipt:
+    """The receiver's hold on one lease: released once the numpy array under the storage and
+    the storage itself are both gone (see the module's docstring)."""
+
+    def __init__(self, counters: np.ndarray, seq: int):
+        self.counters, self.seq, self.holds = counters, seq, 2
+
+    def let_go(self) -> None:
+        self.holds -= 1
+        if self.holds == 0:
+            self.counters[RELEASED] = self.seq
+            _forget_retired()
 
 
 def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -132,8 +176,11 @@ def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]
         _received[token] = mapping
         counters[RECEIVER] = os.getpid()
     array = np.frombuffer(mapping, dtype=np.uint8, count=int(np.prod(shape)), offset=HEADER)
-    weakref.finalize(array, _release, counters, seq)
-    return torch.from_numpy(array).view(shape)
+    tensor = torch.from_numpy(array).view(shape)
+    receipt = _Receipt(counters, seq)
+    weakref.finalize(array, receipt.let_go)
+    weakref.finalize(tensor.untyped_storage(), receipt.let_go)
+    return tensor
 
 
 def _forget_retired() -> None:
@@ -161,6 +208,7 @@ class Pool:
     def __init__(self, slots: int = SLOTS):
         self.limit = slots
         self.slots: list[_Slot] = []
+        self.lock = threading.Lock()  # threads of one process (VideoShardMapDataset's) share its pool
         # A DataLoader worker ends through multiprocessing's exit (no atexit): its finalizers
         # run there, and tell the receiver to let go of this pool's slots.
         multiprocessing.util.Finalize(self, _retire_all, args=(self.slots,), exitpriority=0)
@@ -168,26 +216,29 @@ class Pool:
     def lend(self, shape: tuple[int, ...]) -> LentTensor | None:
         """An uninitialised uint8 tensor over a free slot, or None when every slot is out."""
         nbytes = int(np.prod(shape))
-        free = [s for s in self.slots if s.free()]
-        fits = [s for s in free if s.capacity >= nbytes]
-        if fits:
-            slot = min(fits, key=lambda s: s.capacity)
-        elif len(self.slots) < self.limit:
-            slot = _Slot(nbytes)
-            self.slots.append(slot)
-        elif free:  # a free slot too small for this item: replaced by one that fits
-            old = max(free, key=lambda s: s.capacity)
-            old.retire()
-            slot = self.slots[self.slots.index(old)] = _Slot(nbytes)
-        else:
-            return None
-        lease = _Lease(slot, int(slot.counters[SENT]) + 1, nbytes)
-        slot.counters[SENT] = lease.seq
+        with self.lock:
+            free = [s for s in self.slots if s.free()]
+            fits = [s for s in free if s.capacity >= nbytes]
+            if fits:
+                slot = min(fits, key=lambda s: s.capacity)
+            elif len(self.slots) < self.limit:
+                slot = _Slot(nbytes)
+                self.slots.append(slot)
+            elif free:  # a free slot too small for this item: replaced by one that fits (made first: it may fail)
+                old = max(free, key=lambda s: s.capacity)
+                slot = _Slot(nbytes)
+                old.retire()
+                self.slots[self.slots.index(old)] = slot
+            else:
+                return None
+            lease = slot.lease = _Lease(slot, int(slot.counters[SENT]) + 1, nbytes)
+            slot.counters[SENT] = lease.seq
         array = np.frombuffer(slot.map, dtype=np.uint8, count=nbytes, offset=HEADER)
-        weakref.finalize(array, lease.drop)
         tensor = torch.from_numpy(array).view(shape).as_subclass(LentTensor)
         lease.address = tensor.data_ptr()
         tensor._lease = lease
+        weakref.finalize(array, lease.let_go)
+        weakref.finalize(tensor.untyped_storage(), lease.let_go)
         return tensor
 
 
@@ -200,15 +251,23 @@ SMALL = 64 << 10  # bytes: a tensor this small crosses to the main process by va
 _BY_VALUE = {torch.uint8, torch.bool, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64}
 
 
-class ValueTensor(torch.Tensor):
+class ValueTensor(_Marked):
     """A small tensor pickled by value: torch's own way for any tensor makes a shared-memory
     file and passes its fd (about 0.7 ms per tensor here, both processes together) where
     pickling 128 bytes of frame indices takes 20 us."""
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
 
-    def __reduce_ex__(self, protocol):
-        return torch.from_numpy, (self.as_subclass(torch.Tensor).numpy(),)
+def _reduce_value(tensor: ValueTensor):
+    return torch.from_numpy, (tensor.as_subclass(torch.Tensor).numpy(),)
+
+
+ForkingPickler.register(ValueTensor, _reduce_value)
+
+
+def for_the_queue(tree):
+    """What a DataLoader worker hands over: `tree` with its small tensors marked to cross by
+    value (in a worker: applied after the user's transform, which sees plain tensors)."""
+    return by_value(tree) if get_worker_info() is not None else tree
 
 
 def by_value(tree):

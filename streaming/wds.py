@@ -33,6 +33,7 @@ from .decode import ClipDecoder
 from .errors import DatasetRefused, SampleError, ShardFormatError
 from .items import build_item, parse_sample
 from .options import ReadOptions, Source, clip_rng, member_limit, open_source, wanted_members
+from .pool import for_the_queue
 from .remote import StorageOptions, redact
 from .tario import Limits, kind_limit
 from .world import World
@@ -102,7 +103,7 @@ class WdsItems:
         for spec in info.specs:
             item = build_item(sample, info, spec, src.options, self._decoder, url)
             item["meta"]["padded"] = False  # VideoShardDataset's field: never a repeat here
-            items.append(item)
+            items.append(for_the_queue(item))  # (this stage has no transform: later stages see ValueTensors, tensors)
         self.stats["items"] += len(items)
         return items
 

@@ -90,9 +90,13 @@ def test_a_second_send_of_the_same_tensor_copies():
     assert second.is_shared()  # torch's way: a copy in fresh shared memory
     del lent, first
     gc.collect()
-    assert pool.slots[0].free()  # the first receiver let go
-    pool.lend((5,)).fill_(9)  # the slot's next lease overwrites it...
+    again = pool.lend((5,))  # (in one process torch's copy shares the worker's storage: the slot may still be out)
+    if again is not None:
+        again.fill_(9)  # the slot's next lease overwrites it...
     assert int(second.sum()) == 5  # ...not the second receiver's frames
+    del second, again
+    gc.collect()
+    assert pool.slots[0].free()
 
 
 def test_a_bigger_item_replaces_a_free_slot_that_is_too_small():
@@ -193,3 +197,138 @@ def test_the_main_process_lets_go_of_the_slots_of_workers_that_ended(map_dataset
     del item
     gc.collect()
     assert mapped > 0 and len(pool_module._received) <= 2 * SLOTS  # the last epoch's workers' slots at most
+
+
+def test_a_worker_that_keeps_a_sent_item_keeps_its_slot():
+    """A transform that keeps the previous item (mixup with the last clip, a fallback item)
+    holds the slot as the receiver does."""
+    pool = Pool(slots=1)
+    kept = pool.lend((4,))
+    kept.fill_(1)
+    got = sent(kept)
+    del got
+    gc.collect()
+    assert not pool.slots[0].free() and pool.lend((4,)) is None
+    assert int(kept.sum()) == 4
+    del kept
+    gc.collect()
+    assert pool.slots[0].free()
+
+
+def test_an_array_taken_before_torch_moves_the_storage_keeps_the_slot():
+    """`share_memory_()` (or sending the item on through torch.multiprocessing) moves the
+    received tensor's storage into torch's shared memory; a numpy array taken before still
+    reads the slot, so the slot stays out while the array lives."""
+    pool = Pool(slots=1)
+    lent = pool.lend((4,))
+    lent.fill_(1)
+    got = sent(lent)
+    del lent
+    array = got.numpy()
+    got.share_memory_()
+    del got
+    gc.collect()
+    assert not pool.slots[0].free() and pool.lend((4,)) is None
+    assert array.tolist() == [1, 1, 1, 1]
+    del array
+    gc.collect()
+    assert pool.slots[0].free()
+
+
+def test_threads_sharing_a_pool_never_get_one_slot_twice(monkeypatch):
+    """VideoShardMapDataset's threads share their process's pool: the check that a slot is
+    free and its lending are one step (a thread switch between them is forced here)."""
+    import threading
+    import time
+
+    from streaming import pool as pool_module
+
+    check = pool_module._Slot.free
+
+    def slow_free(slot):
+        answer = check(slot)
+        time.sleep(0.01)  # another thread runs here
+        return answer
+
+    monkeypatch.setattr(pool_module._Slot, "free", slow_free)
+    pool = Pool(slots=1)
+    pool.lend((4,))  # made and let go: one free slot
+    gc.collect()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pool.lend((4,)))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(x is None for x in got) == [False, True]
+
+
+def test_plain_pickle_and_copies_of_a_lent_tensor_are_plain_tensors():
+    """Only the DataLoader's pickler sends the slot: pickle.dumps, deepcopy, torch.save in a
+    worker copy the values, and the slot is still sent the DataLoader's way afterwards."""
+    import copy
+    import io
+
+    pool = Pool(slots=1)
+    lent = pool.lend((4,))
+    lent.fill_(5)
+    for copied in (pickle.loads(pickle.dumps(lent)), copy.deepcopy(lent)):
+        assert type(copied) is torch.Tensor and copied.tolist() == [5] * 4 and copied.data_ptr() != lent.data_ptr()
+    buffer = io.BytesIO()
+    torch.save({"video": lent}, buffer)
+    assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["video"].tolist() == [5] * 4
+    assert not lent._lease.sent
+    assert b"DupFd" in bytes(ForkingPickler.dumps(lent))
+
+
+def test_a_replacement_slot_that_cannot_be_made_leaves_the_old_one_lent(monkeypatch):
+    from streaming import pool as pool_module
+
+    pool = Pool(slots=1)
+    pool.lend((4,))
+    gc.collect()
+    old = pool.slots[0]
+
+    def refuse(*args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(pool_module.os, "memfd_create", refuse)
+    with pytest.raises(OSError):
+        pool.lend((64,))
+    assert pool.slots == [old] and old.fd >= 0 and old.free()
+    lent = pool.lend((4,))
+    assert lent is not None and pickle.loads(ForkingPickler.dumps(lent)).shape == (4,)
+
+
+def keep_first(state: dict):
+    """A transform keeping the worker's first item (as a fallback item would), checking at
+    every later item that its frames did not change while it was held."""
+    def transform(item):
+        if "first" in state:
+            item["meta"]["first_intact"] = int(state["first"]["video"].sum()) == state["sum"]
+        else:
+            state["first"], state["sum"] = item, int(item["video"].sum())
+        return item
+    return transform
+
+
+def test_items_a_worker_transform_keeps_are_not_overwritten(map_dataset):
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, transform=keep_first({}))
+    flags = [item["meta"].get("first_intact") for item in DataLoader(ds, batch_size=None, num_workers=2)]
+    assert flags.count(None) == 2 and len(flags) > 2 * SLOTS and all(f for f in flags if f is not None)
+
+
+def test_held_batches_keep_their_frames_while_workers_reuse_batch_slots(map_dataset):
+    here = {identity(i): i["video"].clone() for i in VideoShardDataset(map_dataset, sample="chunk", shuffle=False)}
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False)
+    kept = []
+    for n, batch in enumerate(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)):
+        if n % 2 == 0:
+            kept.append(batch)
+    assert kept
+    for batch in kept:
+        for i, meta in enumerate(batch["meta"]):
+            frames = int(batch["frame_mask"][i].sum())
+            item = {"video": batch["video"][i, :, :frames], "frame_index": batch["frame_index"][i, :frames], "meta": meta}
+            check_pixels(item)
+            assert torch.equal(item["video"], here[identity(item)])
