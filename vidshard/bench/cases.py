@@ -78,6 +78,10 @@ def _vidshard(args: dict, cores: int, extra: dict) -> Iterator[tuple[int, int]]:
     mode = args["mode"]
     if args.get("copy_items"):  # the path before items were decoded into shared memory, measured beside it
         _decode_into_private_memory()
+    if args.get("fresh_items"):  # shared memory, but a fresh buffer per item (every slot of streaming.pool "out")
+        import streaming.pool
+
+        streaming.pool.Pool.lend = lambda self, shape: None
     ds = VideoShardDataset(args["shards"], sample="chunk" if mode == "keypoints" else mode,
                            num_frames=args.get("num_frames"), load_rgb=mode != "keypoints", load_kpt=mode == "keypoints",
                            shuffle_buffer=args.get("shuffle_buffer", StreamOptions().shuffle_buffer), decode_threads=1)

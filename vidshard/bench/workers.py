@@ -5,8 +5,9 @@ Per mode (chunk, segment of 16 frames), each timed over three epochs after a fir
 starts the workers, with the loop a user writes (`for item in loader:`, DataLoader defaults
 but batch_size=None): one core iterating the dataset in-process (the baseline), two
 DataLoader workers on two cores with items decoded into the workers' reused shared buffers
-(streaming.pool: the hand-off sends a handle), and the same two workers with items decoded
-into private memory and copied into shared memory when pickled (how it was before). Ratios
+(streaming.pool: the hand-off sends a handle), the same two workers with a fresh
+shared-memory buffer per item (before the pool), and with items decoded into private memory
+and copied into shared memory when pickled (before that). Ratios
 are items/s over the baseline; each worker's RSS growth is set beside the bound of
 docs/streaming.md."""
 
@@ -42,7 +43,9 @@ def report(level: str) -> dict:
                     "warmup_epochs": 1, "timed_epochs": 1 if level == "smoke" else 3}
             item_mb = len(VIEWS) * item_frames * 3 * size * size / 2**20
             one = case({**base, "cores": 1})
-            for label, extra in (("items in shared memory", {}), ("items copied (before)", {"copy_items": True})):
+            for label, extra in (("reused shared buffers (streaming.pool)", {}),
+                                 ("fresh shared memory per item (before the pool)", {"fresh_items": True}),
+                                 ("decoded privately, copied when pickled (before that)", {"copy_items": True})):
                 two = case({**base, "cores": cores, **extra})
                 rows.append({"mode": mode, "workers": cores, "variant": label, "items_per_s": round(two["items_per_s"], 2),
                              "one_core_items_per_s": round(one["items_per_s"], 2),
