@@ -29,7 +29,9 @@ is lent again only once both sides let go. When every slot is out (the consumer 
 lease was lost) the caller makes fresh shared memory as before: never a wait, never a reuse
 on a guess. The receiver lets go of a slot's mapping once the worker retires it (replaced by
 a bigger one, or the worker exited) or the worker is gone: checked whenever an item arrives
-or is let go.
+or is let go. A child forked while the receiver holds an item shares the item's pages: it
+takes an entry in the slot's header (reserved before the fork, its pid written in the child),
+and the slot is lent again only once the child has ended or let go of its copy.
 
 Only the DataLoader's pickler (multiprocessing's ForkingPickler, as torch's own reducers)
 sends a slot; `pickle.dumps`, `copy.deepcopy` or `torch.save` of a lent tensor copy its values.
@@ -50,8 +52,9 @@ import torch
 from torch.multiprocessing.reductions import reduce_tensor
 from torch.utils.data import get_worker_info
 
-HEADER = 64  # bytes before the data: the counters below (int64 each); 64 keeps the data cache-line aligned
-SENT, RELEASED, RECEIVER, RETIRED, OWNER = range(5)  # RECEIVER: the pid that keeps the slot mapped (0: none yet)
+HEADER = 128  # bytes before the data: the counters below (int64 each); a multiple of 64 keeps the data cache-line aligned
+SENT, RELEASED, RECEIVER, RETIRED, OWNER, PINNED = range(6)  # RECEIVER: the pid that keeps the slot mapped (0: none yet)
+FORKS = range(8, 16)  # children forked while the receiver held a lease: -1 while forking, then the child's pid
 SLOTS = 4  # per worker and kind: prefetch_factor (2 by default) items queued or being made + the item the loop holds + the next
 
 
@@ -71,13 +74,29 @@ class _Slot:
         except OSError:
             os.close(self.fd)
             raise
-        self.counters = np.frombuffer(self.map, dtype=np.int64, count=5)
+        self.counters = np.frombuffer(self.map, dtype=np.int64, count=HEADER // 8)
         self.counters[OWNER] = os.getpid()
         self.lease: _Lease | None = None  # the latest lease (this process's view of it)
 
     def free(self) -> bool:
         lease = self.lease
-        return lease is None or (lease.holds == 0 and (not lease.sent or self.counters[RELEASED] == lease.seq))
+        if lease is None:
+            return True
+        if lease.holds or (lease.sent and self.counters[RELEASED] != lease.seq) or self.counters[PINNED]:
+            return False
+        return not self._forked_holders()
+
+    def _forked_holders(self) -> bool:
+        """Whether a child the receiver forked while holding an item over this slot may still
+        read it (entries of children that ended are cleared here)."""
+        held = False
+        for entry in FORKS:
+            pid = int(self.counters[entry])
+            if pid == -1 or (pid > 0 and _alive(pid)):
+                held = True
+            elif pid > 0:
+                self.counters[entry] = 0
+        return held
 
     def retire(self) -> None:
         """Never lent again: the fd closed, the receiver told to let go of its mapping. The
@@ -99,7 +118,8 @@ class _Lease:
         self.holds, self.address = 2, 0
 
     def let_go(self) -> None:
-        self.holds -= 1
+        with _holding:
+            self.holds -= 1
 
 
 class _Marked(torch.Tensor):
@@ -111,7 +131,7 @@ class _Marked(torch.Tensor):
     def __reduce_ex__(self, protocol):
         return self.as_subclass(torch.Tensor).__reduce_ex__(protocol)
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, _memo):
         return self.as_subclass(torch.Tensor).clone()
 
 
@@ -140,20 +160,68 @@ ForkingPickler.register(LentTensor, _reduce_lent)
 
 
 _received: dict[bytes, mmap.mmap] = {}  # token -> mapping, in the receiving process
+_holding = threading.RLock()  # finalizers of one lease may run in two threads; reentrant: a GC inside may run another
 
 
 class _Receipt:
     """The receiver's hold on one lease: released once the numpy array under the storage and
-    the storage itself are both gone (see the module's docstring)."""
+    the storage itself are both gone (see the module's docstring). A child forked while it is
+    held shares the slot's pages, so it holds the slot too, until it ends or lets go of its
+    copy (`_before_fork`)."""
 
     def __init__(self, counters: np.ndarray, seq: int):
         self.counters, self.seq, self.holds = counters, seq, 2
+        self.pid = os.getpid()  # the receiver; in a forked child this copy is the child's
+        self.forking: int | None = None  # the FORKS entry reserved while a fork is under way
+        self.entry: int | None = None  # in a forked child: its own FORKS entry
+        _held.add(self)
 
     def let_go(self) -> None:
-        self.holds -= 1
-        if self.holds == 0:
+        with _holding:
+            self.holds -= 1
+            if self.holds:
+                return
+            _held.discard(self)
+        if os.getpid() == self.pid:
+            # (On x86 this store cannot pass the earlier reads of the pixels; elsewhere the
+            # interpreter's own locking between the last read and a finalizer orders them.)
             self.counters[RELEASED] = self.seq
-            _forget_retired()
+        elif self.entry is not None and self.counters[self.entry] == os.getpid():
+            self.counters[self.entry] = 0  # a forked child's copy: its own hold only
+        _forget_retired()
+
+
+_held: set[_Receipt] = set()  # receipts alive in this process
+
+
+def _before_fork() -> None:
+    """A child about to be forked will share the pages of every item held here: reserve it
+    an entry in each such slot's header, so the worker lends none of them again until the
+    child has ended (no entry left: the slot is pinned, never lent again)."""
+    _forget_retired()
+    for receipt in list(_held):
+        free = [e for e in FORKS if receipt.counters[e] == 0]
+        if free:
+            receipt.counters[free[0]] = -1
+            receipt.forking = free[0]
+        else:
+            receipt.counters[PINNED] = 1
+
+
+def _after_fork_in_parent() -> None:
+    for receipt in list(_held):
+        receipt.forking = None  # the child writes its pid there (a fork that failed leaves the entry held: a slot lost)
+
+
+def _after_fork_in_child() -> None:
+    _received.clear()  # not this process's to keep mapped; items it inherited keep their own mapping
+    for receipt in list(_held):
+        if receipt.forking is not None:
+            receipt.entry, receipt.forking = receipt.forking, None
+            receipt.counters[receipt.entry] = os.getpid()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -170,7 +238,7 @@ def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]
     if mapping is None:
         raise RuntimeError("an item's shared buffer reached a process that never received the buffer itself: items of "
                            "vidshard's DataLoader workers are read by the process that iterates the DataLoader")
-    counters = np.frombuffer(mapping, dtype=np.int64, count=5)
+    counters = np.frombuffer(mapping, dtype=np.int64, count=HEADER // 8)
     if token not in _received:
         _forget_retired()
         _received[token] = mapping
@@ -187,7 +255,7 @@ def _forget_retired() -> None:
     """Let go of the mappings of slots their worker retired or that outlived their worker
     (items still held keep their own mapping alive)."""
     for token, mapping in list(_received.items()):
-        counters = np.frombuffer(mapping, dtype=np.int64, count=5)
+        counters = np.frombuffer(mapping, dtype=np.int64, count=HEADER // 8)
         if counters[RETIRED] or not _alive(int(counters[OWNER])):
             _received.pop(token, None)  # (also called from finalizers: another call may have taken it)
 

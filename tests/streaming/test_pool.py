@@ -187,16 +187,24 @@ def test_the_main_process_lets_go_of_the_slots_of_workers_that_ended(map_dataset
     mapped for them must not pile up epoch after epoch."""
     from streaming import pool as pool_module
 
-    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False)
+    ds = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, transform=mapped_in_worker)
     loader = DataLoader(ds, batch_size=None, num_workers=2)
     mapped = 0
     for _ in range(3):
         for item in loader:
             check_pixels(item)
             mapped = max(mapped, len(pool_module._received))
+            assert item["meta"]["mapped_in_worker"] == 0  # a worker forked from here keeps none of its slots mapped
     del item
     gc.collect()
     assert mapped > 0 and len(pool_module._received) <= 2 * SLOTS  # the last epoch's workers' slots at most
+
+
+def mapped_in_worker(item: dict) -> dict:
+    from streaming import pool as pool_module
+
+    item["meta"]["mapped_in_worker"] = len(pool_module._received)
+    return item
 
 
 def test_a_worker_that_keeps_a_sent_item_keeps_its_slot():
@@ -332,3 +340,44 @@ def test_held_batches_keep_their_frames_while_workers_reuse_batch_slots(map_data
             item = {"video": batch["video"][i, :, :frames], "frame_index": batch["frame_index"][i, :frames], "meta": meta}
             check_pixels(item)
             assert torch.equal(item["video"], here[identity(item)])
+
+
+def _read_later(item, go, result):
+    go.wait(30)
+    result.put(int(item.sum()))
+
+
+def test_a_child_forked_while_an_item_is_held_keeps_its_slot_until_it_ends():
+    """A process forked while the main process holds an item shares the item's pages: the
+    slot must not be lent again when the main process lets go, only once the child ended."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    pool = Pool(slots=1)
+    lent = pool.lend((4,))
+    lent.fill_(1)
+    got = sent(lent)
+    del lent
+    go, result = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_read_later, args=(got, go, result))
+    child.start()
+    del got
+    gc.collect()
+    again = pool.lend((4,))
+    if again is not None:
+        again.fill_(9)  # what a reused slot would show the child
+    go.set()
+    assert result.get(timeout=30) == 4 and again is None
+    child.join(30)
+    assert pool.slots[0].free()
+
+
+def test_workers_forked_while_other_workers_live_keep_none_of_their_slots_mapped(map_dataset):
+    first = DataLoader(VideoShardDataset(map_dataset, sample="chunk", shuffle=False), batch_size=None, num_workers=1,
+                       persistent_workers=True)
+    assert sum(1 for _ in first) > 0  # the main process now keeps the first loader's slots mapped
+    from streaming import pool as pool_module
+
+    assert pool_module._received
+    second = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, transform=mapped_in_worker)
+    assert {item["meta"]["mapped_in_worker"] for item in DataLoader(second, batch_size=None, num_workers=1)} == {0}
