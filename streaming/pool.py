@@ -52,9 +52,9 @@ import torch
 from torch.multiprocessing.reductions import reduce_tensor
 from torch.utils.data import get_worker_info
 
-HEADER = 128  # bytes before the data: the counters below (int64 each); a multiple of 64 keeps the data cache-line aligned
+HEADER = 512  # bytes before the data: the counters below (int64 each); a multiple of 64 keeps the data cache-line aligned
 SENT, RELEASED, RECEIVER, RETIRED, OWNER, PINNED = range(6)  # RECEIVER: the pid that keeps the slot mapped (0: none yet)
-FORKS = range(8, 16)  # children forked while the receiver held a lease: -1 while forking, then the child's pid
+FORKS = slice(8, HEADER // 8)  # 56 children forked while the slot was held: -1 while forking, then the child's pid
 SLOTS = 4  # per worker and kind: prefetch_factor (2 by default) items queued or being made + the item the loop holds + the next
 
 
@@ -87,15 +87,16 @@ class _Slot:
         return not self._forked_holders()
 
     def _forked_holders(self) -> bool:
-        """Whether a child the receiver forked while holding an item over this slot may still
-        read it (entries of children that ended are cleared here)."""
+        """Whether a child forked while this slot was held may still read it (the entries of
+        children that ended are cleared here)."""
+        entries = self.counters[FORKS]
         held = False
-        for entry in FORKS:
-            pid = int(self.counters[entry])
-            if pid == -1 or (pid > 0 and _alive(pid)):
+        for i in np.flatnonzero(entries).tolist():
+            pid = int(entries[i])
+            if pid == -1 or _alive(pid):
                 held = True
-            elif pid > 0:
-                self.counters[entry] = 0
+            else:
+                entries[i] = 0
         return held
 
     def retire(self) -> None:
@@ -108,18 +109,46 @@ class _Slot:
             self.fd = -1
 
 
-class _Lease:
-    """One loan of a slot, as the worker sees it: `holds` counts what of it is alive here
-    (the numpy array under the storage, the storage); `sent` once the DataLoader's
-    pickler sent it, after which the receiver's release counts too."""
+class _Hold:
+    """Something alive in this process that reads a slot: a worker's lease, a receiver's
+    receipt. `holds` counts what of it is alive (the numpy array under the storage, the
+    storage); at 0, `released()`. A child forked while it is held shares the slot's pages:
+    it takes an entry in the slot's header (`_before_fork`), cleared when its copy goes or
+    when the worker finds the child ended."""
 
-    def __init__(self, slot: _Slot, seq: int, nbytes: int):
-        self.slot, self.seq, self.nbytes, self.sent = slot, seq, nbytes, False
-        self.holds, self.address = 2, 0
+    def __init__(self, counters: np.ndarray):
+        self.counters, self.holds = counters, 2
+        self.pid = os.getpid()  # the holder; in a forked child this copy is the child's
+        self.forking: int | None = None  # the FORKS entry reserved while a fork is under way
+        self.entry: int | None = None  # in a forked child: its own FORKS entry
+
+    def hold(self) -> None:
+        with _holding:
+            _held.add(self)
 
     def let_go(self) -> None:
         with _holding:
             self.holds -= 1
+            if self.holds:
+                return
+            _held.discard(self)
+        if os.getpid() == self.pid:
+            self.released()
+        elif self.entry is not None and self.counters[self.entry] == os.getpid():
+            self.counters[self.entry] = 0  # a forked child's copy: its own hold only
+
+    def released(self) -> None:
+        pass
+
+
+class _Lease(_Hold):
+    """One loan of a slot, as the worker sees it: free again once its holds are 0 and, if
+    `sent` by the DataLoader's pickler, the receiver released it (`_Slot.free`)."""
+
+    def __init__(self, slot: _Slot, seq: int, nbytes: int):
+        super().__init__(slot.counters)
+        self.slot, self.seq, self.nbytes, self.sent = slot, seq, nbytes, False
+        self.address = 0
 
 
 class _Marked(torch.Tensor):
@@ -163,62 +192,56 @@ _received: dict[bytes, mmap.mmap] = {}  # token -> mapping, in the receiving pro
 _holding = threading.RLock()  # finalizers of one lease may run in two threads; reentrant: a GC inside may run another
 
 
-class _Receipt:
+class _Receipt(_Hold):
     """The receiver's hold on one lease: released once the numpy array under the storage and
-    the storage itself are both gone (see the module's docstring). A child forked while it is
-    held shares the slot's pages, so it holds the slot too, until it ends or lets go of its
-    copy (`_before_fork`)."""
+    the storage itself are both gone (see the module's docstring)."""
 
     def __init__(self, counters: np.ndarray, seq: int):
-        self.counters, self.seq, self.holds = counters, seq, 2
-        self.pid = os.getpid()  # the receiver; in a forked child this copy is the child's
-        self.forking: int | None = None  # the FORKS entry reserved while a fork is under way
-        self.entry: int | None = None  # in a forked child: its own FORKS entry
-        _held.add(self)
+        super().__init__(counters)
+        self.seq = seq
 
-    def let_go(self) -> None:
-        with _holding:
-            self.holds -= 1
-            if self.holds:
-                return
-            _held.discard(self)
-        if os.getpid() == self.pid:
-            # (On x86 this store cannot pass the earlier reads of the pixels; elsewhere the
-            # interpreter's own locking between the last read and a finalizer orders them.)
-            self.counters[RELEASED] = self.seq
-        elif self.entry is not None and self.counters[self.entry] == os.getpid():
-            self.counters[self.entry] = 0  # a forked child's copy: its own hold only
+    def released(self) -> None:
+        # (On x86 this store cannot pass the earlier reads of the pixels; on weakly ordered
+        # CPUs the protocol leans on the interpreter's own locking between the last read and
+        # a finalizer to order them.)
+        self.counters[RELEASED] = self.seq
         _forget_retired()
 
 
-_held: set[_Receipt] = set()  # receipts alive in this process
+_held: set[_Hold] = set()  # leases and receipts alive in this process
 
 
 def _before_fork() -> None:
     """A child about to be forked will share the pages of every item held here: reserve it
     an entry in each such slot's header, so the worker lends none of them again until the
-    child has ended (no entry left: the slot is pinned, never lent again)."""
+    child has ended (no entry left: the slot is pinned, never lent again). `_holding` is held
+    across the fork: no other thread is half-way through a release when the child is made."""
+    _holding.acquire()
     _forget_retired()
-    for receipt in list(_held):
-        free = [e for e in FORKS if receipt.counters[e] == 0]
-        if free:
-            receipt.counters[free[0]] = -1
-            receipt.forking = free[0]
+    for held in list(_held):
+        entries = held.counters[FORKS]
+        free = np.flatnonzero(entries == 0)
+        if len(free):
+            entries[free[0]] = -1
+            held.forking = FORKS.start + int(free[0])
         else:
-            receipt.counters[PINNED] = 1
+            held.counters[PINNED] = 1
 
 
 def _after_fork_in_parent() -> None:
-    for receipt in list(_held):
-        receipt.forking = None  # the child writes its pid there (a fork that failed leaves the entry held: a slot lost)
+    for held in list(_held):
+        held.forking = None  # the child writes its pid there (a fork that failed leaves the entry held: a slot lost)
+    _holding.release()
 
 
 def _after_fork_in_child() -> None:
+    global _holding
+    _holding = threading.RLock()  # the parent's, held across the fork by a thread the child does not have
     _received.clear()  # not this process's to keep mapped; items it inherited keep their own mapping
-    for receipt in list(_held):
-        if receipt.forking is not None:
-            receipt.entry, receipt.forking = receipt.forking, None
-            receipt.counters[receipt.entry] = os.getpid()
+    for held in list(_held):
+        if held.forking is not None:
+            held.entry, held.forking = held.forking, None
+            held.counters[held.entry] = os.getpid()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
@@ -243,11 +266,13 @@ def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]
         _forget_retired()
         _received[token] = mapping
         counters[RECEIVER] = os.getpid()
-    array = np.frombuffer(mapping, dtype=np.uint8, count=int(np.prod(shape)), offset=HEADER)
-    tensor = torch.from_numpy(array).view(shape)
     receipt = _Receipt(counters, seq)
-    weakref.finalize(array, receipt.let_go)
-    weakref.finalize(tensor.untyped_storage(), receipt.let_go)
+    with _holding:  # no fork between the tensor's making and its hold's registration (_before_fork)
+        array = np.frombuffer(mapping, dtype=np.uint8, count=int(np.prod(shape)), offset=HEADER)
+        tensor = torch.from_numpy(array).view(shape)
+        weakref.finalize(array, receipt.let_go)
+        weakref.finalize(tensor.untyped_storage(), receipt.let_go)
+        receipt.hold()
     return tensor
 
 
@@ -301,12 +326,14 @@ class Pool:
                 return None
             lease = slot.lease = _Lease(slot, int(slot.counters[SENT]) + 1, nbytes)
             slot.counters[SENT] = lease.seq
-        array = np.frombuffer(slot.map, dtype=np.uint8, count=nbytes, offset=HEADER)
-        tensor = torch.from_numpy(array).view(shape).as_subclass(LentTensor)
-        lease.address = tensor.data_ptr()
-        tensor._lease = lease
-        weakref.finalize(array, lease.let_go)
-        weakref.finalize(tensor.untyped_storage(), lease.let_go)
+        with _holding:  # no fork between the tensor's making and its hold's registration (_before_fork)
+            array = np.frombuffer(slot.map, dtype=np.uint8, count=nbytes, offset=HEADER)
+            tensor = torch.from_numpy(array).view(shape).as_subclass(LentTensor)
+            lease.address = tensor.data_ptr()
+            tensor._lease = lease
+            weakref.finalize(array, lease.let_go)
+            weakref.finalize(tensor.untyped_storage(), lease.let_go)
+            lease.hold()
         return tensor
 
 

@@ -344,7 +344,10 @@ def test_held_batches_keep_their_frames_while_workers_reuse_batch_slots(map_data
 
 def _read_later(item, go, result):
     go.wait(30)
-    result.put(int(item.sum()))
+    total = int(item.sum())
+    del item  # the child's own release (its header entry), under the lock the fork re-made
+    gc.collect()
+    result.put(total)
 
 
 def test_a_child_forked_while_an_item_is_held_keeps_its_slot_until_it_ends():
@@ -381,3 +384,48 @@ def test_workers_forked_while_other_workers_live_keep_none_of_their_slots_mapped
     assert pool_module._received
     second = VideoShardDataset(map_dataset, sample="chunk", shuffle=False, transform=mapped_in_worker)
     assert {item["meta"]["mapped_in_worker"] for item in DataLoader(second, batch_size=None, num_workers=1)} == {0}
+
+
+def test_a_child_the_worker_forks_while_it_holds_a_lease_keeps_the_slot():
+    """A worker's own lease (a transform that forks a pool of processes) is held by its
+    children just the same."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    pool = Pool(slots=1)
+    lent = pool.lend((4,))
+    lent.fill_(2)
+    go, result = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_read_later, args=(lent, go, result))
+    child.start()
+    del lent
+    gc.collect()
+    again = pool.lend((4,))
+    if again is not None:
+        again.fill_(9)
+    go.set()
+    assert result.get(timeout=30) == 8 and again is None
+    child.join(30)
+    assert pool.slots[0].free()
+
+
+def test_many_children_forked_while_an_item_is_held_release_it_once_they_end():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    pool = Pool(slots=1)
+    lent = pool.lend((4,))
+    got = sent(lent)
+    del lent
+    go, result = ctx.Event(), ctx.Queue()
+    children = [ctx.Process(target=_read_later, args=(got, go, result)) for _ in range(12)]
+    for child in children:
+        child.start()
+    del got
+    gc.collect()
+    assert not pool.slots[0].free()
+    go.set()
+    for child in children:
+        result.get(timeout=30)
+        child.join(30)
+    assert pool.slots[0].free()
