@@ -350,29 +350,47 @@ def _read_later(item, go, result):
     result.put(total)
 
 
-def test_a_child_forked_while_an_item_is_held_keeps_its_slot_until_it_ends():
-    """A process forked while the main process holds an item shares the item's pages: the
-    slot must not be lent again when the main process lets go, only once the child ended."""
+def forked_readers(tensor: torch.Tensor, children: int = 1):
+    """Children forked now, each reading `tensor` once `go` is set and sending its sum."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
+    go, result = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_read_later, args=(tensor, go, result)) for _ in range(children)]
+    for proc in procs:
+        proc.start()
+    return go, result, procs
+
+
+def reuse_while_children_read(pool: Pool, go, result, procs) -> list[int]:
+    """Let go here, lend the slot again if it were free (and overwrite it), then let the
+    children read: their sums, and the slot free once they ended."""
+    gc.collect()
+    again = pool.lend((4,))
+    if again is not None:
+        again.fill_(9)  # what a reused slot would show a child
+    go.set()
+    sums = [result.get(timeout=30) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    assert again is None
+    del again
+    gc.collect()
+    assert pool.slots[0].free()
+    return sums
+
+
+def test_a_child_forked_while_an_item_is_held_keeps_its_slot_until_it_ends():
+    """A process forked while the main process holds an item shares the item's pages: the
+    slot must not be lent again when the main process lets go, only once the child ended."""
     pool = Pool(slots=1)
     lent = pool.lend((4,))
     lent.fill_(1)
     got = sent(lent)
     del lent
-    go, result = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_read_later, args=(got, go, result))
-    child.start()
+    readers = forked_readers(got)
     del got
-    gc.collect()
-    again = pool.lend((4,))
-    if again is not None:
-        again.fill_(9)  # what a reused slot would show the child
-    go.set()
-    assert result.get(timeout=30) == 4 and again is None
-    child.join(30)
-    assert pool.slots[0].free()
+    assert reuse_while_children_read(pool, *readers) == [4]
 
 
 def test_workers_forked_while_other_workers_live_keep_none_of_their_slots_mapped(map_dataset):
@@ -389,43 +407,20 @@ def test_workers_forked_while_other_workers_live_keep_none_of_their_slots_mapped
 def test_a_child_the_worker_forks_while_it_holds_a_lease_keeps_the_slot():
     """A worker's own lease (a transform that forks a pool of processes) is held by its
     children just the same."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
     pool = Pool(slots=1)
     lent = pool.lend((4,))
     lent.fill_(2)
-    go, result = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_read_later, args=(lent, go, result))
-    child.start()
+    readers = forked_readers(lent)
     del lent
-    gc.collect()
-    again = pool.lend((4,))
-    if again is not None:
-        again.fill_(9)
-    go.set()
-    assert result.get(timeout=30) == 8 and again is None
-    child.join(30)
-    assert pool.slots[0].free()
+    assert reuse_while_children_read(pool, *readers) == [8]
 
 
 def test_many_children_forked_while_an_item_is_held_release_it_once_they_end():
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
     pool = Pool(slots=1)
     lent = pool.lend((4,))
+    lent.fill_(3)
     got = sent(lent)
     del lent
-    go, result = ctx.Event(), ctx.Queue()
-    children = [ctx.Process(target=_read_later, args=(got, go, result)) for _ in range(12)]
-    for child in children:
-        child.start()
+    readers = forked_readers(got, children=12)
     del got
-    gc.collect()
-    assert not pool.slots[0].free()
-    go.set()
-    for child in children:
-        result.get(timeout=30)
-        child.join(30)
-    assert pool.slots[0].free()
+    assert reuse_while_children_read(pool, *readers) == [12] * 12
