@@ -122,9 +122,15 @@ class _Hold:
         self.forking: int | None = None  # the FORKS entry reserved while a fork is under way
         self.entry: int | None = None  # in a forked child: its own FORKS entry
 
-    def hold(self) -> None:
+    def over(self, array: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+        """A tensor over `array` that this hold watches: made and registered under
+        `_holding`, so no fork falls between them (`_before_fork`)."""
         with _holding:
+            tensor = torch.from_numpy(array).view(shape)
+            weakref.finalize(array, self.let_go)
+            weakref.finalize(tensor.untyped_storage(), self.let_go)
             _held.add(self)
+        return tensor
 
     def let_go(self) -> None:
         with _holding:
@@ -266,14 +272,8 @@ def _attach(token: bytes, fd_handle, size: int, seq: int, shape: tuple[int, ...]
         _forget_retired()
         _received[token] = mapping
         counters[RECEIVER] = os.getpid()
-    receipt = _Receipt(counters, seq)
-    with _holding:  # no fork between the tensor's making and its hold's registration (_before_fork)
-        array = np.frombuffer(mapping, dtype=np.uint8, count=int(np.prod(shape)), offset=HEADER)
-        tensor = torch.from_numpy(array).view(shape)
-        weakref.finalize(array, receipt.let_go)
-        weakref.finalize(tensor.untyped_storage(), receipt.let_go)
-        receipt.hold()
-    return tensor
+    array = np.frombuffer(mapping, dtype=np.uint8, count=int(np.prod(shape)), offset=HEADER)
+    return _Receipt(counters, seq).over(array, shape)
 
 
 def _forget_retired() -> None:
@@ -326,14 +326,10 @@ class Pool:
                 return None
             lease = slot.lease = _Lease(slot, int(slot.counters[SENT]) + 1, nbytes)
             slot.counters[SENT] = lease.seq
-        with _holding:  # no fork between the tensor's making and its hold's registration (_before_fork)
-            array = np.frombuffer(slot.map, dtype=np.uint8, count=nbytes, offset=HEADER)
-            tensor = torch.from_numpy(array).view(shape).as_subclass(LentTensor)
-            lease.address = tensor.data_ptr()
-            tensor._lease = lease
-            weakref.finalize(array, lease.let_go)
-            weakref.finalize(tensor.untyped_storage(), lease.let_go)
-            lease.hold()
+        array = np.frombuffer(slot.map, dtype=np.uint8, count=nbytes, offset=HEADER)
+        tensor = lease.over(array, shape).as_subclass(LentTensor)
+        lease.address = tensor.data_ptr()
+        tensor._lease = lease
         return tensor
 
 
